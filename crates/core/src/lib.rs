@@ -5,3 +5,4 @@
 //! binary, in the API and in the deterministic simulation of the fleet.
 
 pub mod events;
+pub mod views;
