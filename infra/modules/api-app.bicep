@@ -1,0 +1,45 @@
+// The shop's API: a Flex Consumption Function App running `saldo-api` with the functions in
+// functions-host/api, reached by the browser only through the Static Web App it is linked to.
+param location string
+param appName string
+param storageName string
+@description('Base URLs of the worker apps (read paths fan out to them; /api/nodes shows the fleet).')
+param workerUrls array
+param cosmosAccountName string
+param databaseName string
+param topicName string
+param appInsightsConnectionString string
+@secure()
+param fleetKey string
+param tags object
+
+resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' existing = {
+  name: cosmosAccountName
+}
+
+resource topic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
+  name: topicName
+}
+
+module app 'flex-function-app.bicep' = {
+  name: '${appName}-app'
+  params: {
+    location: location
+    appName: appName
+    storageName: storageName
+    topicName: topicName
+    tags: tags
+    appSettings: {
+      SALDO_MONGODB_URI: cosmos.listConnectionStrings().connectionStrings[0].connectionString
+      SALDO_DATABASE: databaseName
+      SALDO_TOPIC_ENDPOINT: topic.properties.endpoint
+      SALDO_NODES: join(workerUrls, ',')
+      SALDO_FLEET_KEY: fleetKey
+      APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
+      RUST_LOG: 'info'
+    }
+  }
+}
+
+output appId string = app.outputs.appId
+output appName string = app.outputs.appName
