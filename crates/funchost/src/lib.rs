@@ -1,0 +1,129 @@
+//! A local stand-in for the Azure Functions host, for Saldo's custom handlers.
+//!
+//! It reads a Function App folder (`host.json` + one `function.json` per function, see
+//! [`config`]), starts the custom handler on a free port and keeps it running ([`supervisor`]),
+//! routes HTTP requests by `function.json` and checks `authLevel` keys ([`server`]), forwards them
+//! unchanged or wraps them in invocation payloads ([`invoke`]), fires timer triggers on their
+//! NCRONTAB schedules ([`timer`], [`schedule`]), and can be stopped and started like an Azure app.
+//!
+//! The same configuration files are deployed to Azure, so [`config::load_app`] and
+//! [`config::App::route`] double as a check that the configuration and the binaries agree.
+
+pub mod config;
+pub mod invoke;
+pub mod route;
+pub mod schedule;
+pub mod server;
+pub mod supervisor;
+pub mod timer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Everything `saldo-funchost` takes on its command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub app_dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub handler: Option<PathBuf>,
+    pub keys: server::Keys,
+    pub startup_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Finds the handler binary: `--handler` if given; otherwise `defaultExecutablePath`, absolute,
+/// or relative to the app folder (where a deployment puts it), or else beside this executable
+/// (where `cargo build` puts both binaries).
+pub fn resolve_handler(app: &config::App, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        anyhow::ensure!(p.is_file(), "--handler {} is not a file", p.display());
+        return Ok(p.to_path_buf());
+    }
+    let exe = Path::new(&app.executable);
+    if exe.is_absolute() {
+        anyhow::ensure!(
+            exe.is_file(),
+            "defaultExecutablePath {} is not a file",
+            exe.display()
+        );
+        return Ok(exe.to_path_buf());
+    }
+    let in_app = app.dir.join(exe);
+    if in_app.is_file() {
+        return Ok(in_app);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|me| me.parent().map(|d| d.join(exe)))
+        .filter(|p| p.is_file());
+    beside.with_context(|| {
+        format!(
+            "handler `{}` not found in {} nor beside saldo-funchost (use --handler PATH)",
+            app.executable,
+            app.dir.display()
+        )
+    })
+}
+
+/// Starts the app and serves it until SIGINT/SIGTERM. `on_listening` receives the real address
+/// (useful with port 0) once the handler is ready and the listener is bound.
+pub async fn run(
+    opts: Options,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !opts.keys.master.is_empty(),
+        "--master-key must not be empty"
+    );
+    anyhow::ensure!(
+        !opts.keys.function.is_empty(),
+        "--function-key must not be empty"
+    );
+    let app = config::load_app(&opts.app_dir)?.resolve_settings(|k| std::env::var(k).ok())?;
+    let program = resolve_handler(&app, opts.handler.as_deref())?;
+    // Bind before starting the handler so a taken port fails fast.
+    let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
+    let working_dir = match &app.working_directory {
+        Some(w) => app.dir.join(w),
+        None => app.dir.clone(),
+    };
+    let spec = supervisor::HandlerSpec {
+        program,
+        args: app.arguments.clone(),
+        working_dir,
+        startup_timeout: opts.startup_timeout,
+        backoff_min: opts.backoff_min,
+        backoff_max: opts.backoff_max,
+        stop_grace: Duration::from_secs(5),
+    };
+    let sup = supervisor::Supervisor::start(spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("the app did not start: {e}"))?;
+    let host = server::Host::new(app, opts.keys, sup.clone());
+    let timers = timer::spawn_timers(&host);
+    on_listening(listener.local_addr()?);
+    let served = axum::serve(listener, server::router(host))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    for t in timers {
+        t.abort();
+    }
+    sup.shutdown().await;
+    served.context("server failed")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

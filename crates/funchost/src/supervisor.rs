@@ -1,0 +1,361 @@
+//! Runs the custom handler process: starts it on a free port, waits until the port accepts
+//! connections, restarts it (with bounded exponential backoff) when it crashes, and stops and
+//! starts it on request. One task owns the child; everyone else sends it commands and watches
+//! its [`HandlerState`].
+//!
+//! No orphans: the handler runs in its own process group, which we signal as a whole (SIGTERM,
+//! then SIGKILL after a grace period); `kill_on_drop` covers a dropped `Child`; and the handler
+//! gets `PR_SET_PDEATHSIG` so the kernel terminates it even if this host is SIGKILLed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How to start the handler.
+#[derive(Debug, Clone)]
+pub struct HandlerSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub working_dir: PathBuf,
+    /// How long a (re)started handler has to open its port.
+    pub startup_timeout: Duration,
+    /// First and longest wait between restarts after a crash.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// After SIGTERM, how long the handler may take to exit before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerState {
+    /// Being started on request (`/admin/host/start`).
+    Starting,
+    Running {
+        port: u16,
+        pid: u32,
+    },
+    /// Crashed or failed to start; the supervisor is retrying.
+    Restarting {
+        reason: String,
+    },
+    /// Stopped on request.
+    Stopped,
+}
+
+enum Command_ {
+    Stop(oneshot::Sender<()>),
+    Start(oneshot::Sender<Result<(), String>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to the supervisor task. Cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    tx: mpsc::Sender<Command_>,
+    state: watch::Receiver<HandlerState>,
+    restarts: Arc<AtomicU64>,
+}
+
+impl Supervisor {
+    /// Starts the handler and waits until it is ready; an error here means the app cannot start
+    /// (the caller exits non-zero). On success the supervisor task keeps it running.
+    pub async fn start(spec: HandlerSpec) -> Result<Self, String> {
+        let child = spawn_ready(&spec).await?;
+        let (state_tx, state) = watch::channel(HandlerState::Running {
+            port: child.port,
+            pid: child.pid,
+        });
+        // Commands are rare (admin calls); a small bound is plenty and keeps memory fixed.
+        let (tx, rx) = mpsc::channel(8);
+        let restarts = Arc::new(AtomicU64::new(0));
+        let task = Task {
+            spec,
+            child: Some(child),
+            want_running: true,
+            backoff: Duration::ZERO,
+            state: state_tx,
+            restarts: restarts.clone(),
+        };
+        tokio::spawn(task.run(rx));
+        Ok(Self {
+            tx,
+            state,
+            restarts,
+        })
+    }
+
+    pub fn state(&self) -> HandlerState {
+        self.state.borrow().clone()
+    }
+
+    /// How many times the handler was restarted after a crash.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Kills the handler and keeps it down until [`Supervisor::start_again`].
+    pub async fn stop(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command_::Stop(tx)).await?;
+        rx.await.map_err(|_| "supervisor is gone".to_string())
+    }
+
+    /// Starts the handler again and waits until it is ready (a no-op if it is running).
+    pub async fn start_again(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command_::Start(tx)).await?;
+        rx.await.map_err(|_| "supervisor is gone".to_string())?
+    }
+
+    /// Kills the handler for good (host shutdown).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command_::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn send(&self, c: Command_) -> Result<(), String> {
+        self.tx
+            .send(c)
+            .await
+            .map_err(|_| "supervisor is gone".to_string())
+    }
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+    pid: u32,
+    since: Instant,
+}
+
+struct Task {
+    spec: HandlerSpec,
+    child: Option<Running>,
+    want_running: bool,
+    backoff: Duration,
+    state: watch::Sender<HandlerState>,
+    restarts: Arc<AtomicU64>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command_>) {
+        loop {
+            if self.want_running && self.child.is_none() {
+                // Crashed or failed to come up: wait, then try again, unless told otherwise.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.backoff) => {}
+                    cmd = rx.recv() => {
+                        if self.handle(cmd).await { return; }
+                        continue;
+                    }
+                }
+                match spawn_ready(&self.spec).await {
+                    Ok(r) => {
+                        self.restarts.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(port = r.port, pid = r.pid, "handler restarted");
+                        self.publish_running(r);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "handler restart failed");
+                        self.bump_backoff();
+                        let _ = self.state.send(HandlerState::Restarting { reason: e });
+                    }
+                }
+                continue;
+            }
+            let exited = async {
+                match self.child.as_mut() {
+                    Some(r) => r.child.wait().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                status = exited => {
+                    let r = self.child.take().expect("a child exited, so there was one");
+                    let reason = match status {
+                        Ok(s) => format!("handler (pid {}) exited unexpectedly: {s}", r.pid),
+                        Err(e) => format!("handler (pid {}) could not be waited for: {e}", r.pid),
+                    };
+                    // A handler that ran a while before crashing starts over at the shortest wait;
+                    // one that keeps crashing right away backs off up to the maximum.
+                    if r.since.elapsed() > self.spec.backoff_max * 3 {
+                        self.backoff = Duration::ZERO;
+                    }
+                    self.bump_backoff();
+                    tracing::error!(%reason, retry_in_ms = self.backoff.as_millis() as u64, "handler crashed; restarting");
+                    // Kill any processes the handler left behind in its group.
+                    let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGKILL);
+                    let _ = self.state.send(HandlerState::Restarting { reason });
+                }
+                cmd = rx.recv() => {
+                    if self.handle(cmd).await { return; }
+                }
+            }
+        }
+    }
+
+    fn bump_backoff(&mut self) {
+        self.backoff = (self.backoff * 2).clamp(self.spec.backoff_min, self.spec.backoff_max);
+    }
+
+    fn publish_running(&mut self, r: Running) {
+        let _ = self.state.send(HandlerState::Running {
+            port: r.port,
+            pid: r.pid,
+        });
+        self.child = Some(r);
+    }
+
+    /// Handles one command; true means "exit the task".
+    async fn handle(&mut self, cmd: Option<Command_>) -> bool {
+        match cmd {
+            Some(Command_::Stop(reply)) => {
+                self.want_running = false;
+                if let Some(r) = self.child.take() {
+                    terminate(r, self.spec.stop_grace).await;
+                }
+                let _ = self.state.send(HandlerState::Stopped);
+                tracing::info!("handler stopped on request");
+                let _ = reply.send(());
+                false
+            }
+            Some(Command_::Start(reply)) => {
+                self.want_running = true;
+                if self.child.is_some() {
+                    let _ = reply.send(Ok(()));
+                    return false;
+                }
+                let _ = self.state.send(HandlerState::Starting);
+                let result = match spawn_ready(&self.spec).await {
+                    Ok(r) => {
+                        tracing::info!(port = r.port, pid = r.pid, "handler started on request");
+                        self.backoff = Duration::ZERO;
+                        self.publish_running(r);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Keep trying in the background, as a crashed handler would be.
+                        self.bump_backoff();
+                        let _ = self
+                            .state
+                            .send(HandlerState::Restarting { reason: e.clone() });
+                        Err(e)
+                    }
+                };
+                let _ = reply.send(result);
+                false
+            }
+            Some(Command_::Shutdown(reply)) => {
+                if let Some(r) = self.child.take() {
+                    terminate(r, self.spec.stop_grace).await;
+                }
+                let _ = self.state.send(HandlerState::Stopped);
+                let _ = reply.send(());
+                true
+            }
+            // Every handle was dropped: the host is going away; `kill_on_drop` ends the child.
+            None => true,
+        }
+    }
+}
+
+/// Picks a free loopback port by binding port 0. Another process could take it before the
+/// handler binds; the readiness wait then times out and the supervisor tries another port.
+fn free_port() -> Result<u16, String> {
+    let l =
+        std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// Starts the handler and waits until its port accepts connections.
+async fn spawn_ready(spec: &HandlerSpec) -> Result<Running, String> {
+    let port = free_port()?;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.working_dir)
+        // The handler inherits our environment: app settings are the host's environment.
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("FUNCTIONS_WORKER_RUNTIME", "custom")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, _exit).
+    let parent = std::process::id();
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            // The parent may have died between fork and prctl; then nobody would signal us.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start handler {}: {e}", spec.program.display()))?;
+    let pid = child.id().ok_or("handler exited at once")?;
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "handler {} exited ({status}) before opening port {port}",
+                spec.program.display()
+            ));
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            tracing::info!(
+                port,
+                pid,
+                ms = started.elapsed().as_millis() as u64,
+                "handler is ready"
+            );
+            return Ok(Running {
+                child,
+                port,
+                pid,
+                since: Instant::now(),
+            });
+        }
+        if started.elapsed() >= spec.startup_timeout {
+            let r = Running {
+                child,
+                port,
+                pid,
+                since: started,
+            };
+            terminate(r, Duration::from_millis(500)).await;
+            return Err(format!(
+                "handler {} did not open port {port} within {:?}",
+                spec.program.display(),
+                spec.startup_timeout
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM to the handler's process group, then SIGKILL if it has not exited after `grace`.
+async fn terminate(mut r: Running, grace: Duration) {
+    let group = Pid::from_raw(r.pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(grace, r.child.wait()).await.is_err() {
+        tracing::warn!(pid = r.pid, "handler ignored SIGTERM; killing it");
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = r.child.wait().await;
+    }
+    // Children of the handler that outlived it.
+    let _ = killpg(group, Signal::SIGKILL);
+}
