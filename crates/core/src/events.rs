@@ -26,6 +26,9 @@ pub const MAX_QUANTITY: i64 = 1_000_000;
 /// Upper bound on identifiers and names, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 pub const MAX_NAME_LEN: usize = 200;
+/// Upper bound on product ids and EANs: 2^53, the largest integer a JSON number keeps exactly in
+/// JavaScript (the SPA) and one that fits MongoDB's signed 64-bit integers. EAN-13 codes fit.
+pub const MAX_PRODUCT_NUMBER: u64 = 1 << 53;
 
 /// One event in the Event Grid schema. `data` stays generic so the envelope can be parsed before
 /// the payload is understood.
@@ -153,7 +156,10 @@ pub enum InvalidEvent {
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidEvent {
-    InvalidEvent::Invalid { field: field.into(), reason: reason.into() }
+    InvalidEvent::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// A Saldo event whose envelope and payload are both valid.
@@ -203,16 +209,37 @@ impl RecordUpdated {
             return Err(invalid("data.products", "must name at least one product"));
         }
         if self.products.len() > MAX_LINES {
-            return Err(invalid("data.products", format!("at most {MAX_LINES} lines")));
+            return Err(invalid(
+                "data.products",
+                format!("at most {MAX_LINES} lines"),
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, line) in self.products.iter().enumerate() {
             let f = |name: &str| format!("data.products[{i}].{name}");
             if !seen.insert(line.id) {
-                return Err(invalid(f("id"), format!("product {} appears twice", line.id)));
+                return Err(invalid(
+                    f("id"),
+                    format!("product {} appears twice", line.id),
+                ));
+            }
+            if line.id > MAX_PRODUCT_NUMBER {
+                return Err(invalid(
+                    f("id"),
+                    format!("must be at most {MAX_PRODUCT_NUMBER}"),
+                ));
+            }
+            if line.ean > MAX_PRODUCT_NUMBER {
+                return Err(invalid(
+                    f("ean"),
+                    format!("must be at most {MAX_PRODUCT_NUMBER}"),
+                ));
             }
             if line.name.trim().is_empty() || line.name.len() > MAX_NAME_LEN {
-                return Err(invalid(f("name"), format!("must be 1..={MAX_NAME_LEN} bytes")));
+                return Err(invalid(
+                    f("name"),
+                    format!("must be 1..={MAX_NAME_LEN} bytes"),
+                ));
             }
             match (line.saldo, line.change) {
                 (Some(_), Some(_)) | (None, None) => {
@@ -306,14 +333,39 @@ mod tests {
     fn bad_commands_are_rejected_with_a_reason() {
         let cases = [
             (json!({"products": []}), "at least one"),
-            (json!({"products": [{"id": 1, "ean": 1, "name": "A", "saldo": -1}]}), "0..="),
-            (json!({"products": [{"id": 1, "ean": 1, "name": "A", "change": 0}]}), "non-zero"),
-            (json!({"products": [{"id": 1, "ean": 1, "name": "A", "change": 10_000_000}]}), "at most"),
-            (json!({"products": [{"id": 1, "ean": 1, "name": "A"}]}), "exactly one"),
-            (json!({"products": [{"id": 1, "ean": 1, "name": "A", "saldo": 1, "change": 1}]}), "exactly one"),
-            (json!({"products": [{"id": 1, "ean": 1, "name": "A", "change": -1}, {"id": 1, "ean": 1, "name": "A", "change": -1}]}), "twice"),
-            (json!({"transaction": "other", "products": [{"id": 1, "ean": 1, "name": "A", "change": -1}]}), "event id"),
+            (
+                json!({"products": [{"id": 1, "ean": 1, "name": "A", "saldo": -1}]}),
+                "0..=",
+            ),
+            (
+                json!({"products": [{"id": 1, "ean": 1, "name": "A", "change": 0}]}),
+                "non-zero",
+            ),
+            (
+                json!({"products": [{"id": 1, "ean": 1, "name": "A", "change": 10_000_000}]}),
+                "at most",
+            ),
+            (
+                json!({"products": [{"id": 1, "ean": 1, "name": "A"}]}),
+                "exactly one",
+            ),
+            (
+                json!({"products": [{"id": 1, "ean": 1, "name": "A", "saldo": 1, "change": 1}]}),
+                "exactly one",
+            ),
+            (
+                json!({"products": [{"id": 1, "ean": 1, "name": "A", "change": -1}, {"id": 1, "ean": 1, "name": "A", "change": -1}]}),
+                "twice",
+            ),
+            (
+                json!({"transaction": "other", "products": [{"id": 1, "ean": 1, "name": "A", "change": -1}]}),
+                "event id",
+            ),
             (json!({"products": "nope"}), "data"),
+            (
+                json!({"products": [{"id": 18_014_398_509_481_984u64, "ean": 1, "name": "A", "change": -1}]}),
+                "id",
+            ),
         ];
         for (data, needle) in cases {
             let mut raw = plan_example();
@@ -327,10 +379,16 @@ mod tests {
     fn envelope_errors() {
         let mut raw = plan_example();
         raw["dataVersion"] = json!("2.0");
-        assert!(matches!(parse_event(&raw), Err(InvalidEvent::UnsupportedVersion(..))));
+        assert!(matches!(
+            parse_event(&raw),
+            Err(InvalidEvent::UnsupportedVersion(..))
+        ));
         let mut raw = plan_example();
         raw["eventType"] = json!("somethingElse");
-        assert!(matches!(parse_event(&raw), Err(InvalidEvent::UnknownType(_))));
+        assert!(matches!(
+            parse_event(&raw),
+            Err(InvalidEvent::UnknownType(_))
+        ));
         let mut raw = plan_example();
         raw.as_object_mut().unwrap().remove("subject");
         assert!(matches!(parse_event(&raw), Err(InvalidEvent::Malformed(_))));

@@ -5,4 +5,6 @@
 //! binary, in the API and in the deterministic simulation of the fleet.
 
 pub mod events;
+pub mod ledger;
+pub mod stock;
 pub mod views;

@@ -1,0 +1,171 @@
+//! Saldo's persistence adapter.
+//!
+//! One database holds, for each node `<node>`:
+//! - `ledger_<node>`: one document per transaction this node knows (command, state, outcome,
+//!   outbox flag, feed sequence). Written only by that node.
+//! - `peers_<node>`: the membership as that node heard it, and its catch-up cursors per peer URL.
+//!
+//! and, shared by all nodes:
+//! - `warehouse`: ONE unsharded collection holding both the products (`_id: "product:<id>"`) and
+//!   the applied-markers (`_id: "tx:<transaction>"`). They share a collection because Cosmos DB
+//!   (MongoDB API) allows multi-document transactions only inside one unsharded collection, and
+//!   the stock change and the marker must commit together: that is what makes execution
+//!   exactly-once even when two nodes execute the same transaction at the same moment.
+//!
+//! [`Store`] is the interface the worker uses; [`MongoStore`] talks to MongoDB (SecantusDB
+//! locally, Cosmos DB in Azure); [`MemStore`] keeps everything in memory for unit tests and the
+//! deterministic simulation.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use saldo_core::events::ProductLine;
+use saldo_core::views::ProductView;
+
+pub mod mem;
+pub mod model;
+pub mod mongo;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+pub use mem::{Applied, Fault, MemDb, MemStore};
+pub use model::*;
+pub use mongo::MongoStore;
+
+/// Upper bound on any page or batch read from a ledger.
+pub const MAX_PAGE: usize = 500;
+/// Upper bound on the products a warehouse listing returns.
+pub const MAX_PRODUCTS: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached, or stayed overloaded through our retries. Try later
+    /// (a webhook answers 503 so that Event Grid retries).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database answered something unexpected (a bug, corrupt data, a broken invariant).
+    #[error("database error: {0}")]
+    Failed(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Everything a worker node needs from the database. One value is bound to one node (its
+/// ledger and peers collections) and the shared warehouse.
+///
+/// Methods return `Send` futures so that handlers can run on a multi-threaded runtime.
+pub trait Store: Send + Sync + 'static {
+    /// The node whose ledger this is.
+    fn node(&self) -> &str;
+
+    /// Creates indexes (before any data is written: Cosmos DB creates unique indexes only on
+    /// empty collections) and loads the ledger's feed sequence. Idempotent.
+    fn init(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Database round trips made so far (each attempt of each operation counts).
+    fn db_ops(&self) -> u64;
+
+    // --- this node's ledger ---
+
+    /// Inserts each command unless its transaction is already in the ledger, in one batch.
+    /// Returns, per command, whether it was new. Durable (majority, journaled) when it returns.
+    fn insert_commands(
+        &self,
+        cmds: &[NewCommand],
+    ) -> impl Future<Output = Result<Vec<Inserted>>> + Send;
+
+    /// Records a transaction's outcome (creating the entry if the command never arrived here).
+    /// Never overwrites a different known outcome.
+    fn record_outcome(
+        &self,
+        transaction: &str,
+        outcome: &OutcomeRecord,
+        published: bool,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Recorded>> + Send;
+
+    /// Clears the outbox flag of these transactions (their completion has been published).
+    fn mark_published(&self, transactions: &[String]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Transactions without an outcome, the earliest received first, at most `limit`.
+    fn pending(&self, limit: usize) -> impl Future<Output = Result<Vec<LedgerEntry>>> + Send;
+
+    /// Transactions whose completion this node still owes the fleet, at most `limit`.
+    fn unpublished(&self, limit: usize) -> impl Future<Output = Result<Vec<LedgerEntry>>> + Send;
+
+    fn entry(&self, transaction: &str) -> impl Future<Output = Result<Option<LedgerEntry>>> + Send;
+
+    /// The catch-up feed: entries changed after `after` (a sequence number), in order, at most `limit`.
+    fn page(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>>> + Send;
+
+    // --- this node's view of its peers ---
+
+    fn upsert_peer(&self, peer: &PeerRecord) -> impl Future<Output = Result<()>> + Send;
+    fn peers(&self) -> impl Future<Output = Result<Vec<PeerRecord>>> + Send;
+    /// The last feed position read from the peer at `url` (0 if never).
+    fn cursor(&self, url: &str) -> impl Future<Output = Result<u64>> + Send;
+    fn set_cursor(&self, url: &str, cursor: u64) -> impl Future<Output = Result<()>> + Send;
+
+    // --- the shared warehouse ---
+
+    /// Executes a transaction exactly once: in one atomic warehouse transaction, reads the
+    /// marker and the products, decides with [`saldo_core::stock::apply`], writes the products
+    /// and the marker. If a marker exists (before or by a concurrent executor), adopts it.
+    fn execute(
+        &self,
+        transaction: &str,
+        lines: &[ProductLine],
+        region: &str,
+        takeover: bool,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Execution>> + Send;
+
+    fn marker(
+        &self,
+        transaction: &str,
+    ) -> impl Future<Output = Result<Option<OutcomeRecord>>> + Send;
+    /// All products, ordered by id.
+    fn products(&self) -> impl Future<Output = Result<Vec<ProductView>>> + Send;
+    fn product(&self, id: u64) -> impl Future<Output = Result<Option<ProductView>>> + Send;
+}
+
+/// Node names become collection names: keep them to what every MongoDB flavour accepts.
+pub fn valid_node_name(node: &str) -> bool {
+    !node.is_empty()
+        && node.len() <= 60
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The outcome a fresh execution decides, shared by both stores so they cannot differ.
+pub(crate) fn decide(
+    current: &std::collections::BTreeMap<u64, ProductView>,
+    lines: &[ProductLine],
+    node: &str,
+    region: &str,
+    takeover: bool,
+    now: DateTime<Utc>,
+) -> (saldo_core::stock::StockDecision, OutcomeRecord) {
+    use saldo_core::events::Outcome;
+    use saldo_core::stock::{StockDecision, apply};
+    let decision = apply(current, lines);
+    let (status, reason) = match &decision {
+        StockDecision::Apply { .. } => (Outcome::Completed, None),
+        StockDecision::Reject { reason } => (Outcome::Rejected, Some(reason.clone())),
+    };
+    let outcome = OutcomeRecord {
+        status,
+        node: node.to_string(),
+        region: region.to_string(),
+        reason,
+        quantities: decision.quantities(),
+        at: now,
+        takeover,
+    };
+    (decision, outcome)
+}
