@@ -1,0 +1,487 @@
+"""Offline checks of infra/: the Bicep templates, checkov's verdict, and the scripts' --dry-run
+output against the templates and functions-host/.
+
+Run by infra/tests/check.sh with the tools venv's Python. Prints one line per check,
+"ok - NAME" or "FAIL - NAME: why", and last "RESULT <passed> <failed>".
+
+Nothing here can reach Azure. What it can do is make sure that the scripts, the templates and
+the function folders agree with each other: the same app names for the same prefix and regions,
+every function published and verified, the webhook path Event Grid is given is the route the
+worker serves, every timer schedule an app setting, no secret in a parameter file or the output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from pycep import BicepParser
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+SCRIPTS = INFRA / "scripts"
+FUNCTIONS_HOST = ROOT / "functions-host"
+
+passed = 0
+failed = 0
+
+
+def check(name: str, fn: Callable[[], None]) -> None:
+    """Run one check; an AssertionError (or any error) fails it with its message."""
+    global passed, failed
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - every error is a failed check, reported by name
+        failed += 1
+        msg = str(err) or type(err).__name__
+        print(f"FAIL - {name}: {msg}", flush=True)
+    else:
+        passed += 1
+        print(f"ok - {name}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Bicep
+# --------------------------------------------------------------------------------------------
+_parsed: dict[Path, dict[str, Any]] = {}
+
+
+def parse(path: Path) -> dict[str, Any]:
+    if path not in _parsed:
+        _parsed[path] = BicepParser().parse(file_path=path)
+    return _parsed[path]
+
+
+def interpolate(template: str, env: dict[str, str]) -> str:
+    """Evaluate a Bicep string whose ${...} parts are plain identifiers bound in env."""
+
+    def sub(m: re.Match[str]) -> str:
+        ident = m.group(1)
+        assert ident in env, f"cannot evaluate '${{{ident}}}' in '{template}' offline"
+        return env[ident]
+
+    return re.sub(r"\$\{([^}]*)\}", sub, template)
+
+
+def bicep_names(prefix: str, regions: list[str]) -> dict[str, Any]:
+    """The resource names main.bicep derives from prefix and regions."""
+    variables = parse(INFRA / "main.bicep")["variables"]
+    env = {"prefix": prefix}
+
+    def plain(var: str) -> str:
+        value = variables[var]["value"]
+        assert isinstance(value, str), f"main.bicep variable {var} is not a plain string template"
+        return interpolate(value, env)
+
+    loop = variables["workerAppNames"]["value"]
+    assert isinstance(loop, dict) and "loop_type" in loop, "workerAppNames is not a for-expression"
+    detail = loop["loop_type"]["detail"]
+    assert detail["array_name"] == "regions", "workerAppNames does not loop over regions"
+    workers = [interpolate(loop["config"], {**env, detail["item_name"]: r}) for r in regions]
+    return {
+        "resourceGroup": plain("resourceGroupName"),
+        "workers": workers,
+        "api": plain("apiAppName"),
+        "topic": plain("topicName"),
+        "cosmos": plain("cosmosAccountName"),
+        "site": plain("staticSiteName"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# functions-host
+# --------------------------------------------------------------------------------------------
+def function_names(app: str) -> list[str]:
+    return sorted(p.parent.name for p in (FUNCTIONS_HOST / app).glob("*/function.json"))
+
+
+def function_json(app: str, fn: str) -> dict[str, Any]:
+    return json.loads((FUNCTIONS_HOST / app / fn / "function.json").read_text())
+
+
+def host_json(app: str) -> dict[str, Any]:
+    return json.loads((FUNCTIONS_HOST / app / "host.json").read_text())
+
+
+def http_path(app: str, fn: str) -> str:
+    """The URL path of an HTTP function: /<routePrefix>/<route> (route parameters dropped)."""
+    prefix = host_json(app).get("extensions", {}).get("http", {}).get("routePrefix", "api")
+    trigger = next(b for b in function_json(app, fn)["bindings"] if b["type"] == "httpTrigger")
+    route = trigger.get("route", fn)
+    route = re.sub(r"/?\{[^}]*\}", "", route)
+    return "/" + "/".join(part for part in (prefix, route) if part)
+
+
+# --------------------------------------------------------------------------------------------
+# Scripts
+# --------------------------------------------------------------------------------------------
+def run_script(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    for var in ("SALDO_PREFIX", "SALDO_REGIONS", "SALDO_STATIC_SITE_LOCATION"):
+        full_env.pop(var, None)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        ["bash", str(SCRIPTS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+        cwd=ROOT,
+    )
+
+
+def commands(proc: subprocess.CompletedProcess[str]) -> list[list[str]]:
+    """The '+ ' lines of a dry run, split into words."""
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr.strip()}"
+    out = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("+ "):
+            out.append(shlex.split(line[2:]))
+    assert out, "printed no command"
+    return out
+
+
+def option(cmd: list[str], name: str) -> str:
+    assert name in cmd, f"{name} missing from: {' '.join(cmd)}"
+    return cmd[cmd.index(name) + 1]
+
+
+def starts(cmd: list[str], *words: str) -> bool:
+    return cmd[: len(words)] == list(words)
+
+
+def find(cmds: list[list[str]], *words: str) -> list[int]:
+    return [i for i, c in enumerate(cmds) if starts(c, *words)]
+
+
+def check_deploy_dry_run(prefix: str | None, regions: list[str]) -> None:
+    args = ["--dry-run"]
+    if prefix is not None:
+        args += ["--prefix", prefix]
+        args += ["--regions", ",".join(regions)]
+    proc = run_script("deploy", *args)
+    cmds = commands(proc)
+    names = bicep_names(prefix or "saldo", regions)
+    rg = names["resourceGroup"]
+
+    # Only trace lines on stdout: the dry run is a list of commands.
+    stray = [line for line in proc.stdout.splitlines() if line and not line.startswith("+ ")]
+    assert not stray, f"non-command lines in the dry run: {stray[:3]}"
+    # No generated key may appear (48 hex characters, see new_key in lib.sh).
+    assert not re.search(r"\b[0-9a-f]{48}\b", proc.stdout), "a generated key appears in the output"
+
+    # Templates: pass 1 without, pass 2 with the event wiring; both the same template and scope.
+    deployments = find(cmds, "az", "deployment", "sub", "create")
+    assert len(deployments) == 2, f"expected 2 template deployments, found {len(deployments)}"
+    for i, wire in zip(deployments, ("false", "true")):
+        c = cmds[i]
+        assert option(c, "--template-file") == "infra/main.bicep", "wrong template"
+        assert option(c, "--location") == regions[0], "deployment location is not the primary region"
+        params = [w for w in c if "=" in w and not w.startswith("@")]
+        kv = dict(p.split("=", 1) for p in params)
+        assert kv.get("prefix") == (prefix or "saldo"), f"prefix parameter {kv.get('prefix')}"
+        assert json.loads(kv["regions"]) == regions, f"regions parameter {kv['regions']}"
+        assert kv.get("wireEvents") == wire, f"pass {wire}: wireEvents={kv.get('wireEvents')}"
+        assert "@infra/main.parameters.json" in c, "main.parameters.json not passed"
+
+    # Publishing: exactly the apps the template creates, each from its staged folder.
+    publishes = find(cmds, "cd")
+    published = []
+    for i in publishes:
+        c = cmds[i]
+        rest = c[c.index("&&") + 1 :]
+        assert rest[:4] == ["func", "azure", "functionapp", "publish"], f"unexpected: {' '.join(c)}"
+        published.append(rest[4])
+        assert c[1] == f".saldo/deploy/{rest[4]}", f"{rest[4]} is published from {c[1]}"
+    expected_apps = names["workers"] + [names["api"]]
+    assert sorted(published) == sorted(expected_apps), f"published {published}, template has {expected_apps}"
+
+    # Each staged folder gets its functions-host folder and the binary host.json names.
+    for app_name in expected_apps:
+        kind = "api" if app_name == names["api"] else "worker"
+        stage = f".saldo/deploy/{app_name}"
+        binary = host_json(kind)["customHandler"]["description"]["defaultExecutablePath"]
+        copies = [c for c in cmds if c[:1] == ["cp"] and c[-1].startswith(stage)]
+        sources = {c[-2] for c in copies}
+        assert f"functions-host/{kind}/." in sources, f"{app_name}: functions-host/{kind} not staged"
+        assert f"target/x86_64-unknown-linux-musl/release/{binary}" in sources, f"{app_name}: {binary} not staged"
+        shown = sorted(
+            option(c, "--function-name")
+            for c in cmds
+            if starts(c, "az", "functionapp", "function", "show") and option(c, "--name") == app_name
+        )
+        assert shown == function_names(kind), f"{app_name}: verifies {shown}, functions-host/{kind} has {function_names(kind)}"
+        for c in cmds:
+            if starts(c, "az", "functionapp") and "--name" in c and option(c, "--name") == app_name:
+                assert option(c, "--resource-group") == rg, f"{app_name} looked up in {option(c, '--resource-group')}"
+
+    # The handshake probe hits the very path the subscriptions use and the worker serves.
+    webhook = http_path("worker", "eventgrid")
+    probes = [c for c in cmds if c[:1] == ["curl"]]
+    assert sorted(c[-1] for c in probes) == sorted(
+        f"https://{w}.azurewebsites.net{webhook}" for w in names["workers"]
+    ), f"probes {[c[-1] for c in probes]}"
+
+    # Order: build, pass 1, publish, probe, pass 2, SPA.
+    build = find(cmds, "cargo", "build")
+    assert len(build) == 1, "expected one cargo build"
+    assert option(cmds[build[0]], "--target") == "x86_64-unknown-linux-musl", "not a musl build"
+    swa = find(cmds, "env")
+    assert swa and "swa" in cmds[swa[0]], "no swa deploy"
+    curl_idx = [i for i, c in enumerate(cmds) if c[:1] == ["curl"]]
+    order = [build[0], deployments[0], min(publishes), max(publishes), min(curl_idx), max(curl_idx), deployments[1], swa[0]]
+    assert order == sorted(order), "steps out of order (build, templates, publish, handshake, subscriptions, SPA)"
+    site_cmds = [c for c in cmds if starts(c, "az", "staticwebapp")]
+    assert site_cmds and all(option(c, "--name") == names["site"] for c in site_cmds), "Static Web App name differs from the template"
+    # Read-only checks come before anything is changed.
+    first_change = min(find(cmds, "az", "provider", "register") + build)
+    for i in find(cmds, "az", "account", "show") + find(cmds, "az", "functionapp", "list-flexconsumption-locations"):
+        assert i < first_change, "a prerequisite check runs after something was changed"
+
+
+def check_bad_input(script: str, *args: str) -> None:
+    proc = run_script(script, *args)
+    assert proc.returncode != 0, f"{script} {' '.join(args)} exited 0"
+    assert "+ " not in proc.stdout, f"{script} {' '.join(args)} printed commands before refusing"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"{script} {' '.join(args)}: expected one line on stderr, got {lines}"
+
+
+def fake_bin(tmp: Path, tools: dict[str, str]) -> Path:
+    """A PATH with the basic utilities the scripts use and the given fake tools."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    for util in ("bash", "dirname", "basename", "sed", "sort", "od", "tr", "mktemp", "chmod", "cat", "rm", "grep", "env"):
+        real = subprocess.run(["bash", "-c", f"command -v {util}"], capture_output=True, text=True).stdout.strip()
+        assert real, f"{util} not found on this machine"
+        (bin_dir / util).symlink_to(real)
+    log = tmp / "calls.log"
+    for name, body in tools.items():
+        script = bin_dir / name
+        script.write_text(f'#!/bin/bash\necho "{name} $*" >> {log}\n{body}\n')
+        script.chmod(0o755)
+    return bin_dir
+
+
+def check_prerequisites() -> None:
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        # No az at all: refused with the missing tool named, nothing run.
+        bin_dir = fake_bin(tmp, {})
+        proc = run_script("deploy", env={"PATH": str(bin_dir)})
+        assert proc.returncode != 0, "deploy without az exited 0"
+        assert "missing tool 'az'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        # Every tool there, musl target installed, but not logged in.
+        ok = "exit 0"
+        bin_dir = fake_bin(
+            tmp,
+            {
+                "az": 'if [ "$1 $2" = "account show" ]; then echo "Please run az login" >&2; exit 1; fi\nexit 0',
+                "rustup": 'echo x86_64-unknown-linux-musl',
+                "func": ok, "cargo": ok, "musl-gcc": ok, "npm": ok, "swa": ok, "curl": ok,
+            },
+        )
+        proc = run_script("deploy", env={"PATH": str(bin_dir)})
+        assert proc.returncode != 0, "deploy while logged out exited 0"
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "not logged in" in lines[0], f"stderr: {lines}"
+        calls = (tmp / "calls.log").read_text().splitlines()
+        assert calls == ["rustup target list --installed", "az account show --query id --output tsv"], f"ran {calls}"
+
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        # Logged in, but a region without Flex Consumption: refused before anything changes.
+        bin_dir = fake_bin(
+            tmp,
+            {
+                "az": 'if [ "$2" = "list-flexconsumption-locations" ]; then printf "westeurope\\nnortheurope\\n"; fi\nexit 0',
+                "rustup": "echo x86_64-unknown-linux-musl",
+                "func": "exit 0", "cargo": "exit 0", "musl-gcc": "exit 0", "npm": "exit 0", "swa": "exit 0", "curl": "exit 0",
+            },
+        )
+        proc = run_script("deploy", env={"PATH": str(bin_dir)})
+        assert proc.returncode != 0, "deploy to a region without Flex Consumption exited 0"
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "swedencentral" in lines[0] and "Flex" in lines[0], f"stderr: {lines}"
+        calls = (tmp / "calls.log").read_text().splitlines()
+        assert not [c for c in calls if "create" in c or "register" in c or c.startswith("cargo")], f"ran {calls}"
+
+
+def check_region_dry_run() -> None:
+    regions = ["westeurope", "northeurope", "swedencentral"]
+    names = bicep_names("saldo", regions)
+    for action in ("stop", "start"):
+        for region, app in zip(regions, names["workers"]):
+            cmds = commands(run_script("region", "--dry-run", action, region))
+            acting = find(cmds, "az", "functionapp", action)
+            assert len(acting) == 1, f"region {action} {region}: {len(acting)} commands"
+            c = cmds[acting[0]]
+            assert option(c, "--name") == app and option(c, "--resource-group") == names["resourceGroup"], " ".join(c)
+
+
+def check_status_dry_run() -> None:
+    regions = ["westeurope", "northeurope", "swedencentral"]
+    names = bicep_names("saldo", regions)
+    cmds = commands(run_script("status", "--dry-run"))
+    shown = sorted(option(c, "--name") for c in cmds if starts(c, "az", "functionapp", "show"))
+    assert shown == sorted(names["workers"] + [names["api"]]), f"status shows {shown}"
+    status_path = http_path("worker", "status")
+    urls = sorted(c[-1] for c in cmds if c[:1] == ["curl"])
+    assert urls == sorted(f"https://{w}.azurewebsites.net{status_path}" for w in names["workers"]), f"{urls}"
+    assert function_json("worker", "status")["bindings"][0]["authLevel"] == "anonymous", "status probe needs an anonymous status function"
+    subs = [c for c in cmds if starts(c, "az", "eventgrid", "topic", "event-subscription", "list")]
+    assert subs and option(subs[0], "--topic-name") == names["topic"], "status lists another topic"
+    outputs = parse(INFRA / "main.bicep")["outputs"]
+    assert "deadLetterStorageName" in outputs, "status reads output deadLetterStorageName, which main.bicep lacks"
+
+
+def check_teardown_dry_run() -> None:
+    names = bicep_names("saldo", ["westeurope"])
+    cmds = commands(run_script("teardown", "--dry-run"))
+    deletes = find(cmds, "az", "group", "delete")
+    assert len(deletes) == 1 and option(cmds[deletes[0]], "--name") == names["resourceGroup"], "teardown deletes another group"
+
+
+# --------------------------------------------------------------------------------------------
+# Templates against functions-host and the architecture's rules
+# --------------------------------------------------------------------------------------------
+def app_settings(module: str) -> dict[str, Any]:
+    tree = parse(INFRA / "modules" / module)
+    return tree["modules"]["app"]["config"]["params"]["appSettings"]
+
+
+def check_worker_settings() -> None:
+    settings = app_settings("worker-app.bicep")
+    needed = set()
+    for fn in function_names("worker"):
+        for binding in function_json("worker", fn)["bindings"]:
+            for value in binding.values():
+                if isinstance(value, str):
+                    needed.update(re.findall(r"%([A-Za-z0-9_]+)%", value))
+    missing = needed - settings.keys()
+    assert not missing, f"function.json uses app settings the template does not set: {sorted(missing)}"
+    required = {
+        "SALDO_NODE", "SALDO_REGION", "SALDO_MONGODB_URI", "SALDO_DATABASE", "SALDO_TOPIC_ENDPOINT",
+        "SALDO_PUBLIC_URL", "SALDO_PEERS", "SALDO_FLEET_KEY", "SALDO_TAKEOVER_MS", "SALDO_LIVENESS_MS",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    }
+    assert required <= settings.keys(), f"worker settings missing: {sorted(required - settings.keys())}"
+    api = app_settings("api-app.bicep")
+    assert {"SALDO_NODES", "SALDO_FLEET_KEY", "SALDO_MONGODB_URI", "SALDO_TOPIC_ENDPOINT"} <= api.keys(), "API settings incomplete"
+    for name, s in (("worker", settings), ("api", api)):
+        # Keyless in Azure: the topic refuses keys, so no app may be given one.
+        assert "SALDO_TOPIC_KEY" not in s, f"{name} app gets SALDO_TOPIC_KEY"
+        # Flex Consumption sets the runtime in functionAppConfig and refuses this setting.
+        assert "FUNCTIONS_WORKER_RUNTIME" not in s, f"{name} app sets FUNCTIONS_WORKER_RUNTIME"
+
+
+def check_templates_rules() -> None:
+    topic = parse(INFRA / "modules" / "event-topic.bicep")["resources"]["topic"]["config"]["properties"]
+    assert topic["disableLocalAuth"] is True, "topic accepts keys"
+    assert topic["inputSchema"] == "EventGridSchema", "topic schema"
+    cosmos = parse(INFRA / "modules" / "cosmos-mongo.bicep")["resources"]["account"]["config"]["properties"]
+    assert cosmos["enableMultipleWriteLocations"] is False, "multi-region writes would oversell"
+    caps = {c["name"] for c in cosmos["capabilities"]}
+    assert "EnableMongoRetryableWrites" in caps, "retryable writes capability missing"
+    assert float(cosmos["apiProperties"]["serverVersion"]) >= 4.2, "server version below 4.2"
+    flex = parse(INFRA / "modules" / "flex-function-app.bicep")["resources"]["app"]["config"]["properties"]
+    assert flex["functionAppConfig"]["runtime"]["name"] == "custom", "not a custom handler runtime"
+    subs = parse(INFRA / "modules" / "event-subscriptions.bicep")["resources"]["subscriptions"]["config"]
+    assert subs["loop_type"]["detail"]["array_name"] == "regions", "not one subscription per region"
+    props = subs["config"]["properties"]
+    url = props["destination"]["properties"]["endpointUrl"]
+    m = re.search(r"azurewebsites\.net(/[^?]*)\?code=", url)
+    assert m and m.group(1) == http_path("worker", "eventgrid"), f"subscription endpoint {url} is not the eventgrid route"
+    trigger = function_json("worker", "eventgrid")["bindings"][0]
+    assert trigger["authLevel"] == "function" and "post" in trigger["methods"], "eventgrid must be a POST function-key webhook"
+    assert "deadLetterWithResourceIdentity" in props and "retryPolicy" in props, "no dead-letter or retry policy"
+    assert "maxEventsPerBatch" in props["destination"]["properties"], "no batching"
+    # Every parameter whose name says it holds a key is @secure.
+    for path in [INFRA / "main.bicep", *sorted((INFRA / "modules").glob("*.bicep"))]:
+        for pname, p in parse(path).get("parameters", {}).items():
+            # appSettings carries the database connection string (flex-function-app.bicep).
+            if re.search(r"(key|secret|password)$", pname, re.I) or pname == "appSettings":
+                assert any(d.get("type") == "secure" for d in p["decorators"]), f"{path.name}: parameter {pname} is not @secure()"
+
+
+def check_parameters_file() -> None:
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    declared = parse(INFRA / "main.bicep")["parameters"]
+    unknown = set(params) - set(declared)
+    assert not unknown, f"main.parameters.json sets undeclared parameters {sorted(unknown)}"
+    secure = {n for n, p in declared.items() if any(d.get("type") == "secure" for d in p["decorators"])}
+    assert secure, "main.bicep declares no secure parameter (fleetKey, eventGridKey expected)"
+    assert not (secure & set(params)), f"main.parameters.json holds secrets {sorted(secure & set(params))}"
+    lib = (SCRIPTS / "lib.sh").read_text()
+
+    def default(var: str) -> str:
+        m = re.search(rf'^readonly {var}="([^"]*)"', lib, re.M)
+        assert m, f"lib.sh has no {var}"
+        return m.group(1)
+
+    assert params["prefix"]["value"] == default("DEFAULT_PREFIX"), "default prefix differs between lib.sh and main.parameters.json"
+    assert params["regions"]["value"] == default("DEFAULT_REGIONS").split(","), "default regions differ"
+    assert declared["regions"]["default"] == params["regions"]["value"], "main.bicep's default regions differ"
+    assert params["staticSiteLocation"]["value"] == default("DEFAULT_STATIC_SITE_LOCATION"), "default Static Web App region differs"
+
+
+def main() -> int:
+    bicep_files = [INFRA / "main.bicep", *sorted((INFRA / "modules").glob("*.bicep"))]
+    for path in bicep_files:
+        check(f"bicep parses: {path.relative_to(ROOT)}", lambda path=path: parse(path))
+    if failed:
+        print(f"RESULT {passed} {failed}")
+        return 1
+
+    def modules_exist() -> None:
+        for name, mod in parse(INFRA / "main.bicep")["modules"].items():
+            target = INFRA / mod["detail"]["path"]
+            assert target.is_file(), f"module {name} points to missing {target}"
+
+    check("main.bicep's modules exist", modules_exist)
+    for app in ("worker", "api"):
+        check(f"functions-host/{app} has functions", lambda app=app: (function_names(app) or (_ for _ in ()).throw(AssertionError("none"))))
+    check("worker app settings cover function.json and the architecture", check_worker_settings)
+    check("templates keep the architecture's rules", check_templates_rules)
+    check("main.parameters.json: no secrets, same defaults as the scripts", check_parameters_file)
+    check("deploy --dry-run matches templates and functions-host (defaults)", lambda: check_deploy_dry_run(None, ["westeurope", "northeurope", "swedencentral"]))
+    check("deploy --dry-run matches templates and functions-host (other prefix and regions)", lambda: check_deploy_dry_run("shop-demo2", ["northeurope", "eastus2"]))
+    check("region --dry-run stops and starts each region's app", check_region_dry_run)
+    check("status --dry-run probes every app and the topic", check_status_dry_run)
+    check("teardown --dry-run deletes the resource group", check_teardown_dry_run)
+    bad = [
+        ("deploy", "--dry-run", "--regions", "westeurope,atlantis"),
+        ("deploy", "--dry-run", "--prefix", "Saldo"),
+        ("deploy", "--dry-run", "--prefix", "ab"),
+        ("deploy", "--dry-run", "--prefix", "much-too-long-prefix"),
+        ("deploy", "--dry-run", "--prefix", "bad--name"),
+        ("deploy", "--dry-run", "--regions", "westeurope,westeurope"),
+        ("deploy", "--dry-run", "--regions", "westeurope,northeurope,swedencentral,uksouth,francecentral,eastus"),
+        ("deploy", "--dry-run", "--static-site-location", "northeurope"),
+        ("deploy", "--dry-run", "--what"),
+        ("region", "--dry-run", "stop", "eastus"),
+        ("region", "--dry-run", "pause", "westeurope"),
+        ("region", "--dry-run", "stop"),
+        ("status", "--dry-run", "--prefix", "-x-"),
+        ("teardown",),
+    ]
+    for args in bad:
+        check(f"refused in one line: {' '.join(args)}", lambda args=args: check_bad_input(*args))
+    check("deploy refuses missing tools, a logged-out CLI and non-Flex regions before changing anything", check_prerequisites)
+    print(f"RESULT {passed} {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
