@@ -1,0 +1,589 @@
+//! Starting and stopping the whole stack, in dependency order:
+//!
+//! 1. `mongodb`  SecantusDB, the stand-in for Cosmos DB for MongoDB.
+//! 2. `topic`    the Event Grid emulator.
+//! 3. `worker-<region>`  one Functions host stand-in per region, each running `saldo-worker`.
+//!    Then one Event Grid subscription per region, pointing at that region's webhook.
+//! 4. `api`      a Functions host stand-in running `saldo-api`; then the demo catalogue is seeded.
+//! 5. `spa`      the SPA behind the Static Web Apps CLI.
+//!
+//! To add a component: write a `fn <name>_spec(..) -> Spec` below and call `self.launch(spec)` at
+//! the right place in [`Stack::start`]; add its entry to the [`Manifest`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::component::{Health, Running, Spec};
+use crate::config::{Component, StackConfig};
+use crate::keys::Keys;
+use crate::manifest::{
+    ApiEntry, Manifest, MongoEntry, NodeEntry, ProcessEntry, SpaEntry, TopicEntry,
+};
+use crate::ports;
+use crate::venv::Venv;
+
+pub const DATABASE: &str = "saldo";
+/// The Event Grid subscription's dead-letter container (a folder under `<root>/deadletter`).
+pub const DEADLETTER_CONTAINER: &str = "deadletter";
+
+/// The ports a stack used last time, reused when still free.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct RememberedPorts {
+    #[serde(default)]
+    ports: BTreeMap<String, u16>,
+}
+
+/// A running stack. Dropping it kills every component (tests rely on that when they panic);
+/// [`Stack::stop`] stops them gracefully.
+pub struct Stack {
+    pub config: StackConfig,
+    manifest: Manifest,
+    running: Vec<Running>,
+    keys: Keys,
+    remembered: RememberedPorts,
+    lock: Option<PathBuf>,
+}
+
+/// The process id recorded in `<root>/saldo.pid`, if that process is alive.
+pub fn running_pid(root: &Path) -> Option<u32> {
+    let pid: i32 = std::fs::read_to_string(root.join("saldo.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // Signal 0 checks existence without sending anything.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok()?;
+    Some(pid as u32)
+}
+
+impl Stack {
+    /// Starts every wanted component that exists, health-checks each, and writes the manifest.
+    /// On any failure, everything already started is stopped again before the error returns.
+    pub async fn start(config: StackConfig) -> Result<Stack> {
+        config.validate()?;
+        for dir in ["logs", "data", "deadletter"] {
+            std::fs::create_dir_all(config.root.join(dir))
+                .with_context(|| format!("creating {}", config.root.join(dir).display()))?;
+        }
+        let lock = config.root.join("saldo.pid");
+        if let Some(pid) = running_pid(&config.root) {
+            bail!(
+                "a Saldo stack is already running from {} (pid {pid}): see `saldo status`, or stop it with `saldo down`",
+                config.root.display()
+            );
+        }
+        std::fs::write(&lock, std::process::id().to_string())?;
+        let keys = Keys::load_or_create(&config.root.join("data").join("keys.json"))?;
+        let remembered: RememberedPorts =
+            std::fs::read_to_string(config.root.join("data/ports.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+        let manifest = Manifest {
+            root: config.root.clone(),
+            pid: std::process::id(),
+            ..Default::default()
+        };
+        let mut stack = Stack {
+            config,
+            manifest,
+            running: Vec::new(),
+            keys,
+            remembered,
+            lock: Some(lock),
+        };
+        match stack.start_all().await {
+            Ok(()) => Ok(stack),
+            Err(e) => {
+                stack.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The running component called `name` (e.g. `worker-westeurope`).
+    pub fn component(&mut self, name: &str) -> Option<&mut Running> {
+        self.running.iter_mut().find(|r| r.spec.name == name)
+    }
+
+    /// Names, pids and endpoints of what runs, in start order.
+    pub fn table(&self) -> Vec<(String, i32, String)> {
+        self.running
+            .iter()
+            .map(|r| (r.spec.name.clone(), r.pid(), r.spec.endpoint.clone()))
+            .collect()
+    }
+
+    async fn start_all(&mut self) -> Result<()> {
+        let c = self.config.clone();
+        let host = c.host.clone();
+
+        if c.wants(Component::Mongodb) {
+            let venv = Venv::ensure(&c.venv(), &c.repo.join("tools/requirements-secantus.txt"))?;
+            let port = self.port("mongodb", c.ports.mongodb)?;
+            let uri = format!("mongodb://{host}:{port}/?directConnection=true");
+            let data = c.root.join("data").join("mongodb");
+            std::fs::create_dir_all(&data)?;
+            self.launch(Spec {
+                name: "mongodb".into(),
+                program: venv.secantusd(),
+                args: vec![
+                    "--host".into(),
+                    host.clone(),
+                    "--port".into(),
+                    port.to_string(),
+                    "--storage-path".into(),
+                    data.display().to_string(),
+                ],
+                env: vec![],
+                cwd: Some(data.clone()),
+                health: Health::Mongo { uri: uri.clone() },
+                ready_timeout: Duration::from_secs(60),
+                endpoint: uri.clone(),
+            })
+            .await?;
+            self.manifest.mongodb = Some(MongoEntry {
+                uri,
+                database: DATABASE.into(),
+            });
+        }
+
+        if c.wants(Component::Topic) && self.exists("saldo-eventgrid")? {
+            let port = self.port("topic", c.ports.topic)?;
+            let base = format!("http://{host}:{port}");
+            let deadletter = c.root.join("deadletter");
+            self.launch(Spec {
+                name: "topic".into(),
+                program: c.bin("saldo-eventgrid"),
+                args: vec![
+                    "--host".into(),
+                    host.clone(),
+                    "--port".into(),
+                    port.to_string(),
+                    "--key".into(),
+                    self.keys.topic_key.clone(),
+                    "--data-dir".into(),
+                    c.root.join("data").join("eventgrid").display().to_string(),
+                    "--deadletter-dir".into(),
+                    deadletter.display().to_string(),
+                    "--time-scale".into(),
+                    c.time_scale.to_string(),
+                ],
+                env: self.common_env(),
+                cwd: None,
+                health: Health::Http {
+                    url: format!("{base}/healthz"),
+                    header: None,
+                },
+                ready_timeout: Duration::from_secs(30),
+                endpoint: format!("{base}/api/events"),
+            })
+            .await?;
+            self.manifest.topic = Some(TopicEntry {
+                endpoint: format!("{base}/api/events"),
+                key: self.keys.topic_key.clone(),
+                management: base,
+                deadletter,
+            });
+        }
+
+        if c.wants(Component::Workers)
+            && self.exists("saldo-funchost")?
+            && self.exists("saldo-worker")?
+        {
+            // Ports first, so that every worker can be told its peers' URLs.
+            let mut nodes = Vec::new();
+            for (i, region) in c.regions.iter().enumerate() {
+                let fixed = c.ports.first_node.map(|p| p + i as u16);
+                let port = self.port(&format!("worker-{region}"), fixed)?;
+                nodes.push(NodeEntry {
+                    name: region.clone(),
+                    region: region.clone(),
+                    url: format!("http://{host}:{port}"),
+                    function_key: self.keys.fleet_function_key.clone(),
+                    master_key: self.keys.master_key.clone(),
+                });
+            }
+            for node in &nodes {
+                let spec = self.worker_spec(node, &nodes)?;
+                self.launch(spec).await?;
+            }
+            self.manifest.nodes = nodes;
+            if self.manifest.topic.is_some() {
+                self.subscribe_workers().await?;
+            }
+        }
+
+        if c.wants(Component::Api) && self.exists("saldo-funchost")? && self.exists("saldo-api")? {
+            let port = self.port("api", c.ports.api)?;
+            let url = format!("http://{host}:{port}");
+            let spec = self.api_spec(&url, port)?;
+            self.launch(spec).await?;
+            self.manifest.api = Some(ApiEntry {
+                url,
+                master_key: self.keys.master_key.clone(),
+            });
+        }
+
+        if c.seed && self.manifest.topic.is_some() && !self.manifest.nodes.is_empty() {
+            crate::seed::seed(&self.manifest)
+                .await
+                .context("seeding the demo catalogue")?;
+        }
+
+        if c.wants(Component::Spa)
+            && let Some(api) = self.manifest.api.clone()
+            && let Some(spec) = self.spa_spec(&api.url)?
+        {
+            let url = spec.endpoint.clone();
+            self.launch(spec).await?;
+            self.manifest.spa = Some(SpaEntry { url });
+        }
+
+        std::fs::write(
+            self.config.root.join("data/ports.json"),
+            serde_json::to_vec_pretty(&self.remembered)?,
+        )?;
+        self.manifest.save()?;
+        Ok(())
+    }
+
+    /// Environment every process gets: the extra settings of the config (e.g. the Application
+    /// Insights connection string passed through by `saldo up`).
+    fn common_env(&self) -> Vec<(String, String)> {
+        self.config
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn worker_spec(&self, node: &NodeEntry, all: &[NodeEntry]) -> Result<Spec> {
+        let c = &self.config;
+        let port = node
+            .url
+            .rsplit(':')
+            .next()
+            .expect("url has a port")
+            .to_string();
+        let mongo = self
+            .manifest
+            .mongodb
+            .as_ref()
+            .context("workers need mongodb")?;
+        let peers: Vec<&str> = all
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| n.url.as_str())
+            .collect();
+        let mut settings: BTreeMap<String, String> = BTreeMap::from([
+            ("SALDO_NODE".into(), node.name.clone()),
+            ("SALDO_REGION".into(), node.region.clone()),
+            ("SALDO_MONGODB_URI".into(), mongo.uri.clone()),
+            ("SALDO_DATABASE".into(), mongo.database.clone()),
+            ("SALDO_PUBLIC_URL".into(), node.url.clone()),
+            ("SALDO_PEERS".into(), peers.join(",")),
+            (
+                "SALDO_FLEET_KEY".into(),
+                self.keys.fleet_function_key.clone(),
+            ),
+            // Local demo timings: a stopped region's work moves within seconds.
+            ("SALDO_TAKEOVER_MS".into(), "3000".into()),
+            ("SALDO_LIVENESS_MS".into(), "6000".into()),
+            ("SALDO_HEARTBEAT_SCHEDULE".into(), "*/2 * * * * *".into()),
+            ("SALDO_SWEEP_SCHEDULE".into(), "* * * * * *".into()),
+        ]);
+        if let Some(topic) = &self.manifest.topic {
+            settings.insert("SALDO_TOPIC_ENDPOINT".into(), topic.endpoint.clone());
+            settings.insert("SALDO_TOPIC_KEY".into(), topic.key.clone());
+        }
+        settings.extend(c.worker_settings.clone());
+        let mut env = self.common_env();
+        env.extend(settings);
+        Ok(Spec {
+            name: format!("worker-{}", node.region),
+            program: c.bin("saldo-funchost"),
+            args: self.host_args(&c.repo.join("functions-host/worker"), &port, "saldo-worker"),
+            env,
+            cwd: None,
+            health: Health::Http {
+                url: format!("{}/api/status", node.url),
+                header: None,
+            },
+            ready_timeout: Duration::from_secs(45),
+            endpoint: node.url.clone(),
+        })
+    }
+
+    fn api_spec(&self, url: &str, port: u16) -> Result<Spec> {
+        let c = &self.config;
+        let mut settings: BTreeMap<String, String> = BTreeMap::from([
+            (
+                "SALDO_NODES".into(),
+                self.manifest
+                    .nodes
+                    .iter()
+                    .map(|n| n.url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "SALDO_FLEET_KEY".into(),
+                self.keys.fleet_function_key.clone(),
+            ),
+        ]);
+        if let Some(m) = &self.manifest.mongodb {
+            settings.insert("SALDO_MONGODB_URI".into(), m.uri.clone());
+            settings.insert("SALDO_DATABASE".into(), m.database.clone());
+        }
+        if let Some(topic) = &self.manifest.topic {
+            settings.insert("SALDO_TOPIC_ENDPOINT".into(), topic.endpoint.clone());
+            settings.insert("SALDO_TOPIC_KEY".into(), topic.key.clone());
+        }
+        settings.extend(c.api_settings.clone());
+        let mut env = self.common_env();
+        env.extend(settings);
+        Ok(Spec {
+            name: "api".into(),
+            program: c.bin("saldo-funchost"),
+            args: self.host_args(
+                &c.repo.join("functions-host/api"),
+                &port.to_string(),
+                "saldo-api",
+            ),
+            env,
+            cwd: None,
+            health: Health::Http {
+                url: format!("{url}/api/openapi.json"),
+                header: None,
+            },
+            ready_timeout: Duration::from_secs(45),
+            endpoint: url.to_string(),
+        })
+    }
+
+    fn host_args(&self, app_dir: &Path, port: &str, handler: &str) -> Vec<String> {
+        vec![
+            "--app-dir".into(),
+            app_dir.display().to_string(),
+            "--host".into(),
+            self.config.host.clone(),
+            "--port".into(),
+            port.into(),
+            "--handler".into(),
+            self.config.bin(handler).display().to_string(),
+            "--master-key".into(),
+            self.keys.master_key.clone(),
+            "--function-key".into(),
+            self.keys.fleet_function_key.clone(),
+        ]
+    }
+
+    /// The SPA behind the Static Web Apps CLI, if the SPA is built and the CLI installed.
+    fn spa_spec(&mut self, api_url: &str) -> Result<Option<Spec>> {
+        let c = self.config.clone();
+        let dist = c.repo.join("frontend/dist");
+        let swa = c.repo.join("frontend/node_modules/.bin/swa");
+        if !dist.join("index.html").is_file() || !swa.is_file() {
+            if c.require_all {
+                bail!(
+                    "the SPA is not built ({} or {} missing): run ./dev up",
+                    dist.display(),
+                    swa.display()
+                );
+            }
+            eprintln!("saldo: skipping the SPA (not built; `./dev up` builds it)");
+            return Ok(None);
+        }
+        let port = self.port("spa", c.ports.spa)?;
+        let url = format!("http://{}:{port}", c.host);
+        let mut env = self.common_env();
+        // The CLI must not phone home or look for updates: this machine has no internet.
+        env.push(("SWA_CLI_NO_TELEMETRY".into(), "1".into()));
+        env.push(("SWA_DISABLE_TELEMETRY".into(), "true".into()));
+        env.push(("NO_UPDATE_NOTIFIER".into(), "1".into()));
+        Ok(Some(Spec {
+            name: "spa".into(),
+            program: swa,
+            args: vec![
+                "start".into(),
+                dist.display().to_string(),
+                "--api-devserver-url".into(),
+                api_url.into(),
+                "--host".into(),
+                c.host.clone(),
+                "--port".into(),
+                port.to_string(),
+            ],
+            env,
+            cwd: Some(c.repo.join("frontend")),
+            health: Health::Http {
+                url: format!("{url}/"),
+                header: None,
+            },
+            ready_timeout: Duration::from_secs(60),
+            endpoint: url,
+        }))
+    }
+
+    /// One Event Grid subscription per region, to that region's webhook. Creating it runs the
+    /// validation handshake against the worker, through its host, so a broken webhook fails here.
+    async fn subscribe_workers(&self) -> Result<()> {
+        let topic = self.manifest.topic.as_ref().expect("checked by caller");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(40))
+            .build()?;
+        for node in &self.manifest.nodes {
+            let name = format!("worker-{}", node.region);
+            let body = json!({"properties": {
+                "destination": {"endpointType": "WebHook", "properties": {
+                    "endpointUrl": format!("{}/api/eventgrid?code={}", node.url, node.function_key),
+                    "maxEventsPerBatch": 20,
+                    "preferredBatchSizeInKilobytes": 64
+                }},
+                "filter": {"includedEventTypes": [
+                    saldo_core::events::RECORD_UPDATED,
+                    saldo_core::events::TRANSACTION_COMPLETED,
+                    saldo_core::events::NODE_HEARTBEAT
+                ]},
+                "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
+                "deadLetterDestination": {"endpointType": "StorageBlob", "properties": {
+                    "resourceId": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/saldo-local/providers/Microsoft.Storage/storageAccounts/saldolocal",
+                    "blobContainerName": DEADLETTER_CONTAINER
+                }}
+            }});
+            let resp = http
+                .put(format!("{}/subscriptions/{name}", topic.management))
+                .header("aeg-sas-key", &topic.key)
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("creating subscription {name}"))?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                bail!(
+                    "creating subscription {name} failed ({status}): {}",
+                    resp.text().await.unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn exists(&self, bin: &str) -> Result<bool> {
+        let path = self.config.bin(bin);
+        if path.is_file() {
+            return Ok(true);
+        }
+        if self.config.require_all {
+            bail!(
+                "{} not found: build it first (cargo build --bins)",
+                path.display()
+            );
+        }
+        eprintln!(
+            "saldo: skipping what needs {bin} (not built: {})",
+            path.display()
+        );
+        Ok(false)
+    }
+
+    /// A configured port (must be free), else the one used last time (if free), else a new one.
+    fn port(&mut self, name: &str, fixed: Option<u16>) -> Result<u16> {
+        let host = self.config.host.clone();
+        let port = match fixed {
+            Some(p) => {
+                ports::ensure_free(&host, p, name)?;
+                p
+            }
+            None => match self.remembered.ports.get(name) {
+                Some(&p) if ports::ensure_free(&host, p, name).is_ok() => p,
+                _ => ports::free_port(&host)?,
+            },
+        };
+        self.remembered.ports.insert(name.to_string(), port);
+        Ok(port)
+    }
+
+    async fn launch(&mut self, spec: Spec) -> Result<()> {
+        let log = self
+            .config
+            .root
+            .join("logs")
+            .join(format!("{}.log", spec.name));
+        let mut running = Running::spawn(spec, log.clone())?;
+        self.manifest.processes.push(ProcessEntry {
+            name: running.spec.name.clone(),
+            pid: running.pid(),
+            log,
+        });
+        let healthy = running.wait_healthy().await;
+        self.running.push(running);
+        healthy
+    }
+
+    /// Waits for Ctrl-C or SIGTERM, reporting (once) any component that exits on its own.
+    pub async fn supervise(&mut self) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut reported = std::collections::BTreeSet::new();
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = tick.tick() => {
+                    for r in &mut self.running {
+                        if let Some(status) = r.exited()
+                            && reported.insert(r.spec.name.clone())
+                        {
+                            eprintln!(
+                                "saldo: {} exited ({status}); see {}",
+                                r.spec.name,
+                                r.log.display()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every component in reverse start order and removes the manifest and the pid file.
+    pub async fn stop(&mut self) {
+        for r in self.running.iter_mut().rev() {
+            r.stop(Duration::from_secs(10)).await;
+        }
+        self.running.clear();
+        let _ = std::fs::remove_file(Manifest::path(&self.config.root));
+        if let Some(lock) = self.lock.take() {
+            let _ = std::fs::remove_file(lock);
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for r in &mut self.running {
+            r.kill_now();
+        }
+        if let Some(lock) = self.lock.take() {
+            let _ = std::fs::remove_file(Manifest::path(&self.config.root));
+            let _ = std::fs::remove_file(lock);
+        }
+    }
+}
