@@ -1,0 +1,340 @@
+//! The MongoDB store against a real SecantusDB process.
+
+use chrono::Utc;
+use saldo_core::events::{Outcome, ProductLine, Quantity};
+use saldo_store::test_util::{Secantus, spawn_secantus};
+use saldo_store::*;
+
+fn line(id: u64, saldo: Option<i64>, change: Option<i64>) -> ProductLine {
+    ProductLine {
+        id,
+        ean: 1000 + id,
+        name: format!("Product {id}"),
+        saldo,
+        change,
+    }
+}
+
+fn cmd(tx: &str, lines: Vec<ProductLine>) -> NewCommand {
+    NewCommand {
+        transaction: tx.into(),
+        command: Command {
+            products: lines,
+            traceparent: None,
+            tracestate: None,
+        },
+        received_at: Utc::now(),
+    }
+}
+
+async fn store(db: &Secantus, node: &str) -> MongoStore {
+    let s = MongoStore::connect(&db.uri(), "saldo", node).await.unwrap();
+    s.init().await.unwrap();
+    s
+}
+
+async fn stock_up(s: &MongoStore, id: u64, n: i64) {
+    let e = s
+        .execute(
+            &format!("stock-{id}-{n}"),
+            &[line(id, Some(n), None)],
+            "r",
+            false,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.outcome.status, Outcome::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_dedupes_feeds_and_records_outcomes() {
+    let db = spawn_secantus();
+    let s = store(&db, "westeurope").await;
+    let got = s
+        .insert_commands(&[
+            cmd("a", vec![line(1, None, Some(-1))]),
+            cmd("b", vec![line(1, Some(3), None)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![Inserted::New, Inserted::New]);
+    // A redelivered batch with one new and two known transactions.
+    let got = s
+        .insert_commands(&[
+            cmd("b", vec![]),
+            cmd("c", vec![line(2, Some(1), None)]),
+            cmd("a", vec![]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![Inserted::Duplicate, Inserted::New, Inserted::Duplicate]
+    );
+    // The duplicate did not overwrite the command.
+    let a = s.entry("a").await.unwrap().unwrap();
+    assert_eq!(a.command.unwrap().products, vec![line(1, None, Some(-1))]);
+    assert_eq!(s.pending(10).await.unwrap().len(), 3);
+
+    // Feed: in order, paged, and a changed entry comes back with a new position.
+    let page = s.page(0, 2).await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|e| e.transaction.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let rest = s.page(page[1].seq, 10).await.unwrap();
+    assert_eq!(
+        rest.iter()
+            .map(|e| e.transaction.as_str())
+            .collect::<Vec<_>>(),
+        ["c"]
+    );
+    let cursor = rest[0].seq;
+    assert!(s.page(cursor, 10).await.unwrap().is_empty());
+
+    let outcome = OutcomeRecord {
+        status: Outcome::Completed,
+        node: "northeurope".into(),
+        region: "northeurope".into(),
+        reason: None,
+        quantities: vec![Quantity { id: 1, saldo: 4 }],
+        at: Utc::now(),
+        takeover: false,
+    };
+    assert_eq!(
+        s.record_outcome("a", &outcome, true, Utc::now())
+            .await
+            .unwrap(),
+        Recorded::New
+    );
+    assert_eq!(
+        s.record_outcome("a", &outcome, true, Utc::now())
+            .await
+            .unwrap(),
+        Recorded::Same
+    );
+    let other = OutcomeRecord {
+        node: "swedencentral".into(),
+        ..outcome.clone()
+    };
+    assert_eq!(
+        s.record_outcome("a", &other, true, Utc::now())
+            .await
+            .unwrap(),
+        Recorded::Conflict(outcome.clone())
+    );
+    // An outcome for a transaction whose command never arrived here.
+    assert_eq!(
+        s.record_outcome("z", &outcome, false, Utc::now())
+            .await
+            .unwrap(),
+        Recorded::New
+    );
+    let changed = s.page(cursor, 10).await.unwrap();
+    assert_eq!(
+        changed
+            .iter()
+            .map(|e| e.transaction.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "z"]
+    );
+    assert_eq!(s.pending(10).await.unwrap().len(), 2);
+    assert_eq!(
+        s.unpublished(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.transaction.clone())
+            .collect::<Vec<_>>(),
+        ["z"]
+    );
+    s.mark_published(&["z".into()]).await.unwrap();
+    assert!(s.unpublished(10).await.unwrap().is_empty());
+
+    // A restarted process continues the sequence instead of reusing numbers.
+    let again = store(&db, "westeurope").await;
+    again
+        .insert_commands(&[cmd("d", vec![line(1, None, Some(-1))])])
+        .await
+        .unwrap();
+    let d = again.entry("d").await.unwrap().unwrap();
+    assert!(d.seq > changed.last().unwrap().seq);
+
+    // Peers and cursors.
+    let peer = PeerRecord {
+        node: "northeurope".into(),
+        region: "northeurope".into(),
+        url: "http://127.0.0.1:1".into(),
+        ready: true,
+        started_at: Utc::now(),
+        last_heartbeat: Utc::now(),
+        counters: [("received".to_string(), 3u64)].into(),
+    };
+    s.upsert_peer(&peer).await.unwrap();
+    s.upsert_peer(&peer).await.unwrap();
+    let peers = s.peers().await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].counters["received"], 3);
+    assert_eq!(s.cursor(&peer.url).await.unwrap(), 0);
+    s.set_cursor(&peer.url, 17).await.unwrap();
+    assert_eq!(s.cursor(&peer.url).await.unwrap(), 17);
+    assert!(s.db_ops() > 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn execution_is_all_or_nothing_and_rejects_below_zero() {
+    let db = spawn_secantus();
+    let s = store(&db, "westeurope").await;
+    stock_up(&s, 1, 5).await;
+    stock_up(&s, 2, 1).await;
+    // Multi-line: the second line cannot be satisfied, so neither changes.
+    let e = s
+        .execute(
+            "t1",
+            &[line(1, None, Some(-2)), line(2, None, Some(-2))],
+            "westeurope",
+            false,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(e.fresh);
+    assert_eq!(e.outcome.status, Outcome::Rejected);
+    assert_eq!(
+        e.outcome.reason.as_deref(),
+        Some("out of stock: Product 2 (id 2) has 1, needs 2")
+    );
+    assert_eq!(s.product(1).await.unwrap().unwrap().saldo, 5);
+    assert_eq!(s.product(2).await.unwrap().unwrap().saldo, 1);
+    // Executing it again adopts the recorded rejection; nothing changes.
+    let again = s
+        .execute(
+            "t1",
+            &[line(1, None, Some(-2))],
+            "westeurope",
+            false,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(!again.fresh);
+    assert_eq!(again.outcome, e.outcome);
+    // Both lines together.
+    let ok = s
+        .execute(
+            "t2",
+            &[line(1, None, Some(-2)), line(2, None, Some(-1))],
+            "westeurope",
+            false,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.outcome.status, Outcome::Completed);
+    assert_eq!(
+        ok.outcome.quantities,
+        vec![Quantity { id: 1, saldo: 3 }, Quantity { id: 2, saldo: 0 }]
+    );
+    let unknown = s
+        .execute(
+            "t3",
+            &[line(42, None, Some(-1))],
+            "westeurope",
+            false,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown.outcome.reason.as_deref(),
+        Some("unknown product 42")
+    );
+    let products = s.products().await.unwrap();
+    assert_eq!(
+        products.iter().map(|p| (p.id, p.saldo)).collect::<Vec<_>>(),
+        [(1, 3), (2, 0)]
+    );
+    assert_eq!(s.marker("t2").await.unwrap().unwrap(), ok.outcome);
+    assert!(s.product(42).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_executors_change_stock_once() {
+    let db = spawn_secantus();
+    let nodes = ["westeurope", "northeurope", "swedencentral"];
+    let mut stores = Vec::new();
+    for n in nodes {
+        stores.push(std::sync::Arc::new(store(&db, n).await));
+    }
+    stock_up(&stores[0], 7, 100).await;
+    // The same transaction executed by three nodes at once, ten times over.
+    for round in 0..10 {
+        let tx = format!("race-{round}");
+        let handles: Vec<_> = stores
+            .iter()
+            .map(|s| {
+                let s = s.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    s.execute(&tx, &[line(7, None, Some(-3))], "r", false, Utc::now())
+                        .await
+                })
+            })
+            .collect();
+        let mut fresh = 0;
+        let mut outcomes = Vec::new();
+        for h in handles {
+            let e = h.await.unwrap().unwrap();
+            fresh += e.fresh as usize;
+            outcomes.push(e.outcome);
+        }
+        assert_eq!(fresh, 1, "exactly one executor commits {tx}");
+        assert!(
+            outcomes.iter().all(|o| o == &outcomes[0]),
+            "all adopt the winner's outcome"
+        );
+    }
+    assert_eq!(stores[0].product(7).await.unwrap().unwrap().saldo, 100 - 30);
+
+    // Different transactions racing for the last items: exactly as many win as there is stock.
+    stock_up(&stores[0], 8, 2).await;
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let s = stores[i % 3].clone();
+            tokio::spawn(async move {
+                s.execute(
+                    &format!("buy-{i}"),
+                    &[line(8, None, Some(-1))],
+                    "r",
+                    false,
+                    Utc::now(),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut completed = 0;
+    for h in handles {
+        let e = h.await.unwrap().unwrap();
+        completed += (e.outcome.status == Outcome::Completed) as usize;
+    }
+    assert_eq!(completed, 2);
+    assert_eq!(stores[0].product(8).await.unwrap().unwrap().saldo, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_unavailable() {
+    let mut db = spawn_secantus();
+    let s = store(&db, "westeurope").await;
+    db.kill();
+    let err = s
+        .insert_commands(&[cmd("x", vec![line(1, Some(1), None)])])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let err = s.products().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+}
