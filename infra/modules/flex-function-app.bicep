@@ -16,7 +16,13 @@ param topicName string
 @description('App settings; secure because the database connection string is one of them.')
 @secure()
 param appSettings object
-param instanceMemoryMB int = 2048
+@description('Instance size. The Rust handlers need well under 100 MB, and Flex bills memory x active time, so the smallest size (512 MB) is the cheapest; 2048 is the other common choice.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 512
 @description('Flex Consumption scale-out limit. The worker is safe with several instances (the warehouse transaction decides who applies a command), but the bill is not: keep it small.')
 param maximumInstanceCount int = 40
 param tags object

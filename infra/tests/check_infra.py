@@ -239,6 +239,11 @@ def check_deploy_dry_run(prefix: str | None, regions: list[str]) -> None:
     curl_idx = [i for i, c in enumerate(cmds) if c[:1] == ["curl"]]
     order = [build[0], deployments[0], min(publishes), max(publishes), min(curl_idx), max(curl_idx), deployments[1], swa[0]]
     assert order == sorted(order), "steps out of order (build, templates, publish, handshake, subscriptions, SPA)"
+    swa_cmd = cmds[swa[0]]
+    config_dir = option(swa_cmd, "--swa-config-location")
+    assert config_dir == swa_cmd[swa_cmd.index("deploy") + 1] == "frontend/dist", "swa deploys another folder than the build output"
+    # Vite copies frontend/public into frontend/dist, so the routes and roles travel with the build.
+    assert (ROOT / "frontend/public/staticwebapp.config.json").is_file(), "frontend/public/staticwebapp.config.json is missing"
     site_cmds = [c for c in cmds if starts(c, "az", "staticwebapp")]
     assert site_cmds and all(option(c, "--name") == names["site"] for c in site_cmds), "Static Web App name differs from the template"
     # Read-only checks come before anything is changed.
