@@ -1,0 +1,153 @@
+// The fleet page's timeline: what happened to recent transactions (who received them, who
+// executed them, whether a node took over) interleaved with changes in the fleet's health
+// (a region going down or coming back). Pure functions over API data; the page only renders.
+
+import type { NodeHealth, Transaction, TxStatus } from './api';
+
+/** A transaction this browser placed (orders, warehouse updates), remembered across pages. */
+export interface RecentTx {
+  id: string;
+  kind: 'order' | 'update';
+  /** Epoch ms when this browser got the 202. */
+  at: number;
+  summary: string;
+}
+
+export const RECENT_LIMIT = 20;
+
+/** Adds a transaction to the front of the list; the list stays bounded and free of duplicates. */
+export function remember(list: readonly RecentTx[], tx: RecentTx, limit = RECENT_LIMIT): RecentTx[] {
+  return [tx, ...list.filter((t) => t.id !== tx.id)].slice(0, limit);
+}
+
+export function parseRecent(text: string | null): RecentTx[] {
+  try {
+    const raw: unknown = JSON.parse(text ?? '[]');
+    if (!Array.isArray(raw)) return [];
+    return raw
+      .filter(
+        (t): t is RecentTx =>
+          t && typeof t.id === 'string' && (t.kind === 'order' || t.kind === 'update') && Number.isFinite(t.at),
+      )
+      .map((t) => ({ ...t, summary: typeof t.summary === 'string' ? t.summary : '' }))
+      .slice(0, RECENT_LIMIT);
+  } catch {
+    return [];
+  }
+}
+
+export type FleetChange = 'down' | 'up' | 'ready' | 'not ready';
+
+export interface FleetEvent {
+  kind: 'fleet';
+  at: number;
+  node: string;
+  region: string;
+  change: FleetChange;
+}
+
+/** What changed between two polls of /api/nodes. The first poll (no `prev`) reports nothing. */
+export function fleetChanges(prev: readonly NodeHealth[] | undefined, next: readonly NodeHealth[], at: number): FleetEvent[] {
+  if (!prev) return [];
+  const before = new Map(prev.map((n) => [n.node, n]));
+  const out: FleetEvent[] = [];
+  for (const n of next) {
+    const p = before.get(n.node);
+    if (!p) continue;
+    const ev = (change: FleetChange): FleetEvent => ({ kind: 'fleet', at, node: n.node, region: n.region, change });
+    if (p.up && !n.up) out.push(ev('down'));
+    else if (!p.up && n.up) out.push(ev('up'));
+    // Readiness only matters while up: a down node is not ready by definition.
+    if (n.up && p.up && p.ready !== n.ready) out.push(ev(n.ready ? 'ready' : 'not ready'));
+  }
+  return out;
+}
+
+export interface NodeMark {
+  node: string;
+  region?: string;
+  /** Epoch ms when this node recorded the transaction; undefined if not (yet) or unknown. */
+  at?: number;
+  reachable: boolean;
+  executed: boolean;
+}
+
+export interface TxEvent {
+  kind: 'tx';
+  at: number;
+  id: string;
+  what: RecentTx['kind'];
+  summary: string;
+  status: TxStatus | 'unknown';
+  executedBy?: string;
+  region?: string;
+  takeover: boolean;
+  reason?: string;
+  marks: NodeMark[];
+  /** Nodes that have recorded it, out of all nodes the API asked. */
+  received: number;
+}
+
+export type TimelineEvent = TxEvent | FleetEvent;
+
+function time(iso: string | undefined): number | undefined {
+  if (!iso) return undefined;
+  const t = Date.parse(iso);
+  return Number.isNaN(t) ? undefined : t;
+}
+
+/**
+ * One transaction as the timeline shows it. `fleet` names the nodes: a node that did not answer
+ * appears in the transaction only by URL, and the fleet view knows its name and region.
+ */
+export function txEvent(recent: RecentTx, t: Transaction | undefined, fleet: readonly NodeHealth[] = []): TxEvent {
+  const byUrl = new Map(fleet.map((f) => [f.url, f]));
+  const marks: NodeMark[] = (t?.nodes ?? []).map((n) => {
+    const known = n.url !== undefined ? byUrl.get(n.url) : undefined;
+    const node = n.node === n.url && known ? known.node : n.node;
+    return {
+      node,
+      region: known?.region,
+      at: time(n.recordedAt),
+      reachable: n.reachable,
+      executed: t?.executedBy === node,
+    };
+  });
+  const first = Math.min(...marks.map((m) => m.at ?? Infinity));
+  return {
+    kind: 'tx',
+    at: Number.isFinite(first) ? Math.min(first, recent.at) : recent.at,
+    id: recent.id,
+    what: recent.kind,
+    summary: recent.summary,
+    status: t?.status ?? 'unknown',
+    executedBy: t?.executedBy,
+    region: t?.region,
+    takeover: t?.takeover ?? false,
+    reason: t?.reason,
+    marks,
+    received: marks.filter((m) => m.at !== undefined).length,
+  };
+}
+
+/** Newest first, at most `limit` events. */
+export function buildTimeline(
+  recent: readonly RecentTx[],
+  transactions: ReadonlyMap<string, Transaction>,
+  fleetEvents: readonly FleetEvent[],
+  nodes: readonly NodeHealth[] = [],
+  limit = 40,
+): TimelineEvent[] {
+  const events: TimelineEvent[] = [...recent.map((r) => txEvent(r, transactions.get(r.id), nodes)), ...fleetEvents];
+  return events.sort((a, b) => b.at - a.at).slice(0, limit);
+}
+
+/** "3 s ago", "2 min ago": heartbeat ages stay readable at a glance. */
+export function ago(iso: string | undefined, now: number): string {
+  const t = time(iso);
+  if (t === undefined) return 'never';
+  const s = Math.max(0, Math.round((now - t) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  return `${Math.floor(s / 3600)} h ago`;
+}
