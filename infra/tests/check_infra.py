@@ -323,6 +323,102 @@ def check_prerequisites() -> None:
         assert not [c for c in calls if "create" in c or "register" in c or c.startswith("cargo")], f"ran {calls}"
 
 
+REAL_RUN_TOOLS = ("az", "func", "cargo", "rustup", "musl-gcc", "npm", "swa", "curl", "cp")
+FAKE_MASTER_KEY = "fake-master-key-0123456789"
+FAKE_TOKEN = "fake-deployment-token-0123456789"
+
+# Fake tools for a "real" deploy: each logs its argv (fields separated by \x1f) and answers like
+# Azure would, enough for the script to go on. Nothing leaves the machine.
+FAKE_TOOLS = {
+    "az": r"""
+case "$1 $2" in
+"account show") echo 00000000-0000-0000-0000-000000000000 ;;
+"functionapp list-flexconsumption-locations") printf 'westeurope\nnortheurope\nswedencentral\n' ;;
+"functionapp keys") echo "%(master)s" ;;
+"functionapp function") for a in "$@"; do [ "$prev" = --function-name ] && echo "$a"; prev="$a"; done ;;
+"staticwebapp secrets") echo "%(token)s" ;;
+"staticwebapp show") echo fake.azurestaticapps.net ;;
+"deployment sub")
+  if [ "$3" = create ]; then
+    for a in "$@"; do
+      case "$a" in @/*) f="${a#@}"
+        grep -q fleetKey "$f" && grep -q eventGridKey "$f" && [ "$(stat -c %%a "$f")" = 600 ] && echo "$f" >> "$SECRETS_SEEN" ;;
+      esac
+    done
+  fi ;;
+esac
+exit 0""" % {"master": FAKE_MASTER_KEY, "token": FAKE_TOKEN},
+    "func": 'pwd >> "$FUNC_CWD"',
+    "rustup": "echo x86_64-unknown-linux-musl",
+    "curl": r"""for a in "$@"; do case "$a" in *validationCode*) code="${a#*validationCode\":\"}"; code="${code%%%%\"*}" ;; esac; done
+printf '{"validationResponse":"%s"}' "$code" """,
+    "swa": '[ "$SWA_CLI_DEPLOYMENT_TOKEN" = "%s" ] || { echo "no deployment token" >&2; exit 1; }' % FAKE_TOKEN,
+}
+
+
+def normalize(words: list[str]) -> list[str]:
+    out = []
+    for w in words:
+        if w.startswith("@/") or w == "@<secrets-file>":
+            w = "@SECRETS"
+        w = w.replace(FAKE_MASTER_KEY, "<redacted>")
+        out.append(w)
+    return out
+
+
+def check_real_run_matches_dry_run() -> None:
+    """A deploy with fake tools runs exactly the commands its dry run printed, in order."""
+    import shutil
+
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        # A copy of what the scripts read, so the run stages its folders away from this tree.
+        root = tmp / "repo"
+        shutil.copytree(INFRA / "scripts", root / "infra" / "scripts")
+        shutil.copytree(FUNCTIONS_HOST, root / "functions-host")
+        bin_dir = tmp / "bin"
+        bin_dir.mkdir()
+        for util in ("bash", "dirname", "basename", "sed", "sort", "od", "tr", "mktemp", "chmod", "cat", "rm", "mkdir", "grep", "env", "stat", "pwd"):
+            real = shutil.which(util)
+            assert real, f"{util} not found on this machine"
+            (bin_dir / util).symlink_to(real)
+        log = tmp / "calls.log"
+        for tool in REAL_RUN_TOOLS:
+            body = FAKE_TOOLS.get(tool, "exit 0")
+            (bin_dir / tool).write_text(
+                f"#!/bin/bash\n{{ printf '%s\\x1f' {tool} \"$@\"; printf '\\n'; }} >> {log}\n{body}\n"
+            )
+            (bin_dir / tool).chmod(0o755)
+        env = {"PATH": str(bin_dir), "SECRETS_SEEN": str(tmp / "secrets"), "FUNC_CWD": str(tmp / "func-cwd")}
+        script = root / "infra" / "scripts" / "deploy"
+        real = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
+        assert real.returncode == 0, f"deploy with fake tools exited {real.returncode}: {real.stderr.strip()[-300:]}"
+        dry = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=120, env=env)
+        planned = []
+        for words in commands(dry):
+            if words[0] == "cd":
+                words = words[words.index("&&") + 1 :]
+            if words[0] == "env":
+                words = [w for w in words[1:] if "=" not in w]
+            if words[0] in REAL_RUN_TOOLS:
+                planned.append(normalize(words))
+        ran = [normalize(line.split("\x1f")[:-1]) for line in log.read_text().splitlines()]
+        for i, (p, r) in enumerate(zip(planned, ran)):
+            assert p == r, f"command {i + 1}: dry run printed {' '.join(p)!r}, the real run ran {' '.join(r)!r}"
+        assert len(planned) == len(ran), f"dry run printed {len(planned)} tool commands, the real run ran {len(ran)}"
+        # The keys went to the templates in a private file, which is gone afterwards.
+        seen = (tmp / "secrets").read_text().split()
+        assert len(seen) == 2, f"expected both template deployments to get the keys file, got {len(seen)}"
+        assert not any(Path(f).exists() for f in seen), "the keys file outlived the deploy"
+        # func publish ran inside each staged folder, which holds the app's host.json.
+        cwds = (tmp / "func-cwd").read_text().split()
+        assert cwds and all(Path(c).parent == root / ".saldo" / "deploy" for c in cwds), f"func ran in {cwds}"
+        assert re.search(r"^shop: +https://fake\.azurestaticapps\.net$", real.stdout, re.M), "no shop URL printed"
+        for secret in (FAKE_MASTER_KEY, FAKE_TOKEN):
+            assert secret not in real.stdout + real.stderr, "a secret was printed"
+        assert not re.search(r"\b[0-9a-f]{48}\b", real.stdout + real.stderr), "a generated key was printed"
+
+
 def check_region_dry_run() -> None:
     regions = ["westeurope", "northeurope", "swedencentral"]
     names = bicep_names("saldo", regions)
@@ -483,6 +579,7 @@ def main() -> int:
     ]
     for args in bad:
         check(f"refused in one line: {' '.join(args)}", lambda args=args: check_bad_input(*args))
+    check("deploy with fake tools runs exactly what its dry run prints", check_real_run_matches_dry_run)
     check("deploy refuses missing tools, a logged-out CLI and non-Flex regions before changing anything", check_prerequisites)
     print(f"RESULT {passed} {failed}")
     return 1 if failed else 0
