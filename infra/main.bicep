@@ -177,7 +177,7 @@ module workers 'modules/worker-app.bicep' = [for (region, i) in regions: {
     appName: workerAppNames[i]
     storageName: workerStorageNames[i]
     nodeName: region
-    peerUrls: filter(workerUrls, url => url != workerUrls[i])
+    fleetUrls: workerUrls
     cosmosAccountName: database.outputs.accountName
     databaseName: databaseName
     topicName: topic.outputs.topicName

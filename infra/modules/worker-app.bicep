@@ -5,8 +5,8 @@ param appName string
 param storageName string
 @description('Node name: the region, as in the local stack (ledger_<node>, peers_<node> collections).')
 param nodeName string
-@description('Base URLs of the other workers, the bootstrap list for catch-up.')
-param peerUrls array
+@description('Base URLs of every worker, this one included (the peers are the others).')
+param fleetUrls array
 param cosmosAccountName string
 param databaseName string
 param topicName string
@@ -22,6 +22,10 @@ param sweepSchedule string
 param takeoverMs int
 param livenessMs int
 param tags object
+
+var publicUrl = 'https://${appName}.azurewebsites.net'
+// The other workers: the bootstrap list for catch-up.
+var peerUrls = filter(fleetUrls, url => url != publicUrl)
 
 resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' existing = {
   name: cosmosAccountName
@@ -49,7 +53,7 @@ module app 'flex-function-app.bicep' = {
       SALDO_DATABASE: databaseName
       // No SALDO_TOPIC_KEY: the topic refuses keys; the worker uses its managed identity.
       SALDO_TOPIC_ENDPOINT: topic.properties.endpoint
-      SALDO_PUBLIC_URL: 'https://${appName}.azurewebsites.net'
+      SALDO_PUBLIC_URL: publicUrl
       SALDO_PEERS: join(peerUrls, ',')
       SALDO_FLEET_KEY: fleetKey
       SALDO_TAKEOVER_MS: string(takeoverMs)
