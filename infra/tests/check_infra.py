@@ -213,6 +213,9 @@ def check_deploy_dry_run(prefix: str | None, regions: list[str]) -> None:
         sources = {c[-2] for c in copies}
         assert f"functions-host/{kind}/." in sources, f"{app_name}: functions-host/{kind} not staged"
         assert f"target/x86_64-unknown-linux-musl/release/{binary}" in sources, f"{app_name}: {binary} not staged"
+        assert "infra/publish/local.settings.json" in sources, f"{app_name}: Core Tools is not told the runtime"
+        settings = json.loads((INFRA / "publish" / "local.settings.json").read_text())
+        assert settings["Values"]["FUNCTIONS_WORKER_RUNTIME"] == "custom", "local.settings.json: runtime is not custom"
         shown = sorted(
             option(c, "--function-name")
             for c in cmds
