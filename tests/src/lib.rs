@@ -1,1 +1,202 @@
-//! Test harness for whole-system tests (see `saldo_stack` for the launcher itself).
+//! Harness for whole-system tests: the real local stack, on free ports, in a temporary folder.
+//!
+//! `TestStack::start` runs exactly what `saldo up` runs (it drives `saldo-stack` in process), with
+//! fast durations so that takeovers and retries happen in seconds. Dropping the stack kills every
+//! process, so a failing test leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use saldo_stack::config::{Component, StackConfig};
+use saldo_stack::{Manifest, Stack};
+
+/// The repository root (this crate lives in `<repo>/tests`).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Where cargo put the binaries: test executables live in `target/<profile>/deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps folder");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile folder")
+    } else {
+        dir
+    };
+    dir.to_path_buf()
+}
+
+/// Settings that make the fleet fast enough for tests without changing its logic.
+pub fn fast_worker_settings() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("SALDO_TAKEOVER_MS".into(), "1500".into()),
+        ("SALDO_LIVENESS_MS".into(), "4000".into()),
+        ("SALDO_HEARTBEAT_SCHEDULE".into(), "* * * * * *".into()),
+        ("SALDO_SWEEP_SCHEDULE".into(), "* * * * * *".into()),
+    ])
+}
+
+pub struct Options {
+    pub components: Vec<Component>,
+    pub worker_settings: BTreeMap<String, String>,
+    pub time_scale: f64,
+    pub seed: bool,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            components: vec![
+                Component::Mongodb,
+                Component::Topic,
+                Component::Workers,
+                Component::Api,
+            ],
+            worker_settings: fast_worker_settings(),
+            // Event Grid retries at 1/20 of Azure's delays: 10 s becomes 0.5 s.
+            time_scale: 20.0,
+            seed: true,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+pub struct TestStack {
+    pub stack: Stack,
+    pub http: reqwest::Client,
+    root: tempfile::TempDir,
+}
+
+impl TestStack {
+    pub async fn start(opts: Options) -> Result<TestStack> {
+        let root = tempfile::Builder::new().prefix("saldo-test-").tempdir()?;
+        Self::start_in(root, opts).await
+    }
+
+    /// Starts a stack in an existing folder (used to prove that data survives a restart).
+    pub async fn start_in(root: tempfile::TempDir, opts: Options) -> Result<TestStack> {
+        let mut config = StackConfig::new(&repo(), &bin_dir());
+        config.root = root.path().to_path_buf();
+        config.components = opts.components;
+        config.require_all = true;
+        config.worker_settings = opts.worker_settings;
+        config.time_scale = opts.time_scale;
+        config.seed = opts.seed;
+        config.env = opts.env;
+        let stack = Stack::start(config).await?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(TestStack { stack, http, root })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        self.stack.manifest()
+    }
+
+    pub fn root(&self) -> &std::path::Path {
+        self.root.path()
+    }
+
+    /// Stops everything gracefully and hands back the folder (for a restart).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.stack.stop().await;
+        self.root
+    }
+
+    pub fn api(&self) -> String {
+        self.manifest()
+            .api
+            .as_ref()
+            .expect("the stack runs the API")
+            .url
+            .clone()
+    }
+
+    pub async fn database(&self) -> Result<mongodb::Database> {
+        let m = self.manifest().mongodb.as_ref().context("no mongodb")?;
+        let client = mongodb::Client::with_uri_str(&m.uri).await?;
+        Ok(client.database(&m.database))
+    }
+
+    /// POSTs to a host's control endpoint, as `saldo region stop|start` does.
+    pub async fn region(&self, region: &str, verb: &str) -> Result<()> {
+        let node = self.manifest().node(region).context("unknown region")?;
+        let resp = self
+            .http
+            .post(format!("{}/admin/host/{verb}", node.url))
+            .header("x-functions-key", &node.master_key)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("{verb} {region}: {}", resp.status());
+        }
+        Ok(())
+    }
+
+    /// GET a JSON document from the API.
+    pub async fn get_json(&self, path: &str) -> Result<(u16, serde_json::Value)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api()))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// Waits until the seeded catalogue is visible through the API.
+    pub async fn wait_for_catalogue(&self) -> Result<serde_json::Value> {
+        wait_for(Duration::from_secs(60), "the seeded catalogue", || async {
+            match self.get_json("/api/products").await {
+                Ok((200, v))
+                    if v.as_array()
+                        .is_some_and(|a| a.len() >= saldo_stack::seed::CATALOGUE.len()) =>
+                {
+                    Some(v)
+                }
+                _ => None,
+            }
+        })
+        .await
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// True while any process of the group `pgid` exists.
+pub fn group_alive(pgid: i32) -> bool {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+}
+
+/// The TCP ports in a URL-ish string (`http://127.0.0.1:1234/...`, `mongodb://127.0.0.1:5/?..`).
+pub fn port_of(url: &str) -> Option<u16> {
+    let after = url.split("://").nth(1)?;
+    let hostport = after.split(['/', '?']).next()?;
+    hostport.rsplit(':').next()?.parse().ok()
+}

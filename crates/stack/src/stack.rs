@@ -130,6 +130,25 @@ impl Stack {
     async fn start_all(&mut self) -> Result<()> {
         let c = self.config.clone();
         let host = c.host.clone();
+        // Configured ports are checked before anything starts, so that a taken one fails the
+        // start with nothing half-started.
+        let p = &c.ports;
+        let fixed = [
+            ("mongodb", p.mongodb),
+            ("the topic", p.topic),
+            ("the API", p.api),
+            ("the SPA", p.spa),
+        ];
+        let node_ports = c
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.as_str(), p.first_node.map(|f| f + i as u16)));
+        for (what, port) in fixed.into_iter().chain(node_ports) {
+            if let Some(port) = port {
+                ports::ensure_free(&host, port, what)?;
+            }
+        }
 
         if c.wants(Component::Mongodb) {
             let venv = Venv::ensure(&c.venv(), &c.repo.join("tools/requirements-secantus.txt"))?;
