@@ -30,7 +30,7 @@ resource topic 'Microsoft.EventGrid/topics@2025-02-15' = {
     disableLocalAuth: true
     minimumTlsVersionAllowed: '1.2'
     // The workers and the API publish over the internet from Flex Consumption apps without a
-    // virtual network; Entra auth is the gate (see infra/.checkov.yaml).
+    // virtual network; Entra auth is the gate (see the checkov skip above).
     publicNetworkAccess: 'Enabled'
   }
 }

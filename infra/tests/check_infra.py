@@ -519,6 +519,25 @@ def check_templates_rules() -> None:
                 assert any(d.get("type") == "secure" for d in p["decorators"]), f"{path.name}: parameter {pname} is not @secure()"
 
 
+def check_skips_documented() -> None:
+    readme = (INFRA / "README.md").read_text()
+    for path in sorted((INFRA / "modules").glob("*.bicep")) + [INFRA / "main.bicep"]:
+        for m in re.finditer(r"checkov:skip=([A-Z_0-9]+)", path.read_text()):
+            row = re.search(rf"^\| {m.group(1)} \| `{path.name}`", readme, re.M)
+            assert row, f"{m.group(1)} skipped in {path.name} but not listed in infra/README.md"
+
+
+def check_event_types() -> None:
+    """The subscriptions let through every event type the core defines (a new type would
+    otherwise be dropped by Event Grid's filter without anyone noticing)."""
+    events = (ROOT / "crates" / "core" / "src" / "events.rs").read_text()
+    defined = set(re.findall(r'^pub const [A-Z_]+: &str = "([a-z][A-Za-z]+)";', events, re.M))
+    assert defined, "found no event type constants in crates/core/src/events.rs"
+    subs = parse(INFRA / "modules" / "event-subscriptions.bicep")["resources"]["subscriptions"]["config"]["config"]
+    included = set(subs["properties"]["filter"]["includedEventTypes"])
+    assert included == defined, f"subscriptions filter {sorted(included)}, the core defines {sorted(defined)}"
+
+
 def check_parameters_file() -> None:
     params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     declared = parse(INFRA / "main.bicep")["parameters"]
@@ -559,6 +578,8 @@ def main() -> int:
     check("worker app settings cover function.json and the architecture", check_worker_settings)
     check("templates keep the architecture's rules", check_templates_rules)
     check("main.parameters.json: no secrets, same defaults as the scripts", check_parameters_file)
+    check("every skipped checkov check is listed in infra/README.md", check_skips_documented)
+    check("subscriptions pass every event type of crates/core", check_event_types)
     check("deploy --dry-run matches templates and functions-host (defaults)", lambda: check_deploy_dry_run(None, ["westeurope", "northeurope", "swedencentral"]))
     check("deploy --dry-run matches templates and functions-host (other prefix and regions)", lambda: check_deploy_dry_run("shop-demo2", ["northeurope", "eastus2"]))
     check("region --dry-run stops and starts each region's app", check_region_dry_run)
