@@ -193,11 +193,16 @@ function CheckoutStatus({ checkout }: { checkout: Checkout }) {
   }
   // The region is always in the DOM so that screen readers announce changes to it.
   return (
-    <div role="status" aria-live="polite" className={`status ${tone}`} data-testid="checkout-status" data-step={checkout.step}>
+    <div role="status" aria-live="polite" className={`status ${tone && `tone-${tone}`}`} data-testid="checkout-status" data-step={checkout.step}>
       {text && <p>{text}</p>}
       {'id' in checkout && (
         <p className="muted">
           {checkout.summary} · transaction <code data-testid="checkout-transaction">{checkout.id}</code>
+        </p>
+      )}
+      {checkout.step === 'done' && (
+        <p>
+          <Link to="/">Continue shopping</Link> · <Link to="/fleet">See it on the fleet page</Link>
         </p>
       )}
     </div>

@@ -147,10 +147,12 @@ function TxItem({ event: e }: { event: TxEvent }) {
       <strong>{e.what === 'order' ? 'Order' : 'Stock update'}</strong> {e.summary}:{' '}
       <span className={`badge ${e.status}`}>{outcome}</span>
       {e.takeover && (
-        <span className="badge takeover" data-testid="takeover">
+        <>
           {' '}
-          taken over
-        </span>
+          <span className="badge takeover" data-testid="takeover">
+            taken over
+          </span>
+        </>
       )}
       {e.marks.length > 0 && (
         <ul className="marks" aria-label="Recorded by">

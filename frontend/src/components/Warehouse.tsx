@@ -112,6 +112,9 @@ function SetRow({ product, onPlaced, onDone }: { product: Product; onPlaced: (tx
       <td>
         <form
           className="inline"
+          // Our own message (in the row's status cell) explains a bad number, in words a screen
+          // reader announces, instead of the browser's tooltip.
+          noValidate
           onSubmit={(e) => {
             e.preventDefault();
             if (!busy) void submit();

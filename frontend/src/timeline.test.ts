@@ -1,0 +1,103 @@
+import { describe, expect, it } from 'vitest';
+import type { NodeHealth, Transaction } from './api';
+import { ago, buildTimeline, fleetChanges, parseRecent, RECENT_LIMIT, remember, txEvent } from './timeline';
+import type { RecentTx } from './timeline';
+
+const node = (name: string, up: boolean, ready = up): NodeHealth => ({
+  node: name,
+  region: `${name}-region`,
+  url: `http://${name}`,
+  up,
+  ready,
+  counters: {},
+});
+const recent = (id: string, at: number): RecentTx => ({ id, kind: 'order', at, summary: `order ${id}` });
+
+describe('recent transactions', () => {
+  it('keeps the newest first, without duplicates, bounded', () => {
+    let list: RecentTx[] = [];
+    for (let i = 0; i < RECENT_LIMIT + 5; i++) list = remember(list, recent(`t${i}`, i));
+    list = remember(list, recent('t24', 99));
+    expect(list).toHaveLength(RECENT_LIMIT);
+    expect(list[0]).toMatchObject({ id: 't24', at: 99 });
+    expect(list.filter((t) => t.id === 't24')).toHaveLength(1);
+  });
+
+  it('reads what was stored and drops the rest', () => {
+    expect(parseRecent('garbage')).toEqual([]);
+    expect(parseRecent(null)).toEqual([]);
+    expect(parseRecent('[{"id":"a","kind":"order","at":1,"summary":"x"},{"id":2},{"id":"b","kind":"update","at":2}]')).toEqual([
+      { id: 'a', kind: 'order', at: 1, summary: 'x' },
+      { id: 'b', kind: 'update', at: 2, summary: '' },
+    ]);
+  });
+});
+
+describe('fleet changes', () => {
+  it('reports regions going down, coming back and becoming ready', () => {
+    const before = [node('we', true), node('ne', true), node('sc', false), node('x', true, false)];
+    const after = [node('we', false), node('ne', true), node('sc', true, false), node('x', true, true)];
+    expect(fleetChanges(before, after, 5).map((e) => [e.node, e.change, e.at])).toEqual([
+      ['we', 'down', 5],
+      ['sc', 'up', 5],
+      ['x', 'ready', 5],
+    ]);
+  });
+
+  it('reports nothing on the first poll or when nothing changed', () => {
+    const now = [node('we', true)];
+    expect(fleetChanges(undefined, now, 1)).toEqual([]);
+    expect(fleetChanges(now, now, 2)).toEqual([]);
+  });
+});
+
+describe('timeline', () => {
+  const t: Transaction = {
+    transaction: 't1',
+    status: 'completed',
+    executedBy: 'ne',
+    region: 'ne-region',
+    takeover: true,
+    quantities: [],
+    nodes: [
+      { node: 'we', url: 'http://we', recordedAt: '1970-01-01T00:00:02.000Z', reachable: true },
+      { node: 'ne', url: 'http://ne', recordedAt: '1970-01-01T00:00:01.500Z', reachable: true },
+      { node: 'http://sc', url: 'http://sc', reachable: false, state: 'unreachable' },
+    ],
+  };
+
+  it('shows who received, who executed and who could not be asked, by name', () => {
+    const e = txEvent(recent('t1', 1800), t, [node('we', true), node('ne', true), node('sc', false)]);
+    expect(e).toMatchObject({ status: 'completed', executedBy: 'ne', takeover: true, received: 2, at: 1500 });
+    expect(e.marks.map((m) => [m.node, m.at, m.reachable, m.executed])).toEqual([
+      ['we', 2000, true, false],
+      ['ne', 1500, true, true],
+      ['sc', undefined, false, false],
+    ]);
+    expect(e.marks[2].region).toBe('sc-region');
+  });
+
+  it('shows a transaction not yet read as unknown, at the time it was placed', () => {
+    expect(txEvent(recent('t9', 42), undefined)).toMatchObject({ status: 'unknown', at: 42, marks: [], received: 0 });
+  });
+
+  it('interleaves transactions and fleet changes, newest first, bounded', () => {
+    const events = buildTimeline(
+      [recent('t1', 1800), recent('t2', 3000)],
+      new Map([['t1', t]]),
+      [{ kind: 'fleet', at: 2500, node: 'sc', region: 'sc-region', change: 'down' }],
+      [],
+      40,
+    );
+    expect(events.map((e) => (e.kind === 'tx' ? e.id : e.change))).toEqual(['t2', 'down', 't1']);
+    expect(buildTimeline([recent('a', 1), recent('b', 2), recent('c', 3)], new Map(), [], [], 2)).toHaveLength(2);
+  });
+
+  it('writes ages for people', () => {
+    expect(ago(undefined, 0)).toBe('never');
+    expect(ago('1970-01-01T00:00:00Z', 4_000)).toBe('4 s ago');
+    expect(ago('1970-01-01T00:00:00Z', 125_000)).toBe('2 min ago');
+    expect(ago('1970-01-01T00:00:00Z', 7_300_000)).toBe('2 h ago');
+    expect(ago('not a date', 0)).toBe('never');
+  });
+});
