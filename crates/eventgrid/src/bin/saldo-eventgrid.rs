@@ -1,0 +1,74 @@
+//! `saldo-eventgrid`: the local Event Grid topic (see the library for what it does).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use saldo_eventgrid::{Config, InputSchema, Topic, app};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Local Azure Event Grid custom topic")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port; the `listening on` line tells which.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Topic access key (base64, like Azure's, so SAS tokens can be signed with it).
+    #[arg(long, env = "SALDO_TOPIC_KEY", hide_env_values = true)]
+    key: String,
+    /// Where accepted events, pending deliveries and subscriptions are kept.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Root of the dead-letter "blob containers".
+    #[arg(long)]
+    deadletter_dir: PathBuf,
+    /// JSON file of subscriptions to create at start: `[{"name", "properties"}]` or `{"value": [...]}`.
+    #[arg(long)]
+    subscriptions: Option<PathBuf>,
+    /// Divides every duration (retry delays, probation, TTL, timeouts) by this factor.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    #[arg(long, default_value = "saldo-local")]
+    topic_name: String,
+    /// The topic's input schema (ARM `inputSchema`); events are delivered in the same schema.
+    #[arg(long, value_enum, default_value = "EventGridSchema")]
+    input_schema: InputSchema,
+    /// Bound on the events pending per subscription (beyond it publishing answers 429).
+    #[arg(long, default_value_t = 100_000)]
+    max_pending: usize,
+    /// Concurrent in-flight deliveries per subscription.
+    #[arg(long, default_value_t = 8)]
+    max_in_flight: usize,
+    /// Compact the event log once it is larger than this many bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    compact_bytes: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = saldo_telemetry::init("saldo-eventgrid", &args.topic_name);
+    let config = Config {
+        subscriptions_file: args.subscriptions,
+        time_scale: args.time_scale,
+        topic_name: args.topic_name,
+        input_schema: args.input_schema,
+        max_pending: args.max_pending,
+        max_in_flight: args.max_in_flight,
+        compact_bytes: args.compact_bytes,
+        ..Config::new(args.key, args.data_dir, args.deadletter_dir)
+    };
+    let topic = Topic::open(config).await?;
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let addr = listener.local_addr()?;
+    // The one line tests and `saldo up` wait for; it carries the real port when --port is 0.
+    println!("listening on http://{}:{}", args.host, addr.port());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    axum::serve(listener, app(topic))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

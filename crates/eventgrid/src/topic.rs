@@ -1,0 +1,1034 @@
+//! The topic: accepted events, subscriptions and the delivery engine.
+//!
+//! Delivery design: every subscription has its own bounded queue (events due now, plus a heap
+//! of retries ordered by due time), its own dispatcher task and a fixed number of delivery
+//! slots (a semaphore). A slow or stopped endpoint only fills its own queue and slots, so it
+//! never delays deliveries to the others. Event Grid never waits to fill a batch: a dispatcher
+//! sends whatever is due as soon as a slot is free.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::deadletter;
+use crate::error::ApiError;
+use crate::policy::{self, Next, Outcome};
+use crate::schema::{Accepted, InputSchema};
+use crate::subscription::{MAX_SUBSCRIPTIONS, Properties, Subscription};
+use crate::wal::{PubItem, Record, Replay, Target, Wal};
+
+/// The Azure subscription id used in local resource ids.
+pub const LOCAL_SUBSCRIPTION_ID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// The resource id of a local topic called `name`.
+pub fn topic_resource_id(name: &str) -> String {
+    format!(
+        "/subscriptions/{LOCAL_SUBSCRIPTION_ID}/resourceGroups/saldo-local/providers/Microsoft.EventGrid/topics/{name}"
+    )
+}
+
+/// A scaled timeout never drops below this: at `--time-scale 1000` the 30 s delivery timeout
+/// would be 30 ms, and a loaded machine would turn healthy deliveries into timeouts.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The topic key (base64, like Azure's; SAS tokens are signed with its decoded bytes).
+    pub key: String,
+    pub data_dir: PathBuf,
+    pub deadletter_dir: PathBuf,
+    pub topic_name: String,
+    pub input_schema: InputSchema,
+    /// Every duration (retry delays, probation, TTL, timeouts, handshake window) is divided by this.
+    pub time_scale: f64,
+    /// Subscriptions to create at start (no handshake: they describe subscriptions that exist).
+    pub subscriptions_file: Option<PathBuf>,
+    /// Bound on the events pending for one subscription; beyond it publishing answers 429.
+    pub max_pending: usize,
+    /// Concurrent in-flight deliveries per subscription.
+    pub max_in_flight: usize,
+    /// The event log is compacted when it is larger than this (and has doubled since the last time).
+    pub compact_bytes: u64,
+}
+
+impl Config {
+    pub fn new(
+        key: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        deadletter_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            data_dir: data_dir.into(),
+            deadletter_dir: deadletter_dir.into(),
+            topic_name: "saldo-local".into(),
+            input_schema: InputSchema::EventGrid,
+            time_scale: 1.0,
+            subscriptions_file: None,
+            max_pending: 100_000,
+            max_in_flight: 8,
+            compact_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// An accepted event, shared by every subscription that has to deliver it.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
+    pub publish_ms: i64,
+    pub id: String,
+    pub data_version: String,
+    pub json: Box<RawValue>,
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    ev: Arc<Event>,
+    /// Attempts made so far (the next attempt's `aeg-delivery-count`).
+    attempts: u32,
+    last: Option<Outcome>,
+}
+
+struct Later {
+    due: i64,
+    item: Item,
+}
+impl PartialEq for Later {
+    fn eq(&self, o: &Self) -> bool {
+        (self.due, self.item.ev.seq) == (o.due, o.item.ev.seq)
+    }
+}
+impl Eq for Later {}
+impl PartialOrd for Later {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Later {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.due, self.item.ev.seq).cmp(&(o.due, o.item.ev.seq))
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<Item>,
+    later: BinaryHeap<Reverse<Later>>,
+}
+
+/// Counters of one subscription (events, except `attempts`).
+#[derive(Default)]
+pub struct Counters {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub dropped: AtomicU64,
+    pub pending: AtomicU64,
+    pub attempts: AtomicU64,
+    pub failed_attempts: AtomicU64,
+}
+
+impl Counters {
+    fn json(&self) -> Value {
+        json!({
+            "delivered": self.delivered.load(SeqCst),
+            "retried": self.retried.load(SeqCst),
+            "deadLettered": self.dead_lettered.load(SeqCst),
+            "dropped": self.dropped.load(SeqCst),
+            "pending": self.pending.load(SeqCst),
+            "attempts": self.attempts.load(SeqCst),
+            "failedAttempts": self.failed_attempts.load(SeqCst),
+        })
+    }
+}
+
+struct SubState {
+    name: String,
+    cfg: RwLock<Arc<Subscription>>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    closed: AtomicBool,
+    slots: Arc<Semaphore>,
+    counters: Counters,
+    /// Until when (ms since the epoch) the endpoint is on probation.
+    probation_until: AtomicI64,
+    failures_in_row: AtomicU32,
+}
+
+impl SubState {
+    fn new(sub: Subscription, slots: usize) -> Self {
+        Self {
+            name: sub.name.clone(),
+            cfg: RwLock::new(Arc::new(sub)),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            slots: Arc::new(Semaphore::new(slots)),
+            counters: Counters::default(),
+            probation_until: AtomicI64::new(0),
+            failures_in_row: AtomicU32::new(0),
+        }
+    }
+
+    fn cfg(&self) -> Arc<Subscription> {
+        self.cfg.read().expect("lock poisoned").clone()
+    }
+
+    /// Adds work; `fresh` says whether it is new (counts towards `pending`) or a retry.
+    fn enqueue(&self, item: Item, due: i64, fresh: bool) {
+        if fresh {
+            self.counters.pending.fetch_add(1, SeqCst);
+        }
+        let mut q = self.queue.lock().expect("lock poisoned");
+        if due <= now_ms() {
+            q.ready.push_back(item);
+        } else {
+            q.later.push(Reverse(Later { due, item }));
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    fn finished(&self, n: usize) {
+        let before = self.counters.pending.fetch_sub(n as u64, SeqCst);
+        assert!(
+            before >= n as u64,
+            "pending counter underflow on {}",
+            self.name
+        );
+    }
+
+    /// Takes the next batch: due events in order, up to `maxEventsPerBatch` and the preferred
+    /// size (an event larger than that goes alone). Also returns events whose TTL ran out and
+    /// when the next retry is due.
+    fn take_batch(
+        &self,
+        cfg: &Subscription,
+        now: i64,
+        ttl_ms: i64,
+    ) -> (Vec<Item>, Vec<Item>, Option<i64>) {
+        let mut q = self.queue.lock().expect("lock poisoned");
+        while q.later.peek().is_some_and(|r| r.0.due <= now) {
+            let Reverse(l) = q.later.pop().expect("peeked");
+            q.ready.push_back(l.item);
+        }
+        let (mut batch, mut expired, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        // Bounded loop: at most one batch plus a bounded number of expired events per pass.
+        while let Some(front) = q.ready.front() {
+            if now - front.ev.publish_ms >= ttl_ms {
+                expired.push(q.ready.pop_front().expect("front exists"));
+                if expired.len() >= 1000 {
+                    break;
+                }
+                continue;
+            }
+            let size = front.ev.json.get().len();
+            if !batch.is_empty()
+                && (batch.len() >= cfg.max_events_per_batch
+                    || bytes + size > cfg.preferred_batch_bytes)
+            {
+                break;
+            }
+            batch.push(q.ready.pop_front().expect("front exists"));
+            bytes += size;
+            if bytes >= cfg.preferred_batch_bytes || batch.len() >= cfg.max_events_per_batch {
+                break;
+            }
+        }
+        (batch, expired, q.later.peek().map(|r| r.0.due))
+    }
+
+    fn metrics(&self) -> Value {
+        let mut v = self.counters.json();
+        v["name"] = json!(self.name);
+        v
+    }
+}
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, rename = "dataVersion")]
+    data_version: Option<String>,
+}
+
+/// The local Event Grid topic.
+pub struct Topic {
+    config: Config,
+    topic_id: String,
+    subs: RwLock<BTreeMap<String, Arc<SubState>>>,
+    wal: Wal,
+    next_seq: AtomicU64,
+    accepted: AtomicU64,
+    http: reqwest::Client,
+    /// Validation codes waiting for a GET of their validationUrl.
+    validations: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Serialises subscription changes (and the writes of subscriptions.json).
+    mgmt: tokio::sync::Mutex<()>,
+}
+
+#[derive(Deserialize)]
+struct NamedProperties {
+    name: String,
+    properties: Properties,
+}
+
+fn read_subscription_list(path: &Path) -> anyhow::Result<Vec<NamedProperties>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Either a plain array or the `{"value": [...]}` of `GET /subscriptions`.
+    let list = match v {
+        Value::Array(_) => v,
+        Value::Object(mut o) => o.remove("value").unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    serde_json::from_value(list).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: expected [{{\"name\", \"properties\"}}]: {e}",
+            path.display()
+        )
+    })
+}
+
+impl Topic {
+    /// Opens (or creates) the topic's state in `config.data_dir`, replays pending deliveries and
+    /// starts delivering. Must run inside a tokio runtime.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Topic>> {
+        anyhow::ensure!(
+            config.time_scale > 0.0 && config.time_scale.is_finite(),
+            "--time-scale must be a positive number"
+        );
+        anyhow::ensure!(
+            config.max_in_flight >= 1 && config.max_pending >= 1,
+            "queue bounds must be at least 1"
+        );
+        std::fs::create_dir_all(&config.data_dir)?;
+        std::fs::create_dir_all(&config.deadletter_dir)?;
+        if saldo_publish::sas::signature(&config.key, "probe").is_err() {
+            tracing::warn!(
+                "the topic key is not base64: aeg-sas-key works, SAS tokens cannot be verified"
+            );
+        }
+        let schema = config.input_schema;
+        let mut subs = BTreeMap::new();
+        let saved = config.data_dir.join("subscriptions.json");
+        let mut lists = Vec::new();
+        if saved.exists() {
+            lists.push(read_subscription_list(&saved)?);
+        }
+        if let Some(f) = &config.subscriptions_file {
+            lists.push(read_subscription_list(f)?);
+        }
+        for np in lists.into_iter().flatten() {
+            let sub = Subscription::new(&np.name, np.properties, schema)
+                .map_err(|e| anyhow::anyhow!("subscription {}: {}", np.name, e.message))?;
+            subs.insert(
+                np.name.clone(),
+                Arc::new(SubState::new(sub, config.max_in_flight)),
+            );
+        }
+        anyhow::ensure!(
+            subs.len() <= MAX_SUBSCRIPTIONS,
+            "at most {MAX_SUBSCRIPTIONS} subscriptions"
+        );
+
+        let wal_path = config.data_dir.join("events.wal");
+        let mut replay = Replay::read(&wal_path)?;
+        // Work for subscriptions that no longer exist is gone with them.
+        replay.events.retain(|_, ev| {
+            ev.targets.retain(|s, _| subs.contains_key(s));
+            !ev.targets.is_empty()
+        });
+        replay.write_compacted(&wal_path)?;
+        let wal = Wal::start(wal_path, config.compact_bytes)?;
+
+        let mut restored = 0usize;
+        for (seq, pe) in std::mem::take(&mut replay.events) {
+            let head: Head = serde_json::from_str(pe.json.get()).unwrap_or(Head {
+                id: None,
+                data_version: None,
+            });
+            let ev = Arc::new(Event {
+                seq,
+                publish_ms: pe.publish_ms,
+                id: head.id.unwrap_or_default(),
+                data_version: head.data_version.unwrap_or_default(),
+                json: pe.json,
+            });
+            for (sub, (n, due)) in pe.targets {
+                subs[&sub].enqueue(
+                    Item {
+                        ev: ev.clone(),
+                        attempts: n,
+                        last: None,
+                    },
+                    due,
+                    true,
+                );
+                restored += 1;
+            }
+        }
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
+        let topic = Arc::new(Topic {
+            topic_id: topic_resource_id(&config.topic_name),
+            subs: RwLock::new(subs),
+            wal,
+            next_seq: AtomicU64::new(replay.max_seq + 1),
+            accepted: AtomicU64::new(0),
+            http,
+            validations: Mutex::new(HashMap::new()),
+            mgmt: tokio::sync::Mutex::new(()),
+            config,
+        });
+        topic.save_subscriptions()?;
+        for sub in topic.subs.read().expect("lock poisoned").values() {
+            tokio::spawn(dispatch(topic.clone(), sub.clone()));
+        }
+        tracing::info!(topic = %topic.topic_id, restored, "topic open");
+        Ok(topic)
+    }
+
+    pub fn topic_id(&self) -> &str {
+        &self.topic_id
+    }
+    pub fn key(&self) -> &str {
+        &self.config.key
+    }
+    pub fn input_schema(&self) -> InputSchema {
+        self.config.input_schema
+    }
+
+    fn scaled(&self, d: Duration) -> Duration {
+        d.div_f64(self.config.time_scale)
+    }
+    fn timeout(&self, d: Duration) -> Duration {
+        self.scaled(d).max(MIN_TIMEOUT)
+    }
+
+    fn save_subscriptions(&self) -> anyhow::Result<()> {
+        let value: Vec<Value> = self
+            .subs
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .map(|s| json!({"name": s.name, "properties": s.cfg().properties}))
+            .collect();
+        let path = self.config.data_dir.join("subscriptions.json");
+        let tmp = path.with_extension("json.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&json!({ "value": value }))?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    fn all_subs(&self) -> Vec<Arc<SubState>> {
+        self.subs
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Stores accepted events durably, then queues them for every matching subscription.
+    /// Returns only once the events are on disk.
+    pub async fn publish(&self, events: Vec<Accepted>) -> Result<(), ApiError> {
+        let subs = self.all_subs();
+        let cfgs: Vec<Arc<Subscription>> = subs.iter().map(|s| s.cfg()).collect();
+        let mut per_sub = vec![0u64; subs.len()];
+        let targets: Vec<Vec<usize>> = events
+            .iter()
+            .map(|e| {
+                let t: Vec<usize> = (0..subs.len())
+                    .filter(|&i| cfgs[i].matches(&e.event_type, &e.subject))
+                    .collect();
+                t.iter().for_each(|&i| per_sub[i] += 1);
+                t
+            })
+            .collect();
+        for (i, n) in per_sub.iter().enumerate() {
+            let pending = subs[i].counters.pending.load(SeqCst);
+            if *n > 0 && pending + n > self.config.max_pending as u64 {
+                return Err(ApiError::new(
+                    429,
+                    "TooManyRequests",
+                    "TooManyRequests",
+                    format!(
+                        "subscription {} already has {pending} events pending; publish again later",
+                        subs[i].name
+                    ),
+                ));
+            }
+        }
+        let now = now_ms();
+        let first = self.next_seq.fetch_add(events.len() as u64, SeqCst);
+        let mut items = Vec::new();
+        let mut heads = Vec::new();
+        for (k, (e, t)) in events.into_iter().zip(&targets).enumerate() {
+            if t.is_empty() {
+                continue; // nobody to deliver to: nothing to keep
+            }
+            let seq = first + k as u64;
+            let subs_t = t
+                .iter()
+                .map(|&i| Target {
+                    sub: subs[i].name.clone(),
+                    n: 0,
+                    due: now,
+                })
+                .collect();
+            items.push(PubItem {
+                seq,
+                pt: now,
+                subs: subs_t,
+                ev: e.json,
+            });
+            heads.push((e.id, e.data_version, t));
+        }
+        let count = targets.len() as u64;
+        if !items.is_empty() {
+            let record = Record::publish(items);
+            self.wal
+                .append_synced(&record)
+                .await
+                .map_err(|e| ApiError::internal(format!("the events could not be stored: {e}")))?;
+            for (it, (id, data_version, t)) in record.items.into_iter().zip(heads) {
+                let ev = Arc::new(Event {
+                    seq: it.seq,
+                    publish_ms: now,
+                    id,
+                    data_version,
+                    json: it.ev,
+                });
+                for &i in t {
+                    subs[i].enqueue(
+                        Item {
+                            ev: ev.clone(),
+                            attempts: 0,
+                            last: None,
+                        },
+                        now,
+                        true,
+                    );
+                }
+            }
+        }
+        self.accepted.fetch_add(count, SeqCst);
+        Ok(())
+    }
+
+    /// Creates or updates a subscription. A new endpoint must pass the validation handshake;
+    /// `validation_base` is this emulator's base URL as the caller sees it (for validationUrl).
+    pub async fn put_subscription(
+        self: &Arc<Self>,
+        name: &str,
+        properties: Properties,
+        validation_base: &str,
+    ) -> Result<(bool, Value), ApiError> {
+        let sub = Subscription::new(name, properties, self.config.input_schema)?;
+        let _guard = self.mgmt.lock().await;
+        let existing = self.subs.read().expect("lock poisoned").get(name).cloned();
+        if existing.is_none() && self.subs.read().expect("lock poisoned").len() >= MAX_SUBSCRIPTIONS
+        {
+            return Err(ApiError::bad_request(
+                "TooManySubscriptions",
+                format!("a topic has at most {MAX_SUBSCRIPTIONS} subscriptions"),
+            ));
+        }
+        let same_endpoint = existing
+            .as_ref()
+            .is_some_and(|e| e.cfg().endpoint_url == sub.endpoint_url);
+        if !same_endpoint {
+            self.handshake(&sub, validation_base).await?;
+        }
+        let arm = sub.arm(&self.topic_id);
+        let created = match existing {
+            Some(state) => {
+                *state.cfg.write().expect("lock poisoned") = Arc::new(sub);
+                state.wake.notify_one();
+                false
+            }
+            None => {
+                let state = Arc::new(SubState::new(sub, self.config.max_in_flight));
+                self.subs
+                    .write()
+                    .expect("lock poisoned")
+                    .insert(name.to_string(), state.clone());
+                tokio::spawn(dispatch(self.clone(), state));
+                true
+            }
+        };
+        self.save_subscriptions()
+            .map_err(|e| ApiError::internal(format!("saving subscriptions: {e}")))?;
+        tracing::info!(subscription = name, created, "subscription saved");
+        Ok((created, arm))
+    }
+
+    pub fn get_subscription(&self, name: &str) -> Option<Value> {
+        self.subs
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .map(|s| s.cfg().arm(&self.topic_id))
+    }
+
+    pub fn list_subscriptions(&self) -> Value {
+        let value: Vec<Value> = self
+            .all_subs()
+            .iter()
+            .map(|s| s.cfg().arm(&self.topic_id))
+            .collect();
+        json!({ "value": value })
+    }
+
+    /// Deletes a subscription and the events still pending for it.
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), ApiError> {
+        let _guard = self.mgmt.lock().await;
+        let state = self
+            .subs
+            .write()
+            .expect("lock poisoned")
+            .remove(name)
+            .ok_or_else(|| ApiError::not_found(format!("no subscription {name:?}")))?;
+        state.closed.store(true, SeqCst);
+        state.slots.close();
+        state.wake.notify_one();
+        self.wal.append(&Record::unsubscribe(name)).await;
+        self.save_subscriptions()
+            .map_err(|e| ApiError::internal(format!("saving subscriptions: {e}")))?;
+        tracing::info!(subscription = name, "subscription deleted");
+        Ok(())
+    }
+
+    pub fn subscription_metrics(&self, name: &str) -> Option<Value> {
+        self.subs
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .map(|s| s.metrics())
+    }
+
+    pub fn metrics(&self) -> Value {
+        let subs: serde_json::Map<String, Value> = self
+            .all_subs()
+            .iter()
+            .map(|s| (s.name.clone(), s.metrics()))
+            .collect();
+        let total = |k: &str| {
+            subs.values()
+                .map(|v| v[k].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        json!({
+            "topic": self.topic_id,
+            "accepted": self.accepted.load(SeqCst),
+            "delivered": total("delivered"),
+            "retried": total("retried"),
+            "deadLettered": total("deadLettered"),
+            "dropped": total("dropped"),
+            "pending": total("pending"),
+            "subscriptions": subs,
+        })
+    }
+
+    /// A GET of a validationUrl: completes a manual handshake. False for an unknown code.
+    pub fn validate_manually(&self, code: &str) -> bool {
+        match self.validations.lock().expect("lock poisoned").remove(code) {
+            Some(tx) => tx.send(()).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The validation handshake: a SubscriptionValidationEvent for the Event Grid schema, an
+    /// OPTIONS request (abuse protection) for CloudEvents.
+    async fn handshake(&self, sub: &Subscription, base: &str) -> Result<(), ApiError> {
+        let fail = |m: String| {
+            ApiError::bad_request(
+                "SubscriptionValidationFailed",
+                format!(
+                    "webhook validation handshake failed for {}: {m}",
+                    sub.endpoint_url
+                ),
+            )
+        };
+        if sub.schema == InputSchema::CloudEvents {
+            let origin = "eventgrid.azure.net";
+            let resp = self
+                .http
+                .request(reqwest::Method::OPTIONS, &sub.endpoint_url)
+                .header("WebHook-Request-Origin", origin)
+                .timeout(self.timeout(policy::HANDSHAKE_TIMEOUT))
+                .send()
+                .await
+                .map_err(|e| {
+                    fail(format!(
+                        "the endpoint did not answer the OPTIONS request: {e}"
+                    ))
+                })?;
+            let allowed = resp
+                .headers()
+                .get("WebHook-Allowed-Origin")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if resp.status().as_u16() != 200
+                || !(allowed == "*" || allowed.eq_ignore_ascii_case(origin))
+            {
+                return Err(fail(format!(
+                    "the OPTIONS request got {} with WebHook-Allowed-Origin {allowed:?}; expected 200 allowing {origin}",
+                    resp.status()
+                )));
+            }
+            return Ok(());
+        }
+        let code = uuid::Uuid::new_v4().to_string();
+        let url = format!("{base}/eventsubscriptions/{}/validate?id={code}", sub.name);
+        let (tx, rx) = oneshot::channel();
+        self.validations
+            .lock()
+            .expect("lock poisoned")
+            .insert(code.clone(), tx);
+        let result = self.run_handshake(sub, &code, &url, rx).await;
+        self.validations
+            .lock()
+            .expect("lock poisoned")
+            .remove(&code);
+        result.map_err(fail)
+    }
+
+    async fn run_handshake(
+        &self,
+        sub: &Subscription,
+        code: &str,
+        url: &str,
+        rx: oneshot::Receiver<()>,
+    ) -> Result<(), String> {
+        let event = json!([{
+            "id": uuid::Uuid::new_v4().to_string(),
+            "topic": self.topic_id,
+            "subject": "",
+            "data": {"validationCode": code, "validationUrl": url},
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "eventTime": Utc::now().to_rfc3339(),
+            "metadataVersion": "1",
+            "dataVersion": "2",
+        }]);
+        let resp = self
+            .http
+            .post(&sub.endpoint_url)
+            .timeout(self.timeout(policy::HANDSHAKE_TIMEOUT))
+            .header("Content-Type", "application/json; charset=utf-8")
+            .header("aeg-event-type", "SubscriptionValidation")
+            .header("aeg-subscription-name", sub.name.to_uppercase())
+            .header("aeg-delivery-count", "0")
+            .header("aeg-data-version", "2")
+            .header("aeg-metadata-version", "1")
+            .body(event.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("the endpoint did not answer: {e}"))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(format!(
+                "the endpoint answered {status}; it must answer 200 (202 is not accepted)"
+            ));
+        }
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        match body.get("validationResponse") {
+            Some(Value::String(c)) if c == code => Ok(()),
+            Some(other) => Err(format!(
+                "validationResponse {other} does not match the validationCode"
+            )),
+            None => {
+                // Manual validation: the endpoint answered 200 and someone must GET the URL.
+                let window = self.scaled(policy::MANUAL_VALIDATION_WINDOW);
+                match tokio::time::timeout(window, rx).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(format!(
+                        "the endpoint answered 200 without a validationResponse and nobody opened the validationUrl within {window:?}"
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `ms` from now or until the subscription is woken.
+async fn nap(sub: &SubState, ms: i64) {
+    let d = Duration::from_millis(ms.clamp(1, 60_000) as u64);
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = sub.wake.notified() => {}
+    }
+}
+
+/// One subscription's dispatcher: takes due batches and hands each to a delivery task as soon
+/// as a slot is free.
+async fn dispatch(topic: Arc<Topic>, sub: Arc<SubState>) {
+    loop {
+        if sub.closed.load(SeqCst) {
+            return;
+        }
+        let now = now_ms();
+        let probation = sub.probation_until.load(SeqCst);
+        if probation > now {
+            nap(&sub, probation - now).await;
+            continue;
+        }
+        let Ok(permit) = sub.slots.clone().acquire_owned().await else {
+            return; // slots closed: the subscription was deleted
+        };
+        let cfg = sub.cfg();
+        let ttl_ms = topic.scaled(cfg.ttl).as_millis() as i64;
+        let now = now_ms();
+        let (batch, expired, next_due) = sub.take_batch(&cfg, now, ttl_ms);
+        if !expired.is_empty() {
+            let outcome = expired[0].last;
+            settle_dead(&topic, &sub, &cfg, expired, "TimeToLiveExceeded", outcome).await;
+        }
+        if batch.is_empty() {
+            drop(permit);
+            match next_due {
+                Some(due) => nap(&sub, due - now).await,
+                None => nap(&sub, 60_000).await,
+            }
+            continue;
+        }
+        tokio::spawn(deliver(topic.clone(), sub.clone(), cfg, batch, permit));
+    }
+}
+
+/// One delivery attempt of one batch, and what follows from its outcome.
+async fn deliver(
+    topic: Arc<Topic>,
+    sub: Arc<SubState>,
+    cfg: Arc<Subscription>,
+    batch: Vec<Item>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let count = batch.iter().map(|i| i.attempts).max().unwrap_or(0);
+    let first = &batch[0].ev;
+    let (content_type, body) = match cfg.schema {
+        InputSchema::CloudEvents if batch.len() == 1 && cfg.max_events_per_batch == 1 => (
+            "application/cloudevents+json; charset=utf-8",
+            first.json.get().to_string(),
+        ),
+        InputSchema::CloudEvents => (
+            "application/cloudevents-batch+json; charset=utf-8",
+            join(&batch),
+        ),
+        InputSchema::EventGrid => ("application/json; charset=utf-8", join(&batch)),
+    };
+    let mut req = topic
+        .http
+        .post(&cfg.endpoint_url)
+        .timeout(topic.timeout(policy::DELIVERY_TIMEOUT))
+        .header("Content-Type", content_type)
+        .header("aeg-event-type", "Notification")
+        .header("aeg-subscription-name", cfg.name.to_uppercase())
+        // Choice: the count of earlier attempts, so the first delivery says 0 (as observed on Azure).
+        .header("aeg-delivery-count", count.to_string())
+        .header("aeg-metadata-version", "1")
+        .header("aeg-output-event-id", first.id.clone());
+    if cfg.schema == InputSchema::EventGrid {
+        req = req.header("aeg-data-version", first.data_version.clone());
+    }
+    let started = Instant::now();
+    let outcome = match req.body(body).send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            // Read the (small) answer so the connection can be reused.
+            let _ = resp.bytes().await;
+            Outcome::Status(status)
+        }
+        Err(e) if e.is_timeout() => Outcome::TimedOut,
+        Err(_) => Outcome::SocketError,
+    };
+    let success = matches!(outcome, Outcome::Status(s) if policy::is_success(s));
+    tracing::info!(
+        subscription = %cfg.name,
+        events = batch.len(),
+        delivery_count = count,
+        outcome = policy::outcome_name(outcome),
+        status = ?outcome,
+        ms = started.elapsed().as_millis() as u64,
+        "delivery attempt"
+    );
+    sub.counters.attempts.fetch_add(1, SeqCst);
+    if success {
+        sub.failures_in_row.store(0, SeqCst);
+    } else {
+        sub.counters.failed_attempts.fetch_add(1, SeqCst);
+        let failures = sub.failures_in_row.fetch_add(1, SeqCst) + 1;
+        if failures >= policy::PROBATION_AFTER_FAILURES
+            && let Some(p) = policy::probation(outcome)
+        {
+            let until = now_ms() + topic.scaled(p).as_millis() as i64;
+            sub.probation_until.fetch_max(until, SeqCst);
+            tracing::warn!(subscription = %cfg.name, failures, probation_ms = topic.scaled(p).as_millis() as u64, "endpoint on probation");
+        }
+    }
+    // One random number per batch: a batch is retried as a whole.
+    let random: f64 = rand::random::<f64>();
+    let (mut delivered, mut dead, mut retry): (
+        Vec<Item>,
+        BTreeMap<&'static str, Vec<Item>>,
+        BTreeMap<(u32, u64), Vec<Item>>,
+    ) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+    for mut item in batch {
+        item.attempts += 1;
+        item.last = Some(outcome);
+        match policy::after_attempt(outcome, item.attempts, cfg.max_attempts, random) {
+            Next::Delivered => delivered.push(item),
+            Next::DeadLetter(reason) => dead.entry(reason).or_default().push(item),
+            Next::Retry(after) => retry
+                .entry((item.attempts, topic.scaled(after).as_millis() as u64))
+                .or_default()
+                .push(item),
+        }
+    }
+    if !delivered.is_empty() {
+        topic
+            .wal
+            .append(&Record::done(
+                &cfg.name,
+                delivered.iter().map(|i| i.ev.seq).collect(),
+            ))
+            .await;
+        sub.counters
+            .delivered
+            .fetch_add(delivered.len() as u64, SeqCst);
+        sub.finished(delivered.len());
+    }
+    for (reason, items) in dead {
+        settle_dead(&topic, &sub, &cfg, items, reason, Some(outcome)).await;
+    }
+    for ((n, after_ms), items) in retry {
+        let due = now_ms() + after_ms as i64;
+        topic
+            .wal
+            .append(&Record::attempt(
+                &cfg.name,
+                items.iter().map(|i| i.ev.seq).collect(),
+                n,
+                due,
+            ))
+            .await;
+        sub.counters.retried.fetch_add(items.len() as u64, SeqCst);
+        for item in items {
+            sub.enqueue(item, due, false);
+        }
+    }
+}
+
+fn join(batch: &[Item]) -> String {
+    let mut s = String::with_capacity(
+        batch
+            .iter()
+            .map(|i| i.ev.json.get().len() + 1)
+            .sum::<usize>()
+            + 2,
+    );
+    s.push('[');
+    for (k, i) in batch.iter().enumerate() {
+        if k > 0 {
+            s.push(',');
+        }
+        s.push_str(i.ev.json.get());
+    }
+    s.push(']');
+    s
+}
+
+/// Dead-letters `items` (or drops them when the subscription has no dead-letter destination),
+/// then records them as finished.
+async fn settle_dead(
+    topic: &Arc<Topic>,
+    sub: &Arc<SubState>,
+    cfg: &Subscription,
+    items: Vec<Item>,
+    reason: &'static str,
+    last: Option<Outcome>,
+) {
+    let seqs: Vec<u64> = items.iter().map(|i| i.ev.seq).collect();
+    match &cfg.dead_letter_container {
+        Some(container) => {
+            let why = deadletter::Reason {
+                reason,
+                outcome: last.map(policy::outcome_name).unwrap_or("Probation"),
+                status: match last {
+                    Some(Outcome::Status(s)) => s,
+                    _ => 0,
+                },
+                attempt_time: Utc::now(),
+            };
+            let root = topic.config.deadletter_dir.clone();
+            let (container, name) = (container.clone(), cfg.name.clone());
+            let evs: Vec<(Arc<Event>, u32)> =
+                items.iter().map(|i| (i.ev.clone(), i.attempts)).collect();
+            let written = tokio::task::spawn_blocking(move || {
+                let letters: Vec<deadletter::Letter<'_>> = evs
+                    .iter()
+                    .map(|(e, n)| deadletter::Letter {
+                        json: e.json.get(),
+                        attempts: *n,
+                        publish_time: ms_to_time(e.publish_ms),
+                    })
+                    .collect();
+                deadletter::write(&root, &container, &name, &letters, &why)
+            })
+            .await;
+            match written {
+                Ok(Ok(path)) => {
+                    tracing::warn!(subscription = %cfg.name, events = items.len(), reason, path = %path.display(), "dead-lettered");
+                    sub.counters
+                        .dead_lettered
+                        .fetch_add(items.len() as u64, SeqCst);
+                }
+                other => {
+                    // Not written: keep the events and try again later rather than lose them.
+                    tracing::error!(subscription = %cfg.name, result = ?other.map(|r| r.map(|_| ())), "dead-letter write failed; will retry");
+                    let due = now_ms() + topic.scaled(Duration::from_secs(10)).as_millis() as i64;
+                    for item in items {
+                        sub.enqueue(item, due, false);
+                    }
+                    return;
+                }
+            }
+        }
+        None => {
+            tracing::warn!(subscription = %cfg.name, events = items.len(), reason, "dropped (no dead-letter destination)");
+            sub.counters.dropped.fetch_add(items.len() as u64, SeqCst);
+        }
+    }
+    topic.wal.append(&Record::done(&cfg.name, seqs)).await;
+    sub.finished(items.len());
+}

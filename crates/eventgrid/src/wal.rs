@@ -1,0 +1,406 @@
+//! Durability: one append-only log (`<data-dir>/events.wal`), one JSON record per line.
+//!
+//! - `pub`: accepted events with the subscriptions each must reach. Written and fsync'd before
+//!   the publisher gets its 200 (group commit: one fsync covers every record waiting).
+//! - `try`: a failed attempt (new attempt count and when the next one is due), so retries keep
+//!   their schedule across a restart.
+//! - `done`: delivered, dead-lettered or dropped for one subscription.
+//! - `unsub`: a subscription was deleted; its pending events go with it.
+//!
+//! `try`, `done` and `unsub` are not fsync'd on their own: losing one to a crash only means a
+//! duplicate delivery, which Event Grid allows anyway (at least once).
+//!
+//! Replaying the log gives the pending work ([`Replay`]); the same replay compacts the log when
+//! it has grown (rewrite the pending work as `pub` records into a new file, fsync, rename), so
+//! the disk used stays proportional to what is still pending.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+/// One subscription an event still has to reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub sub: String,
+    /// Attempts made so far.
+    #[serde(default)]
+    pub n: u32,
+    /// When the next attempt is due (ms since the epoch).
+    pub due: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PubItem {
+    pub seq: u64,
+    /// Publish time, ms since the epoch.
+    pub pt: i64,
+    pub subs: Vec<Target>,
+    pub ev: Box<RawValue>,
+}
+
+/// A log line. A flat struct rather than a tagged enum: serde's tagged enums cannot carry a
+/// `RawValue` (the event is kept as the exact JSON text it was accepted as).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub t: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<PubItem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seqs: Vec<u64>,
+    #[serde(default)]
+    pub n: u32,
+    #[serde(default)]
+    pub due: i64,
+}
+
+impl Record {
+    pub fn publish(items: Vec<PubItem>) -> Self {
+        Self {
+            t: "pub".into(),
+            items,
+            ..Default::default()
+        }
+    }
+    pub fn attempt(sub: &str, seqs: Vec<u64>, n: u32, due: i64) -> Self {
+        Self {
+            t: "try".into(),
+            sub: Some(sub.into()),
+            seqs,
+            n,
+            due,
+            ..Default::default()
+        }
+    }
+    pub fn done(sub: &str, seqs: Vec<u64>) -> Self {
+        Self {
+            t: "done".into(),
+            sub: Some(sub.into()),
+            seqs,
+            ..Default::default()
+        }
+    }
+    pub fn unsubscribe(sub: &str) -> Self {
+        Self {
+            t: "unsub".into(),
+            sub: Some(sub.into()),
+            ..Default::default()
+        }
+    }
+    pub fn line(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).expect("records serialise");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// An event that is still pending for at least one subscription.
+#[derive(Debug)]
+pub struct PendingEvent {
+    pub publish_ms: i64,
+    pub json: Box<RawValue>,
+    pub targets: BTreeMap<String, (u32, i64)>,
+}
+
+/// The pending work a log describes.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub events: BTreeMap<u64, PendingEvent>,
+    /// Highest sequence number ever written (new events continue after it).
+    pub max_seq: u64,
+}
+
+impl Replay {
+    fn apply(&mut self, r: Record) -> Result<(), String> {
+        match r.t.as_str() {
+            "pub" => {
+                for it in r.items {
+                    self.max_seq = self.max_seq.max(it.seq);
+                    if it.subs.is_empty() {
+                        continue; // only a sequence-number marker
+                    }
+                    let targets = it.subs.into_iter().map(|t| (t.sub, (t.n, t.due))).collect();
+                    self.events.insert(
+                        it.seq,
+                        PendingEvent {
+                            publish_ms: it.pt,
+                            json: it.ev,
+                            targets,
+                        },
+                    );
+                }
+            }
+            "try" | "done" => {
+                let sub = r.sub.ok_or("record without sub")?;
+                for seq in r.seqs {
+                    let Some(ev) = self.events.get_mut(&seq) else {
+                        continue;
+                    };
+                    if r.t == "try" {
+                        if let Some(t) = ev.targets.get_mut(&sub) {
+                            *t = (r.n, r.due);
+                        }
+                    } else {
+                        ev.targets.remove(&sub);
+                        if ev.targets.is_empty() {
+                            self.events.remove(&seq);
+                        }
+                    }
+                }
+            }
+            "unsub" => {
+                let sub = r.sub.ok_or("record without sub")?;
+                self.events.retain(|_, ev| {
+                    ev.targets.remove(&sub);
+                    !ev.targets.is_empty()
+                });
+            }
+            other => return Err(format!("unknown record type {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Reads a log. A torn last line (the process died while writing it) is ignored: it was
+    /// never acknowledged. A bad line anywhere else means the file is damaged: refuse to start
+    /// rather than silently lose events.
+    pub fn read(path: &Path) -> io::Result<Self> {
+        let mut replay = Replay::default();
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replay),
+            Err(e) => return Err(e),
+        };
+        let mut lines = BufReader::new(file).lines().enumerate().peekable();
+        while let Some((i, line)) = lines.next() {
+            let line = line?;
+            let parsed = serde_json::from_str::<Record>(&line)
+                .map_err(|e| e.to_string())
+                .and_then(|r| replay.apply(r));
+            if let Err(e) = parsed {
+                if lines.peek().is_none() {
+                    tracing::warn!(line = i + 1, error = %e, "ignoring a torn last record in {}", path.display());
+                } else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}:{}: {e}", path.display(), i + 1),
+                    ));
+                }
+            }
+        }
+        Ok(replay)
+    }
+
+    /// Writes the pending work as a fresh log at `path` (through a temporary file and a rename,
+    /// so a crash leaves either the old or the new log, never half of one).
+    pub fn write_compacted(&self, path: &Path) -> io::Result<()> {
+        let tmp = path.with_extension("wal.tmp");
+        {
+            let mut f = io::BufWriter::new(File::create(&tmp)?);
+            // Chunks keep lines short enough to read back comfortably.
+            let all: Vec<(&u64, &PendingEvent)> = self.events.iter().collect();
+            for chunk in all.chunks(256) {
+                let items = chunk
+                    .iter()
+                    .map(|(seq, ev)| PubItem {
+                        seq: **seq,
+                        pt: ev.publish_ms,
+                        subs: ev
+                            .targets
+                            .iter()
+                            .map(|(s, (n, due))| Target {
+                                sub: s.clone(),
+                                n: *n,
+                                due: *due,
+                            })
+                            .collect(),
+                        ev: ev.json.clone(),
+                    })
+                    .collect();
+                f.write_all(&Record::publish(items).line())?;
+            }
+            // Remember the highest sequence number even when nothing is pending, so numbers
+            // are never reused.
+            let marker = PubItem {
+                seq: self.max_seq,
+                pt: 0,
+                subs: vec![],
+                ev: RawValue::from_string("null".into()).expect("valid"),
+            };
+            f.write_all(&Record::publish(vec![marker]).line())?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+struct Append {
+    line: Vec<u8>,
+    /// Present when the caller waits until the line is on disk.
+    synced: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Handle to the log's writer thread (one thread owns the file; callers send lines).
+#[derive(Clone)]
+pub struct Wal {
+    tx: mpsc::Sender<Append>,
+}
+
+/// Lines waiting for the writer. Bounded: a slow disk slows publishers down instead of
+/// growing memory.
+const QUEUE: usize = 8192;
+
+impl Wal {
+    /// Starts the writer on `path` (already compacted by the caller). The log is compacted
+    /// again whenever it exceeds `compact_bytes` and has doubled since the last compaction.
+    pub fn start(path: PathBuf, compact_bytes: u64) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let (tx, mut rx) = mpsc::channel::<Append>(QUEUE);
+        std::thread::Builder::new().name("eventgrid-wal".into()).spawn(move || {
+            let mut file = file;
+            let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut threshold = compact_bytes.max(size * 2);
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < 1024 {
+                    match rx.try_recv() {
+                        Ok(a) => batch.push(a),
+                        Err(_) => break,
+                    }
+                }
+                let mut result: io::Result<()> = Ok(());
+                let mut buf = Vec::with_capacity(batch.iter().map(|a| a.line.len()).sum());
+                for a in &batch {
+                    buf.extend_from_slice(&a.line);
+                }
+                result = result.and_then(|_| file.write_all(&buf));
+                if result.is_ok() && batch.iter().any(|a| a.synced.is_some()) {
+                    result = file.sync_data();
+                }
+                size += buf.len() as u64;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "writing the event log failed");
+                }
+                for a in batch {
+                    if let Some(s) = a.synced {
+                        let _ = s.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    }
+                }
+                if result.is_ok() && size > threshold {
+                    match Replay::read(&path).and_then(|r| r.write_compacted(&path).map(|_| r)) {
+                        Ok(r) => {
+                            match OpenOptions::new().append(true).open(&path) {
+                                Ok(f) => file = f,
+                                Err(e) => tracing::error!(error = %e, "reopening the event log failed"),
+                            }
+                            size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                            threshold = compact_bytes.max(size * 2);
+                            tracing::info!(pending = r.events.len(), bytes = size, "event log compacted");
+                        }
+                        Err(e) => tracing::error!(error = %e, "compacting the event log failed; will retry"),
+                    }
+                }
+            }
+        })?;
+        Ok(Self { tx })
+    }
+
+    /// Appends and waits until the line is on disk.
+    pub async fn append_synced(&self, record: &Record) -> Result<(), String> {
+        let (s, r) = oneshot::channel();
+        self.tx
+            .send(Append {
+                line: record.line(),
+                synced: Some(s),
+            })
+            .await
+            .map_err(|_| "event log writer stopped".to_string())?;
+        r.await
+            .map_err(|_| "event log writer stopped".to_string())?
+    }
+
+    /// Appends without waiting for the disk.
+    pub async fn append(&self, record: &Record) {
+        if self
+            .tx
+            .send(Append {
+                line: record.line(),
+                synced: None,
+            })
+            .await
+            .is_err()
+        {
+            tracing::error!("event log writer stopped; a delivery record was not written");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: u64, subs: &[&str]) -> PubItem {
+        PubItem {
+            seq,
+            pt: 1000,
+            subs: subs
+                .iter()
+                .map(|s| Target {
+                    sub: s.to_string(),
+                    n: 0,
+                    due: 1000,
+                })
+                .collect(),
+            ev: RawValue::from_string(format!("{{\"id\":\"{seq}\"}}")).unwrap(),
+        }
+    }
+
+    #[test]
+    fn replay_tracks_what_is_pending_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.wal");
+        let mut f = File::create(&path).unwrap();
+        for r in [
+            Record::publish(vec![item(1, &["a", "b"]), item(2, &["a"])]),
+            Record::done("a", vec![1]),
+            Record::attempt("b", vec![1], 2, 5000),
+            Record::publish(vec![item(3, &["c"])]),
+            Record::unsubscribe("c"),
+            Record::done("a", vec![2]),
+        ] {
+            f.write_all(&r.line()).unwrap();
+        }
+        f.write_all(b"{\"t\":\"pub\",\"ite").unwrap(); // torn last line
+        drop(f);
+        let r = Replay::read(&path).unwrap();
+        assert_eq!(r.max_seq, 3);
+        assert_eq!(r.events.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(r.events[&1].targets["b"], (2, 5000));
+        r.write_compacted(&path).unwrap();
+        let again = Replay::read(&path).unwrap();
+        assert_eq!(again.max_seq, 3);
+        assert_eq!(again.events[&1].targets["b"], (2, 5000));
+        assert_eq!(again.events[&1].json.get(), "{\"id\":\"1\"}");
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.wal");
+        fs::write(
+            &path,
+            "garbage\n{\"t\":\"done\",\"sub\":\"a\",\"seqs\":[1]}\n",
+        )
+        .unwrap();
+        assert!(Replay::read(&path).is_err());
+    }
+}
