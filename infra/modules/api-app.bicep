@@ -17,6 +17,11 @@ resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' existing = {
   name: cosmosAccountName
 }
 
+// The account hands out connection strings with `retrywrites=false` (and maxIdleTimeMS=120000,
+// which the apps keep). The account has the EnableMongoRetryableWrites capability, so turn the
+// driver's retry of a write after a network blip back on.
+var mongoUri = replace(cosmos.listConnectionStrings().connectionStrings[0].connectionString, 'retrywrites=false', 'retrywrites=true')
+
 resource topic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
   name: topicName
 }
@@ -30,7 +35,7 @@ module app 'flex-function-app.bicep' = {
     topicName: topicName
     tags: tags
     appSettings: {
-      SALDO_MONGODB_URI: cosmos.listConnectionStrings().connectionStrings[0].connectionString
+      SALDO_MONGODB_URI: mongoUri
       SALDO_DATABASE: databaseName
       SALDO_TOPIC_ENDPOINT: topic.properties.endpoint
       SALDO_NODES: join(workerUrls, ',')

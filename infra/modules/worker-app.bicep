@@ -31,6 +31,11 @@ resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' existing = {
   name: cosmosAccountName
 }
 
+// The account hands out connection strings with `retrywrites=false` (and maxIdleTimeMS=120000,
+// which the apps keep). The account has the EnableMongoRetryableWrites capability, so turn the
+// driver's retry of a write after a network blip back on.
+var mongoUri = replace(cosmos.listConnectionStrings().connectionStrings[0].connectionString, 'retrywrites=false', 'retrywrites=true')
+
 resource topic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
   name: topicName
 }
@@ -49,7 +54,7 @@ module app 'flex-function-app.bicep' = {
       // Cosmos DB for MongoDB (RU) has no Entra sign-in for the data plane, so the apps need
       // the account's connection string. It is read from the account at deployment time and
       // never written to a file or a parameter.
-      SALDO_MONGODB_URI: cosmos.listConnectionStrings().connectionStrings[0].connectionString
+      SALDO_MONGODB_URI: mongoUri
       SALDO_DATABASE: databaseName
       // No SALDO_TOPIC_KEY: the topic refuses keys; the worker uses its managed identity.
       SALDO_TOPIC_ENDPOINT: topic.properties.endpoint

@@ -511,6 +511,11 @@ def check_templates_rules() -> None:
     assert trigger["authLevel"] == "function" and "post" in trigger["methods"], "eventgrid must be a POST function-key webhook"
     assert "deadLetterWithResourceIdentity" in props and "retryPolicy" in props, "no dead-letter or retry policy"
     assert "maxEventsPerBatch" in props["destination"]["properties"], "no batching"
+    # The database URI comes from the account at deployment time, never from a literal.
+    for module in ("worker-app.bicep", "api-app.bicep"):
+        text = (INFRA / "modules" / module).read_text()
+        assert "mongodb://" not in text and "AccountKey=" not in text, f"{module}: a literal connection string"
+        assert "listConnectionStrings()" in text, f"{module}: SALDO_MONGODB_URI not read from the account"
     # Every parameter whose name says it holds a key is @secure.
     for path in [INFRA / "main.bicep", *sorted((INFRA / "modules").glob("*.bicep"))]:
         for pname, p in parse(path).get("parameters", {}).items():
