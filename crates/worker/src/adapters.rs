@@ -1,0 +1,75 @@
+//! The real-world implementations of the node's ports: the Event Grid publisher as its bus, and
+//! an HTTP client for its peers.
+
+use std::time::Duration;
+
+use saldo_core::events::EventGridEvent;
+use saldo_core::views::{LedgerPage, NodeStatusView};
+use saldo_publish::Publisher;
+use serde_json::Value;
+
+use crate::node::{Bus, PeerClient};
+
+impl Bus for Publisher {
+    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
+        Publisher::publish(self, &events)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Calls peers' functions (`/api/status`, `/api/ledger`) with the fleet's function key.
+#[derive(Clone)]
+pub struct HttpPeers {
+    http: reqwest::Client,
+    key: Option<String>,
+}
+
+impl HttpPeers {
+    /// `key`: sent as `x-functions-key` (peers' `ledger` function has auth level `function`).
+    pub fn new(key: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .expect("static reqwest configuration is valid");
+        HttpPeers { http, key }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, String> {
+        let mut req = self.http.get(&url);
+        if let Some(k) = &self.key {
+            req = req.header("x-functions-key", k);
+        }
+        let resp = saldo_telemetry::http::inject(req)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(format!(
+                "GET {url}: {status}: {}",
+                body.chars().take(200).collect::<String>()
+            ));
+        }
+        resp.json()
+            .await
+            .map_err(|e| format!("GET {url}: unreadable answer: {e}"))
+    }
+}
+
+impl PeerClient for HttpPeers {
+    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
+        self.get(format!("{}/api/status", url.trim_end_matches('/')))
+            .await
+    }
+
+    async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, String> {
+        self.get(format!(
+            "{}/api/ledger?after={after}&limit={limit}",
+            url.trim_end_matches('/')
+        ))
+        .await
+    }
+}

@@ -1,0 +1,17 @@
+//! The regional worker node.
+//!
+//! - [`node`]: the node's behaviour ([`Node`]: handle a delivery, sweep, heartbeat, catch up),
+//!   generic over the store, the clock, the outbound bus and the peer client, so that the HTTP
+//!   handlers and the deterministic simulation (`saldo-sim`) run the very same code.
+//! - [`http`]: the axum router (the Functions custom handler's routes).
+//! - [`settings`]: configuration from the environment.
+//! - [`adapters`]: the real clock, bus (Event Grid publisher) and peer client (HTTP).
+
+pub mod adapters;
+pub mod http;
+pub mod node;
+pub mod settings;
+
+pub use node::{
+    Bus, Clock, Config, Delivery, ManualClock, Node, NodeError, PeerClient, SystemClock,
+};

@@ -1,0 +1,127 @@
+//! `saldo-worker`: the regional worker, an Azure Functions custom handler.
+//!
+//! Listens on `127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT` (or `--port`), settings from the
+//! environment (see `saldo_worker::settings`). Prints `listening on http://127.0.0.1:P` once
+//! bound, answers at once, and initialises the database in the background (deliveries get 503
+//! until then, which Event Grid retries).
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use saldo_store::MongoStore;
+use saldo_worker::adapters::HttpPeers;
+use saldo_worker::settings::Settings;
+use saldo_worker::{Node, SystemClock};
+
+#[derive(Parser)]
+#[command(about = "Saldo's regional worker (Azure Functions custom handler)")]
+struct Args {
+    /// Port to listen on when run without a Functions host (overrides FUNCTIONS_CUSTOMHANDLER_PORT).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+type WorkerNode = Node<MongoStore, SystemClock, saldo_publish::Publisher, HttpPeers>;
+
+/// Runs `f` on an NCRONTAB schedule (UTC), forever. One run at a time, like the host's timers.
+async fn every<F, Fut>(name: &'static str, schedule: cron::Schedule, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for next in schedule.upcoming_owned(chrono::Utc) {
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        tracing::debug!(timer = name, "firing");
+        f().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let port = match args.port {
+        Some(p) => p,
+        None => std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")
+            .context("set FUNCTIONS_CUSTOMHANDLER_PORT (the Functions host does) or pass --port")?
+            .parse()
+            .context("FUNCTIONS_CUSTOMHANDLER_PORT must be a port number")?,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("bind 127.0.0.1:{port}"))?;
+    let port = listener.local_addr()?.port();
+    let settings = Settings::from_env(port)?;
+    let _telemetry = saldo_telemetry::init("saldo-worker", &settings.config.node);
+    let store = MongoStore::connect(
+        &settings.mongodb_uri,
+        &settings.database,
+        &settings.config.node,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bus = saldo_publish::Publisher::from_env()?;
+    let peers = HttpPeers::new(settings.fleet_key.clone());
+    let node: Arc<WorkerNode> = Arc::new(Node::new(
+        settings.config.clone(),
+        store,
+        SystemClock,
+        bus,
+        peers,
+    ));
+
+    // Start-up in the background: the host wants the port answering within seconds, and an
+    // unreachable database must not keep the process from answering (it answers 503).
+    let starter = node.clone();
+    tokio::spawn(async move {
+        let mut wait = std::time::Duration::from_millis(250);
+        loop {
+            match starter.start().await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "start-up failed; retrying"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(5));
+        }
+        match starter.catch_up().await {
+            Ok(n) => tracing::info!(repairs = n, "start-up catch-up done"),
+            Err(e) => tracing::warn!(error = %e, "start-up catch-up failed; the sweep will retry"),
+        }
+    });
+
+    if settings.standalone_timers {
+        let hb = cron::Schedule::from_str(&settings.heartbeat_schedule)
+            .context("SALDO_HEARTBEAT_SCHEDULE")?;
+        let sw =
+            cron::Schedule::from_str(&settings.sweep_schedule).context("SALDO_SWEEP_SCHEDULE")?;
+        let n = node.clone();
+        tokio::spawn(every("heartbeat", hb, move || {
+            let n = n.clone();
+            async move {
+                if let Err(e) = n.heartbeat().await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        }));
+        let n = node.clone();
+        tokio::spawn(every("sweep", sw, move || {
+            let n = n.clone();
+            async move {
+                if let Err(e) = n.sweep().await {
+                    tracing::warn!(error = %e, "sweep failed");
+                }
+            }
+        }));
+    }
+
+    println!("listening on http://127.0.0.1:{port}");
+    tracing::info!(node = %settings.config.node, region = %settings.config.region, port, "saldo-worker listening");
+    axum::serve(listener, saldo_worker::http::app(node))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
