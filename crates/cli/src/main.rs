@@ -2,6 +2,8 @@
 //!
 //! A thin front over `saldo-stack`: parsing arguments and printing tables is all that happens here.
 
+mod bench;
+mod deadletter;
 mod status;
 
 use std::path::PathBuf;
@@ -42,6 +44,13 @@ enum Command {
     },
     /// Stop a stack started with `saldo up --detach`.
     Down,
+    /// Drive purchases through the running stack and print what they cost.
+    Bench(bench::BenchArgs),
+    /// List or replay the events Event Grid dead-lettered.
+    Deadletter {
+        #[command(subcommand)]
+        action: deadletter::Action,
+    },
     /// Stop or start one regional worker, as Azure stops a Function App.
     Region {
         #[command(subcommand)]
@@ -133,6 +142,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => status::status(&p.root, json).await,
         Command::Down => down(&p.root).await,
         Command::Region { action } => region(&p.root, action).await,
+        Command::Bench(args) => bench::bench(&p.root, args).await,
+        Command::Deadletter { action } => deadletter::run(&p.root, action).await,
     }
 }
 

@@ -1,0 +1,346 @@
+//! `saldo bench`: drives purchases through the running stack as shoppers do (the API), and prints
+//! what they cost: purchases per second, latency from the API's 202 to the completion, database
+//! operations and executions per transaction fleet-wide, and how long a stopped region's work
+//! takes to complete elsewhere and to reach the region when it returns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use saldo_core::events::{
+    DATA_VERSION, EventGridEvent, ProductLine, RECORD_UPDATED, RecordUpdated,
+};
+use saldo_publish::{Auth, Publisher};
+use saldo_stack::Manifest;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+/// Products the benchmark buys from, so that it never empties the demo catalogue.
+const BENCH_PRODUCTS: [u64; 4] = [9001, 9002, 9003, 9004];
+const BENCH_STOCK: i64 = 1_000_000;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Purchases to make.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    purchases: u32,
+    /// Purchases in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    concurrency: u32,
+    /// Also measure a takeover: stop this region, buy, start it again, and time the catch-up.
+    #[arg(long)]
+    stop_region: Option<String>,
+    /// Purchases made while the region is stopped.
+    #[arg(long, default_value_t = 20)]
+    takeover_purchases: u32,
+    /// Give up on a purchase that has not completed after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+struct Ctx {
+    http: reqwest::Client,
+    m: Manifest,
+    api: String,
+    timeout: Duration,
+}
+
+pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::process::ExitCode> {
+    let m = Manifest::load(root)?;
+    let api = m
+        .api
+        .as_ref()
+        .context("the stack runs no API; start it with `saldo up`")?
+        .url
+        .clone();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let ctx = Arc::new(Ctx {
+        http,
+        m,
+        api,
+        timeout: Duration::from_secs(args.timeout_secs),
+    });
+
+    restock(&ctx).await?;
+    let before = counters(&ctx).await?;
+    let started = Instant::now();
+    let latencies = buy_many(&ctx, args.purchases, args.concurrency).await?;
+    let elapsed = started.elapsed();
+    let after = counters(&ctx).await?;
+
+    let n = args.purchases as f64;
+    let delta = |k: &str| {
+        after
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(k).copied().unwrap_or(0))
+    };
+    println!();
+    println!("purchases                      {}", args.purchases);
+    println!(
+        "purchases per second           {:.1}",
+        n / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency 202 -> completed p50   {} ms",
+        latencies.value_at_quantile(0.50)
+    );
+    println!(
+        "latency 202 -> completed p99   {} ms",
+        latencies.value_at_quantile(0.99)
+    );
+    println!("latency max                    {} ms", latencies.max());
+    println!(
+        "db operations per transaction  {:.1} (fleet-wide, all nodes)",
+        delta("dbOps") as f64 / n
+    );
+    println!(
+        "executions per transaction     {:.2}",
+        delta("executed") as f64 / n
+    );
+    println!(
+        "duplicates seen per transaction {:.2}",
+        delta("duplicates") as f64 / n
+    );
+
+    if let Some(region) = &args.stop_region {
+        takeover(&ctx, region, args.takeover_purchases).await?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Sets the benchmark's own products to a large stock, through the topic like any update, and waits
+/// until the warehouse shows them.
+async fn restock(ctx: &Ctx) -> Result<()> {
+    let topic = ctx.m.topic.as_ref().context("the stack runs no topic")?;
+    let id = format!("bench-restock-{}", uuid::Uuid::new_v4());
+    let event = EventGridEvent {
+        id: id.clone(),
+        event_type: RECORD_UPDATED.into(),
+        subject: "warehouse/products/bench".into(),
+        event_time: Utc::now(),
+        data: RecordUpdated {
+            transaction: Some(id.clone()),
+            products: BENCH_PRODUCTS
+                .iter()
+                .map(|&p| ProductLine {
+                    id: p,
+                    ean: 900_000 + p,
+                    name: format!("Bench item {p}"),
+                    saldo: Some(BENCH_STOCK),
+                    change: None,
+                })
+                .collect(),
+            traceparent: None,
+            tracestate: None,
+        },
+        data_version: DATA_VERSION.into(),
+        metadata_version: None,
+        topic: None,
+    };
+    Publisher::new(topic.endpoint.clone(), Auth::Key(topic.key.clone()))
+        .publish(&[event])
+        .await?;
+    wait_done(ctx, &id)
+        .await
+        .context("restocking the benchmark's products")?;
+    Ok(())
+}
+
+/// Sums every reachable node's counters.
+async fn counters(ctx: &Ctx) -> Result<BTreeMap<String, u64>> {
+    let mut sum = BTreeMap::new();
+    for n in &ctx.m.nodes {
+        let Ok(resp) = ctx.http.get(format!("{}/api/status", n.url)).send().await else {
+            continue;
+        };
+        let Ok(v) = resp.json::<Value>().await else {
+            continue;
+        };
+        if let Some(c) = v["counters"].as_object() {
+            for (k, val) in c {
+                *sum.entry(k.clone()).or_insert(0) += val.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    Ok(sum)
+}
+
+async fn buy_many(ctx: &Arc<Ctx>, n: u32, concurrency: u32) -> Result<Histogram<u64>> {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} purchases ({per_sec}, eta {eta})",
+        )
+        .expect("static template"),
+    );
+    let permits = Arc::new(Semaphore::new(concurrency as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = permits.clone().acquire_owned().await?;
+        let ctx = ctx.clone();
+        let bar = bar.clone();
+        tasks.spawn(async move {
+            let r = buy_one(&ctx, BENCH_PRODUCTS[i as usize % BENCH_PRODUCTS.len()]).await;
+            bar.inc(1);
+            drop(permit);
+            r
+        });
+    }
+    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+    while let Some(r) = tasks.join_next().await {
+        let ms = r??;
+        hist.record(ms.max(1))?;
+    }
+    bar.finish();
+    Ok(hist)
+}
+
+/// One purchase: POST the order, then follow the transaction. Returns ms from 202 to completion.
+async fn buy_one(ctx: &Ctx, product: u64) -> Result<u64> {
+    let resp = ctx
+        .http
+        .post(format!("{}/api/orders", ctx.api))
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"lines": [{"id": product, "quantity": 1}]}))
+        .send()
+        .await?;
+    if resp.status().as_u16() != 202 {
+        bail!(
+            "order refused: {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let accepted = Instant::now();
+    let body: Value = resp.json().await?;
+    let tx = body["transaction"]
+        .as_str()
+        .context("202 without a transaction id")?
+        .to_string();
+    let status = wait_done(ctx, &tx).await?;
+    if status != "completed" {
+        bail!("purchase {tx} ended {status}");
+    }
+    Ok(accepted.elapsed().as_millis() as u64)
+}
+
+/// Polls the API until the transaction is completed or rejected; returns which.
+async fn wait_done(ctx: &Ctx, tx: &str) -> Result<String> {
+    let deadline = Instant::now() + ctx.timeout;
+    loop {
+        if let Ok(resp) = ctx
+            .http
+            .get(format!("{}/api/transactions/{tx}", ctx.api))
+            .send()
+            .await
+            && let Ok(v) = resp.json::<Value>().await
+            && let Some(s) = v["status"].as_str()
+            && s != "pending"
+        {
+            return Ok(s.to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("transaction {tx} did not complete within {:?}", ctx.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn host(ctx: &Ctx, region: &str, verb: &str) -> Result<()> {
+    let node = ctx
+        .m
+        .node(region)
+        .with_context(|| format!("unknown region {region}"))?;
+    let resp = ctx
+        .http
+        .post(format!("{}/admin/host/{verb}", node.url))
+        .header("x-functions-key", &node.master_key)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("{verb} {region}: {}", resp.status());
+    }
+    Ok(())
+}
+
+/// Stops a region, buys while it is down (the others must take its share over), starts it again
+/// and times until its ledger holds every one of those purchases.
+async fn takeover(ctx: &Arc<Ctx>, region: &str, n: u32) -> Result<()> {
+    host(ctx, region, "stop").await?;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            let resp = ctx
+                .http
+                .post(format!("{}/api/orders", ctx.api))
+                .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+                .json(&json!({"lines": [{"id": BENCH_PRODUCTS[i as usize % 4], "quantity": 1}]}))
+                .send()
+                .await?;
+            let v: Value = resp.error_for_status()?.json().await?;
+            let tx = v["transaction"]
+                .as_str()
+                .context("no transaction id")?
+                .to_string();
+            wait_done(&ctx, &tx).await?;
+            anyhow::Ok(tx)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        ids.push(r??);
+    }
+    let elsewhere = started.elapsed();
+    let restarted = Instant::now();
+    host(ctx, region, "start").await?;
+    let node = ctx.m.node(region).expect("checked above");
+    let deadline = Instant::now() + ctx.timeout;
+    for tx in &ids {
+        loop {
+            let ok = ctx
+                .http
+                .get(format!("{}/api/ledger/{tx}", node.url))
+                .header("x-functions-key", &node.function_key)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success());
+            if let Some(r) = ok
+                && let Ok(v) = r.json::<Value>().await
+                && v["state"] != "pending"
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{region} did not catch up with {tx} within {:?}",
+                    ctx.timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!();
+    println!("region stopped                 {region}");
+    println!("purchases while it was down    {n}");
+    println!(
+        "all completed elsewhere after  {} ms",
+        elsewhere.as_millis()
+    );
+    println!(
+        "region caught up after start   {} ms",
+        restarted.elapsed().as_millis()
+    );
+    Ok(())
+}
