@@ -432,6 +432,9 @@ def check_region_dry_run() -> None:
             assert len(acting) == 1, f"region {action} {region}: {len(acting)} commands"
             c = cmds[acting[0]]
             assert option(c, "--name") == app and option(c, "--resource-group") == names["resourceGroup"], " ".join(c)
+            probes = [c[-1] for c in cmds if c[:1] == ["curl"]]
+            expected = [f"https://{app}.azurewebsites.net{http_path('worker', 'status')}"] if action == "start" else []
+            assert probes == expected, f"region {action} {region} probes {probes}"
 
 
 def check_status_dry_run() -> None:
