@@ -527,6 +527,31 @@ def check_templates_rules() -> None:
                 assert any(d.get("type") == "secure" for d in p["decorators"]), f"{path.name}: parameter {pname} is not @secure()"
 
 
+def check_module_wiring() -> None:
+    """What a Bicep compiler would catch first: every module gets exactly the parameters it
+    declares (all required ones, no unknown ones), and every `<module>.outputs.<name>` exists."""
+    files = [INFRA / "main.bicep", *sorted((INFRA / "modules").glob("*.bicep"))]
+    for path in files:
+        tree = parse(path)
+        modules = tree.get("modules", {})
+        for symbol, mod in modules.items():
+            target = (path.parent / mod["detail"]["path"]).resolve()
+            declared = parse(target).get("parameters", {})
+            config = mod["config"]
+            while "loop_type" in config or ("condition" in config and "config" in config and "params" not in config):
+                config = config["config"]
+            passed = set(config.get("params", {}))
+            unknown = passed - set(declared)
+            assert not unknown, f"{path.name}: module {symbol} passes unknown parameters {sorted(unknown)}"
+            required = {n for n, p in declared.items() if p.get("default") is None}
+            missing = required - passed
+            assert not missing, f"{path.name}: module {symbol} lacks parameters {sorted(missing)}"
+            outputs = set(parse(target).get("outputs", {}))
+            text = path.read_text()
+            for m in re.finditer(rf"\b{symbol}(?:\[[^\]]*\])?\.outputs\.(\w+)", text):
+                assert m.group(1) in outputs, f"{path.name}: {symbol}.outputs.{m.group(1)} is not an output of {target.name}"
+
+
 def check_skips_documented() -> None:
     readme = (INFRA / "README.md").read_text()
     for path in sorted((INFRA / "modules").glob("*.bicep")) + [INFRA / "main.bicep"]:
@@ -586,6 +611,7 @@ def main() -> int:
     check("worker app settings cover function.json and the architecture", check_worker_settings)
     check("templates keep the architecture's rules", check_templates_rules)
     check("main.parameters.json: no secrets, same defaults as the scripts", check_parameters_file)
+    check("modules get the parameters they declare and have the outputs used", check_module_wiring)
     check("every skipped checkov check is listed in infra/README.md", check_skips_documented)
     check("subscriptions pass every event type of crates/core", check_event_types)
     check("deploy --dry-run matches templates and functions-host (defaults)", lambda: check_deploy_dry_run(None, ["westeurope", "northeurope", "swedencentral"]))
