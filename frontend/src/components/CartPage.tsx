@@ -117,10 +117,11 @@ export function CartPage({
                   <tr key={r.id}>
                     <th scope="row">
                       <label htmlFor={inputId}>{name}</label>
-                      {r.shortBy > 0 && (
+                      {/* Judged only once the catalogue has loaded: before, nothing is known. */}
+                      {products.data !== undefined && r.shortBy > 0 && (
                         <span className="warn" data-testid={`short-${r.id}`}>
                           {' '}
-                          only {r.product ? Math.max(0, r.product.saldo) : 0} in stock
+                          {r.product ? `only ${Math.max(0, r.product.saldo)} in stock` : 'no longer sold'}
                         </span>
                       )}
                     </th>
