@@ -207,6 +207,17 @@ impl SubState {
         self.wake.notify_one();
     }
 
+    /// Adds newly published events, due now, all under one lock.
+    fn enqueue_fresh(&self, items: Vec<Item>) {
+        self.counters.pending.fetch_add(items.len() as u64, SeqCst);
+        self.queue
+            .lock()
+            .expect("lock poisoned")
+            .ready
+            .extend(items);
+        self.wake.notify_one();
+    }
+
     fn finished(&self, n: usize) {
         let before = self.counters.pending.fetch_sub(n as u64, SeqCst);
         assert!(
@@ -520,6 +531,9 @@ impl Topic {
                 .append_synced(&record)
                 .await
                 .map_err(|e| ApiError::internal(format!("the events could not be stored: {e}")))?;
+            // Each subscription gets the request's events in one go, so its dispatcher sees
+            // them together and can batch them.
+            let mut per_sub_items: Vec<Vec<Item>> = vec![Vec::new(); subs.len()];
             for (it, (id, data_version, t)) in record.items.into_iter().zip(heads) {
                 let ev = Arc::new(Event {
                     seq: it.seq,
@@ -529,15 +543,16 @@ impl Topic {
                     json: it.ev,
                 });
                 for &i in t {
-                    subs[i].enqueue(
-                        Item {
-                            ev: ev.clone(),
-                            attempts: 0,
-                            last: None,
-                        },
-                        now,
-                        true,
-                    );
+                    per_sub_items[i].push(Item {
+                        ev: ev.clone(),
+                        attempts: 0,
+                        last: None,
+                    });
+                }
+            }
+            for (i, items) in per_sub_items.into_iter().enumerate() {
+                if !items.is_empty() {
+                    subs[i].enqueue_fresh(items);
                 }
             }
         }
