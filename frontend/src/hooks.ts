@@ -71,6 +71,11 @@ export function usePolling<T>(load: (signal: AbortSignal) => Promise<T>, interva
 // serves index.html for every page path).
 
 const listeners = new Set<() => void>();
+/** Whether the page has changed since the document loaded (see `PageHeading`). */
+let navigated = false;
+export const hasNavigated = () => navigated;
+if (typeof window !== 'undefined') window.addEventListener('popstate', () => (navigated = true));
+
 function subscribe(l: () => void) {
   listeners.add(l);
   window.addEventListener('popstate', l);
@@ -83,6 +88,7 @@ function subscribe(l: () => void) {
 export function navigate(path: string): void {
   if (path === window.location.pathname) return;
   window.history.pushState(null, '', path);
+  navigated = true;
   listeners.forEach((l) => l());
 }
 

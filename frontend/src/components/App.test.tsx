@@ -37,13 +37,16 @@ describe('the shop', () => {
     const orange = await screen.findByTestId('product-1');
     expect(within(orange).getByTestId('stock-1')).toHaveProperty('textContent', '5');
     expect(screen.getByRole('button', { name: 'Add Apple to cart' })).toHaveProperty('disabled', true);
-    expect(screen.getByRole('heading', { level: 1, name: 'Catalogue' })).toBe(document.activeElement);
     await userEvent.click(screen.getByRole('button', { name: 'Add Orange to cart' }));
     await userEvent.click(screen.getByRole('button', { name: 'Add Orange to cart' }));
     expect(screen.getByRole('link', { name: 'Cart (2)' })).toBeTruthy();
     expect(JSON.parse(localStorage.getItem('saldo.cart')!)).toEqual([{ id: 1, quantity: 2 }]);
     // No warehouse link for a visitor.
     expect(screen.queryByRole('link', { name: 'Warehouse' })).toBeNull();
+    // Changing page moves focus to the new page's heading, for screen readers.
+    await userEvent.click(screen.getByRole('link', { name: 'Cart (2)' }));
+    expect(window.location.pathname).toBe('/cart');
+    expect(screen.getByRole('heading', { level: 1, name: 'Your cart' })).toBe(document.activeElement);
   });
 
   it('checks out, retries with the same key after failures, and shows who executed it', async () => {

@@ -1,7 +1,7 @@
 import { useEffect, useRef } from 'react';
 import type { MouseEvent, ReactNode } from 'react';
 import type { Principal } from '../api';
-import { navigate } from '../hooks';
+import { hasNavigated, navigate } from '../hooks';
 
 export const WAREHOUSE_ROLE = 'warehouse';
 
@@ -24,11 +24,14 @@ export function Link({ to, children, ...rest }: { to: string; children: ReactNod
   );
 }
 
-/** The page's heading takes focus on navigation, so screen readers announce the new page. */
+/**
+ * The page's heading takes focus after an in-app navigation, so screen readers announce the new
+ * page (a full page load announces itself, and keeps the skip link first in the tab order).
+ */
 export function PageHeading({ children }: { children: ReactNode }) {
   const ref = useRef<HTMLHeadingElement>(null);
   useEffect(() => {
-    ref.current?.focus({ preventScroll: true });
+    if (hasNavigated()) ref.current?.focus({ preventScroll: true });
   }, []);
   return (
     <h1 ref={ref} tabIndex={-1}>

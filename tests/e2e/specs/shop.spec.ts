@@ -3,7 +3,7 @@
 // see it catch up. Each step leaves a screenshot in tests/e2e/artifacts/.
 
 import type { Page } from '@playwright/test';
-import { expect, SHOPPER, setRegion, shot, signIn, test, transactionTimeout, WAREHOUSE, watchConsole } from '../stack';
+import { expect, expectAccessible, SHOPPER, setRegion, shot, signIn, test, transactionTimeout, WAREHOUSE, watchConsole } from '../stack';
 import type { Stack, StackNode } from '../stack';
 
 test.describe.configure({ mode: 'serial' });
@@ -47,9 +47,19 @@ test('browse the catalogue with live stock', async ({ page, stack }) => {
   await expect(page.getByRole('navigation', { name: 'Main' })).toBeVisible();
   // The warehouse link is only for the role.
   await expect(page.getByRole('link', { name: 'Warehouse' })).toHaveCount(0);
+  await expectAccessible(page);
   await shot(page, 'catalogue');
+  // A phone-sized screen: the grid folds to one column and nothing overflows sideways.
+  await page.setViewportSize({ width: 390, height: 844 });
+  expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+  await shot(page, 'catalogue-phone');
+  await page.setViewportSize({ width: 1280, height: 720 });
+  // Keyboard: the first Tab reaches the skip link, which leads to the content.
+  await page.keyboard.press('Tab');
+  await expect(page.getByRole('link', { name: 'Skip to content' })).toBeFocused();
   await page.getByRole('link', { name: 'Fleet' }).click();
   await expect(page.getByTestId(/^node-state-/)).toHaveCount(stack.nodes.length);
+  await expectAccessible(page);
   await shot(page, 'fleet-healthy');
 });
 
@@ -65,6 +75,7 @@ test('the warehouse sets a quantity', async ({ page, context, stack }) => {
   const row = page.getByTestId(/^warehouse-row-/).filter({ has: page.getByText(PRODUCT, { exact: true }) });
   await expect(row.getByRole('status')).toContainText(COMPLETED, { timeout: transactionTimeout(stack) });
   await expect(row.getByTestId(/^warehouse-stock-/)).toHaveText(String(START_STOCK));
+  await expectAccessible(page);
   await shot(page, 'warehouse-set');
 });
 
@@ -74,6 +85,7 @@ test('a shopper is refused the warehouse', async ({ page, context, stack, reques
   // The route rule answers 401, and the 401 override sends the browser to the sign-in page.
   await expect(page).toHaveURL(/\/login$/);
   await expect(page.getByTestId('warehouse-refused')).toBeVisible();
+  await expectAccessible(page);
   await shot(page, 'shopper-refused');
 
   // The API route is guarded too, for anonymous callers and signed-in shoppers alike.
@@ -92,8 +104,9 @@ test('buy, see the stock fall, and be told when it is out of stock', async ({ pa
   const id = await productId(page);
   const before = await stockOf(page, id);
   await buy(page, stack, 2, COMPLETED);
+  await expectAccessible(page);
   await shot(page, 'bought');
-  await page.getByRole('link', { name: 'Shop' }).click();
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Shop' }).click();
   await expect(page.getByTestId(`stock-${id}`)).toHaveText(String(before - 2));
   await shot(page, 'stock-fell');
 
@@ -160,6 +173,7 @@ test.describe('a region stops while shoppers buy', () => {
       await expect(fleet.getByTestId('timeline-fleet').filter({ hasText: `${node.name} (${node.region}) went down` })).toHaveCount(1);
       const takeovers = await fleet.getByTestId('takeover').count();
       test.info().annotations.push({ type: 'takeovers', description: `${takeovers} of ${PURCHASES} purchases were taken over` });
+      await expectAccessible(fleet);
       await shot(fleet, 'fleet-region-down');
     });
 
