@@ -128,6 +128,16 @@ pub enum AuthLevel {
     Admin,
 }
 
+/// A concrete request that an app's handler must serve (see [`App::http_examples`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpExample {
+    pub function: String,
+    pub method: String,
+    /// Full path with the route prefix, e.g. `/api/products/abc`.
+    pub path: String,
+    pub auth: AuthLevel,
+}
+
 /// The result of routing a request.
 #[derive(Debug)]
 pub enum Match<'a> {
@@ -198,6 +208,48 @@ impl App {
             }
             None => Match::NotFound,
         }
+    }
+
+    /// One concrete request per HTTP function, method and route shape, e.g.
+    /// `("products", "GET", "/api/products/abc")`: what a handler must serve for this app. A
+    /// function without `methods` (every method) is listed with GET and POST.
+    pub fn http_examples(&self) -> Vec<HttpExample> {
+        let mut out = Vec::new();
+        for f in &self.functions {
+            let Trigger::Http(h) = &f.trigger else {
+                continue;
+            };
+            let methods: Vec<String> = if h.methods.is_empty() {
+                vec!["GET".into(), "POST".into()]
+            } else {
+                h.methods.clone()
+            };
+            for path in h.route.examples() {
+                let full = match (self.route_prefix.is_empty(), path.is_empty()) {
+                    (true, _) => format!("/{path}"),
+                    (false, true) => format!("/{}", self.route_prefix),
+                    (false, false) => format!("/{}/{path}", self.route_prefix),
+                };
+                for m in &methods {
+                    out.push(HttpExample {
+                        function: f.name.clone(),
+                        method: m.clone(),
+                        path: full.clone(),
+                        auth: h.auth,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Names of the timer functions (each is invoked as `POST /<name>`).
+    pub fn timer_functions(&self) -> Vec<&str> {
+        self.functions
+            .iter()
+            .filter(|f| matches!(f.trigger, Trigger::Timer(_)))
+            .map(|f| f.name.as_str())
+            .collect()
     }
 
     pub fn function(&self, name: &str) -> Option<&Function> {

@@ -9,7 +9,7 @@ use clap::Parser;
 
 /// Serve a Function App folder (functions-host/<app>) with its custom handler, like Azure would.
 #[derive(Parser, Debug)]
-#[command(name = "saldo-funchost", version)]
+#[command(name = "saldo-funchost", version, args_override_self = true)]
 struct Args {
     /// The app folder holding host.json and one folder per function.
     #[arg(long)]

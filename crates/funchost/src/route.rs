@@ -185,6 +185,43 @@ impl RouteTemplate {
         (i == path.len()).then_some(params)
     }
 
+    /// Concrete paths (without prefix) this template matches, with sample values for parameters
+    /// (`1` for numbers, `true`, `abc`, a fixed GUID); an optional parameter gives one path
+    /// without it and one with it. For checking that a handler serves every configured route.
+    pub fn examples(&self) -> Vec<String> {
+        let mut base: Vec<String> = Vec::new();
+        let mut with_last: Option<String> = None;
+        for seg in &self.segments {
+            match seg {
+                Segment::Literal(l) => base.push(l.clone()),
+                Segment::Param {
+                    constraint,
+                    optional,
+                    catch_all,
+                    ..
+                } => {
+                    let sample = match constraint {
+                        Some(Constraint::Int | Constraint::Long) => "1",
+                        Some(Constraint::Bool) => "true",
+                        Some(Constraint::Guid) => "00000000-0000-4000-8000-000000000001",
+                        Some(Constraint::Alpha) | None => "abc",
+                    };
+                    if *optional || *catch_all {
+                        with_last = Some(sample.to_string());
+                    } else {
+                        base.push(sample.to_string());
+                    }
+                }
+            }
+        }
+        let mut out = vec![base.join("/")];
+        if let Some(last) = with_last {
+            base.push(last);
+            out.push(base.join("/"));
+        }
+        out
+    }
+
     /// Sort key: ASP.NET prefers literal segments over constrained parameters over plain ones over
     /// optional and catch-all ones. Lower sorts first.
     pub(crate) fn precedence(&self) -> Vec<u8> {
@@ -237,6 +274,27 @@ mod tests {
         assert!(m("items/{n:int}", "items/x").is_none());
         assert!(m("items/{n:int?}", "items").is_some());
         assert_eq!(m("files/{*rest}", "files/a/b").unwrap()["rest"], "a/b");
+    }
+
+    #[test]
+    fn examples_match_their_template() {
+        for t in [
+            "products/{id?}",
+            "items/{n:int}",
+            "a/{g:guid}/b",
+            "files/{*rest}",
+            "x",
+        ] {
+            let tpl = RouteTemplate::parse(t).unwrap();
+            for e in tpl.examples() {
+                let segs: Vec<&str> = e.split('/').filter(|s| !s.is_empty()).collect();
+                assert!(tpl.matches(&segs).is_some(), "{t}: {e}");
+            }
+        }
+        assert_eq!(
+            RouteTemplate::parse("products/{id?}").unwrap().examples(),
+            ["products", "products/abc"]
+        );
     }
 
     #[test]

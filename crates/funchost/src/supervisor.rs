@@ -285,6 +285,9 @@ async fn spawn_ready(spec: &HandlerSpec) -> Result<Running, String> {
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env("FUNCTIONS_WORKER_RUNTIME", "custom")
         .stdin(std::process::Stdio::null())
+        // The handler's stdout goes to our stderr: our stdout carries only the `listening on`
+        // line launchers wait for, and a handler printing its own must not be mistaken for it.
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .kill_on_drop(true)
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe

@@ -119,3 +119,17 @@ fn worker_schedules_are_app_settings() {
         .unwrap_err();
     assert!(err.to_string().contains("SALDO_"), "{err}");
 }
+
+#[test]
+fn http_examples_route_back_to_their_function() {
+    for name in ["worker", "api"] {
+        let app = load(name);
+        let examples = app.http_examples();
+        assert!(!examples.is_empty());
+        for e in &examples {
+            let got = route(&app, &e.method, &e.path).map(|(f, _)| f);
+            assert_eq!(got.as_deref(), Some(e.function.as_str()), "{name}: {e:?}");
+        }
+    }
+    assert_eq!(load("worker").timer_functions(), ["heartbeat", "sweep"]);
+}

@@ -173,7 +173,7 @@ async fn non_forwarded_functions_get_invocation_payloads() {
         &host_json(false),
         &[("orders", http_fn("anonymous", "orders/{id}", &["post"]))],
     );
-    let host = start(app, &[], &[]);
+    let host = start(app, &["--handler", handler_bin()], &[]);
     let r = client()
         .post(format!("{}/api/orders/42?q=1", host.base))
         .header("X-Custom", "v1")
@@ -471,4 +471,100 @@ fn handler_that_never_listens_fails_the_start() {
     let (code, err) = start_failing(app.path(), &[], &[("TESTHANDLER_MODE", "exit")]);
     assert_ne!(code, 0);
     assert!(err.contains("exited"), "{err}");
+
+    let (code, err) = start_failing(app.path(), &["--handler", "/nonexistent/handler"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/handler"), "{err}");
+}
+
+#[tokio::test]
+async fn a_slow_timer_run_makes_the_next_tick_skip() {
+    let app = write_app(&host_json(true), &[("tick", timer_fn("*/1 * * * * *"))]);
+    let record = app.path().join("record.jsonl");
+    let record_s = record.to_str().unwrap().to_string();
+    let _host = start(
+        app,
+        &[],
+        &[
+            ("TESTHANDLER_SLOW_MS", "1500"),
+            ("TESTHANDLER_RECORD", &record_s),
+        ],
+    );
+    let lines: Vec<Value> = eventually(30, "two slow timer runs", || {
+        let record = record.clone();
+        async move {
+            let text = std::fs::read_to_string(&record).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (lines.len() >= 2).then_some(lines)
+        }
+    })
+    .await;
+    // One run at a time: each run started after the previous one ended.
+    for w in lines.windows(2) {
+        let (end, start) = (
+            w[0]["endedMs"].as_u64().unwrap(),
+            w[1]["startedMs"].as_u64().unwrap(),
+        );
+        assert!(start >= end, "runs overlap: {} then {}", w[0], w[1]);
+    }
+}
+
+#[tokio::test]
+async fn requests_during_a_restart_get_503() {
+    // A long first backoff keeps the handler down for a while after the crash.
+    let host = start(
+        forwarding_app(),
+        &[
+            "--restart-backoff-ms",
+            "3000",
+            "--restart-backoff-max-ms",
+            "3000",
+        ],
+        &[],
+    );
+    let c = client();
+    let r = c
+        .get(format!("{}/api/crash", host.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error());
+    let r = c
+        .get(format!("{}/api/things", host.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    eventually(20, "the handler to be back", || {
+        let (c, b) = (c.clone(), host.base.clone());
+        async move {
+            (c.get(format!("{b}/api/things")).send().await.ok()?.status() == 200).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_host_takes_its_handler_along() {
+    let mut host = start(forwarding_app(), &[], &[]);
+    let e: Value = client()
+        .get(format!("{}/api/things", host.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pid = e["pid"].as_u64().unwrap() as u32;
+    // SIGKILL: no chance to clean up; the kernel's parent-death signal must end the handler.
+    host.child.kill().unwrap();
+    host.child.wait().unwrap();
+    eventually(10, "the orphaned handler to exit", || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
 }

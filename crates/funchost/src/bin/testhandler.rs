@@ -5,6 +5,7 @@
 //! - `POST /<FunctionName>` (invocations): appends `{"function", "invocationId", "payload"}` as one
 //!   line to the file in `TESTHANDLER_RECORD` (if set) and answers an `Outputs.res` echoing the
 //!   payload.
+//! - `TESTHANDLER_SLOW_MS=N` makes every invocation take N ms.
 //! - `TESTHANDLER_MODE=never-listen` never opens its port; `exit` exits at once with status 3.
 
 use std::collections::BTreeMap;
@@ -32,6 +33,8 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
+    // Real handlers announce themselves like this too; the host must keep it off its own stdout.
+    println!("listening on http://127.0.0.1:{port}");
     axum::serve(listener, axum::Router::new().fallback(handle))
         .await
         .expect("serve");
@@ -71,13 +74,27 @@ async fn handle(req: Request) -> Response {
     }
     // An invocation: POST /<FunctionName>.
     let function = path.trim_start_matches('/').to_string();
+    let started_ms = chrono_ms();
+    if let Some(ms) = std::env::var("TESTHANDLER_SLOW_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let invocation_id = parts
         .headers
         .get("x-azure-functions-invocationid")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let line = json!({"function": function, "method": parts.method.as_str(), "invocationId": invocation_id, "payload": payload});
+    let line = json!({
+        "function": function,
+        "method": parts.method.as_str(),
+        "invocationId": invocation_id,
+        "payload": payload,
+        "startedMs": started_ms,
+        "endedMs": chrono_ms(),
+    });
     if let Ok(file) = std::env::var("TESTHANDLER_RECORD") {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -92,4 +109,12 @@ async fn handle(req: Request) -> Response {
         "ReturnValue": null
     }))
     .into_response()
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn chrono_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }

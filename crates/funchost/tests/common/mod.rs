@@ -95,14 +95,9 @@ fn command(app: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
         "--port",
         "0",
     ])
-    .args([
-        "--handler",
-        handler_bin(),
-        "--master-key",
-        MASTER,
-        "--function-key",
-        FUNCTION,
-    ])
+    // No --handler: host.json's defaultExecutablePath is found beside saldo-funchost, where
+    // cargo builds both binaries (tests that need the flag pass it themselves).
+    .args(["--master-key", MASTER, "--function-key", FUNCTION])
     .args([
         "--restart-backoff-ms",
         "100",
@@ -122,10 +117,18 @@ fn command(app: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
 pub fn start(app: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> HostProc {
     let mut child = command(app.path(), extra, env)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn saldo-funchost");
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Logs go through the test harness's capture: shown only when a test fails.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            println!("[funchost] {line}");
+        }
+    });
     let (tx, rx) = mpsc::channel();
     // Keep draining stdout for the life of the process so its pipe never fills.
     std::thread::spawn(move || {
@@ -139,9 +142,10 @@ pub fn start(app: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Ho
     });
     let base = match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(b) => b,
-        Err(_) => {
+        Err(e) => {
             let _ = child.kill();
-            panic!("saldo-funchost did not print `listening on` within 30 s");
+            let status = child.wait();
+            panic!("saldo-funchost did not print `listening on` ({e}); exit: {status:?}");
         }
     };
     HostProc { child, base, app }
