@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { NodeHealth, Transaction } from './api';
-import { ago, buildTimeline, fleetChanges, parseRecent, RECENT_LIMIT, remember, txEvent } from './timeline';
+import { ago, buildTimeline, fleetChanges, isSettled, parseRecent, RECENT_LIMIT, remember, txEvent } from './timeline';
 import type { RecentTx } from './timeline';
 
 const node = (name: string, up: boolean, ready = up): NodeHealth => ({
@@ -91,6 +91,15 @@ describe('timeline', () => {
     );
     expect(events.map((e) => (e.kind === 'tx' ? e.id : e.change))).toEqual(['t2', 'down', 't1']);
     expect(buildTimeline([recent('a', 1), recent('b', 2), recent('c', 3)], new Map(), [], [], 2)).toHaveLength(2);
+  });
+
+  it('knows when a transaction can no longer change', () => {
+    expect(isSettled(undefined)).toBe(false);
+    expect(isSettled(t)).toBe(false); // one node has not recorded it yet
+    const all = t.nodes.map((n) => ({ ...n, recordedAt: '1970-01-01T00:00:03Z', reachable: true }));
+    expect(isSettled({ ...t, nodes: all })).toBe(true);
+    expect(isSettled({ ...t, status: 'pending', nodes: all })).toBe(false);
+    expect(isSettled({ ...t, nodes: [] })).toBe(false);
   });
 
   it('writes ages for people', () => {

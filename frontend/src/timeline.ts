@@ -130,6 +130,14 @@ export function txEvent(recent: RecentTx, t: Transaction | undefined, fleet: rea
   };
 }
 
+/**
+ * Nothing more can change: the outcome is known and every node has recorded it. The fleet page
+ * stops asking about such a transaction (each question costs the API one read per node).
+ */
+export function isSettled(t: Transaction | undefined): boolean {
+  return t !== undefined && t.status !== 'pending' && t.nodes.length > 0 && t.nodes.every((n) => n.recordedAt !== undefined);
+}
+
 /** Newest first, at most `limit` events. */
 export function buildTimeline(
   recent: readonly RecentTx[],

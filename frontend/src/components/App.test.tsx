@@ -1,4 +1,4 @@
-import { act, render, screen, waitFor, within } from '@testing-library/react';
+import { render, screen, waitFor, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { json, mockFetch } from '../test/fetch';
@@ -131,7 +131,14 @@ describe('the warehouse page', () => {
 
 describe('the fleet page', () => {
   it('shows each region up or down and the transactions this browser placed', async () => {
-    localStorage.setItem('saldo.recent', JSON.stringify([{ id: 'tx-1', kind: 'order', at: Date.now(), summary: '1 × Orange' }]));
+    localStorage.setItem(
+      'saldo.recent',
+      JSON.stringify([
+        { id: 'tx-1', kind: 'order', at: Date.now(), summary: '1 × Orange' },
+        // From a stack that has since been restarted: the API answers 404, and the page forgets it.
+        { id: 'tx-old', kind: 'order', at: Date.now() - 60_000, summary: '1 × Apple' },
+      ]),
+    );
     api((c) => {
       if (c.path === '/api/nodes')
         return json(200, {
@@ -163,6 +170,7 @@ describe('the fleet page', () => {
     expect(item.textContent).toContain('completed by westeurope in westeurope');
     expect(item.textContent).toContain('taken over');
     expect(item.textContent).toContain('swedencentral: unreachable');
-    await act(async () => {});
+    await waitFor(() => expect(screen.queryByTestId('timeline-tx-tx-old')).toBeNull());
+    expect(JSON.parse(localStorage.getItem('saldo.recent')!).map((t: { id: string }) => t.id)).toEqual(['tx-1']);
   });
 });

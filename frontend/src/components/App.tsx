@@ -33,6 +33,7 @@ export function App() {
   }, []);
 
   const onPlaced = useCallback((tx: RecentTx) => setRecent((list) => remember(list, tx)), [setRecent]);
+  const forget = useCallback((ids: string[]) => setRecent((list) => list.filter((t) => !ids.includes(t.id))), [setRecent]);
   const principal = auth.loaded ? auth.principal : null;
   const isWarehouse = hasRole(principal, WAREHOUSE_ROLE);
 
@@ -48,7 +49,7 @@ export function App() {
       page = auth.loaded ? <Warehouse allowed={isWarehouse} signedIn={principal !== null} onPlaced={onPlaced} /> : null;
       break;
     case '/fleet':
-      page = <Fleet recent={recent} />;
+      page = <Fleet recent={recent} forget={forget} />;
       break;
     case '/login':
       page = <Login principal={principal} />;

@@ -1,8 +1,8 @@
 import { useRef, useState } from 'react';
-import { getNodes, getTransaction } from '../api';
+import { ApiError, getNodes, getTransaction } from '../api';
 import type { NodeHealth, Transaction } from '../api';
 import { usePolling } from '../hooks';
-import { ago, buildTimeline, fleetChanges } from '../timeline';
+import { ago, buildTimeline, fleetChanges, isSettled } from '../timeline';
 import type { FleetEvent, RecentTx, TimelineEvent, TxEvent } from '../timeline';
 import { LoadError, PageHeading } from './common';
 import { POLL_MS } from './Catalogue';
@@ -33,7 +33,7 @@ function clock(ms: number): string {
   return new Date(ms).toLocaleTimeString(undefined, { hour12: false });
 }
 
-export function Fleet({ recent }: { recent: readonly RecentTx[] }) {
+export function Fleet({ recent, forget }: { recent: readonly RecentTx[]; forget: (ids: string[]) => void }) {
   const previous = useRef<NodeHealth[] | undefined>(undefined);
   const [events, setEvents] = useState<FleetEvent[]>([]);
 
@@ -46,13 +46,19 @@ export function Fleet({ recent }: { recent: readonly RecentTx[] }) {
   }, POLL_MS);
 
   const followed = recent.slice(0, FOLLOWED);
+  const known = useRef(new Map<string, Transaction>());
   const txs = usePolling(async (signal) => {
-    const settled = await Promise.allSettled(followed.map((r) => getTransaction(r.id, signal)));
-    const map = new Map<string, Transaction>();
-    settled.forEach((s) => {
-      if (s.status === 'fulfilled') map.set(s.value.transaction, s.value);
+    const ask = followed.filter((r) => !isSettled(known.current.get(r.id)));
+    const answers = await Promise.allSettled(ask.map((r) => getTransaction(r.id, signal)));
+    // One failed question leaves that transaction as last seen; the others still update. A 404
+    // means the stack no longer knows it (restarted since): forget it rather than ask forever.
+    const gone: string[] = [];
+    answers.forEach((a, i) => {
+      if (a.status === 'fulfilled') known.current.set(a.value.transaction, a.value);
+      else if (a.reason instanceof ApiError && a.reason.status === 404) gone.push(ask[i].id);
     });
-    return map;
+    if (gone.length > 0) forget(gone);
+    return new Map(known.current);
   }, POLL_MS);
 
   const now = nodes.updatedAt ?? Date.now();
