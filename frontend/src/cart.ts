@@ -3,10 +3,12 @@
 
 import type { OrderLine, Product } from './api';
 
-/** The API's limits (crates/core/src/events.rs: MAX_LINES, MAX_QUANTITY): the cart never builds
- * an order the API would refuse as absurd. */
+/** The API's limits (crates/core/src/events.rs MAX_LINES, crates/api/src/commands.rs
+ * MAX_ORDER_QUANTITY): the cart never builds an order the API would refuse as absurd. */
 export const MAX_LINES = 100;
-export const MAX_QUANTITY = 1_000_000;
+export const MAX_QUANTITY = 1_000;
+/** The largest quantity the warehouse may set (crates/core/src/events.rs MAX_QUANTITY). */
+export const MAX_SALDO = 1_000_000;
 
 export type Cart = readonly OrderLine[];
 

@@ -14,7 +14,8 @@ import { randomUUID, createHash } from 'node:crypto';
 
 const REGIONS = ['westeurope', 'northeurope', 'swedencentral'];
 const MAX_LINES = 100;
-const MAX_QUANTITY = 1_000_000;
+const MAX_ORDER_QUANTITY = 1_000; // per order line, as crates/api/src/commands.rs
+const MAX_SALDO = 1_000_000;
 
 export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs = 150, masterKey = randomUUID() } = {}) {
   const products = new Map(
@@ -152,7 +153,7 @@ export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs
     const seen = new Set();
     for (const l of b.lines) {
       if (!Number.isSafeInteger(l?.id) || !products.has(l.id) || seen.has(l.id)) return null;
-      if (!Number.isSafeInteger(l.quantity) || l.quantity < 1 || l.quantity > MAX_QUANTITY) return null;
+      if (!Number.isSafeInteger(l.quantity) || l.quantity < 1 || l.quantity > MAX_ORDER_QUANTITY) return null;
       seen.add(l.id);
     }
     return b.lines.map((l) => ({ id: l.id, quantity: l.quantity }));
@@ -197,7 +198,7 @@ export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs
         if (!who) return fail(res, 401, 'unauthenticated', 'sign in with the warehouse role');
         if (!who.userRoles?.includes('warehouse')) return fail(res, 403, 'forbidden', 'the warehouse role is required');
         const b = await body(req);
-        if (!Number.isSafeInteger(b?.saldo) || b.saldo < 0 || b.saldo > MAX_QUANTITY) return fail(res, 400, 'invalid', 'saldo must be a whole number from 0 to 1000000');
+        if (!Number.isSafeInteger(b?.saldo) || b.saldo < 0 || b.saldo > MAX_SALDO) return fail(res, 400, 'invalid', 'saldo must be a whole number from 0 to 1000000');
         const tx = publish([{ id: p.id, quantity: 0, saldo: b.saldo }]);
         return send(res, 202, { transaction: tx.id, status: 'pending' }, { Location: `/api/transactions/${tx.id}` });
       }
@@ -208,7 +209,7 @@ export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs
       if (!key || key.length > 128) return fail(res, 400, 'idempotency_key', 'an Idempotency-Key header is required');
       const b = await body(req);
       const lines = validLines(b);
-      if (!lines) return fail(res, 400, 'invalid', 'lines must name known products once each with quantities from 1 to 1000000');
+      if (!lines) return fail(res, 400, 'invalid', 'lines must name known products once each with quantities from 1 to 1000');
       const hash = JSON.stringify(lines);
       const prior = keys.get(key);
       if (prior && prior.hash !== hash) return fail(res, 422, 'idempotency_key_reused', 'this Idempotency-Key was used with a different order');

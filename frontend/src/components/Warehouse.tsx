@@ -1,7 +1,7 @@
 import { useEffect, useRef, useState } from 'react';
 import { getProducts, setSaldo } from '../api';
 import type { Product } from '../api';
-import { MAX_QUANTITY } from '../cart';
+import { MAX_SALDO } from '../cart';
 import { describeOutcome, followTransaction, IdempotencyKeys, StillPending } from '../checkout';
 import { usePolling } from '../hooks';
 import type { RecentTx } from '../timeline';
@@ -73,8 +73,8 @@ function SetRow({ product, onPlaced, onDone }: { product: Product; onPlaced: (tx
 
   async function submit() {
     const saldo = Number(value);
-    if (value.trim() === '' || !Number.isInteger(saldo) || saldo < 0 || saldo > MAX_QUANTITY) {
-      setResult({ text: `Enter a whole number from 0 to ${MAX_QUANTITY}.`, tone: 'error' });
+    if (value.trim() === '' || !Number.isInteger(saldo) || saldo < 0 || saldo > MAX_SALDO) {
+      setResult({ text: `Enter a whole number from 0 to ${MAX_SALDO}.`, tone: 'error' });
       return;
     }
     abort.current?.abort();
@@ -125,7 +125,7 @@ function SetRow({ product, onPlaced, onDone }: { product: Product; onPlaced: (tx
             type="number"
             inputMode="numeric"
             min={0}
-            max={MAX_QUANTITY}
+            max={MAX_SALDO}
             value={value}
             onChange={(e) => setValue(e.currentTarget.value)}
             disabled={busy}
