@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { NodeHealth, Transaction } from './api';
-import { ago, buildTimeline, fleetChanges, isSettled, parseRecent, RECENT_LIMIT, remember, txEvent } from './timeline';
+import { ago, buildTimeline, fleetChanges, isSettled, parseRecent, plainError, RECENT_LIMIT, remember, txEvent } from './timeline';
 import type { RecentTx } from './timeline';
 
 const node = (name: string, up: boolean, ready = up): NodeHealth => ({
@@ -108,5 +108,17 @@ describe('timeline', () => {
     expect(ago('1970-01-01T00:00:00Z', 125_000)).toBe('2 min ago');
     expect(ago('1970-01-01T00:00:00Z', 7_300_000)).toBe('2 h ago');
     expect(ago('not a date', 0)).toBe('never');
+  });
+});
+
+describe('node errors', () => {
+  it('keeps the words of an HTML error page and bounds the length', () => {
+    const page =
+      'stopped (403 <!DOCTYPE html>\n<html><head><title>Error 403 - This web app is stopped.</title></head>\n<body><h1>Error 403 - This web app is stopped.</h1> <p>The web app you have attempted to reach is currently stopp)';
+    expect(plainError(page)).toBe(
+      'stopped (403 Error 403 - This web app is stopped. The web app you have attempted to reach is currently stopp)',
+    );
+    expect(plainError('x'.repeat(500), 20)).toHaveLength(20);
+    expect(plainError('connection refused')).toBe('connection refused');
   });
 });

@@ -159,3 +159,17 @@ export function ago(iso: string | undefined, now: number): string {
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;
   return `${Math.floor(s / 3600)} h ago`;
 }
+
+/**
+ * A node's error for people: a stopped Function App answers with an HTML page, which the API
+ * passes on verbatim. Keep the text, drop the markup and repeats, and bound the length.
+ */
+export function plainError(message: string, max = 140): string {
+  const words = message
+    .replace(/<(script|style|title)[^>]*>[\s\S]*?<\/\1>/gi, ' ')
+    .replace(/<[^>]*>?/g, ' ')
+    .replace(/&nbsp;/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+  return words.length > max ? `${words.slice(0, max - 1).trimEnd()}…` : words;
+}

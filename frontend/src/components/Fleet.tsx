@@ -2,7 +2,7 @@ import { useRef, useState } from 'react';
 import { ApiError, getNodes, getTransaction } from '../api';
 import type { NodeHealth, Transaction } from '../api';
 import { usePolling } from '../hooks';
-import { ago, buildTimeline, fleetChanges, isSettled } from '../timeline';
+import { ago, buildTimeline, fleetChanges, isSettled, plainError } from '../timeline';
 import type { FleetEvent, RecentTx, TimelineEvent, TxEvent } from '../timeline';
 import { LoadError, PageHeading } from './common';
 import { POLL_MS } from './Catalogue';
@@ -121,7 +121,11 @@ function NodeCard({ node, now }: { node: NodeHealth; now: number }) {
           </div>
         ))}
       </dl>
-      {node.error && <p className="error">{node.error}</p>}
+      {node.error && (
+        <p className="error">
+          {plainError(node.error)}
+        </p>
+      )}
     </li>
   );
 }
