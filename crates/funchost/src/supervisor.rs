@@ -48,7 +48,7 @@ pub enum HandlerState {
     Stopped,
 }
 
-enum Command_ {
+enum Control {
     Stop(oneshot::Sender<()>),
     Start(oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
@@ -57,7 +57,7 @@ enum Command_ {
 /// Handle to the supervisor task. Cheap to clone.
 #[derive(Clone)]
 pub struct Supervisor {
-    tx: mpsc::Sender<Command_>,
+    tx: mpsc::Sender<Control>,
     state: watch::Receiver<HandlerState>,
     restarts: Arc<AtomicU64>,
 }
@@ -102,26 +102,26 @@ impl Supervisor {
     /// Kills the handler and keeps it down until [`Supervisor::start_again`].
     pub async fn stop(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command_::Stop(tx)).await?;
+        self.send(Control::Stop(tx)).await?;
         rx.await.map_err(|_| "supervisor is gone".to_string())
     }
 
     /// Starts the handler again and waits until it is ready (a no-op if it is running).
     pub async fn start_again(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command_::Start(tx)).await?;
+        self.send(Control::Start(tx)).await?;
         rx.await.map_err(|_| "supervisor is gone".to_string())?
     }
 
     /// Kills the handler for good (host shutdown).
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.send(Command_::Shutdown(tx)).await.is_ok() {
+        if self.send(Control::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
 
-    async fn send(&self, c: Command_) -> Result<(), String> {
+    async fn send(&self, c: Control) -> Result<(), String> {
         self.tx
             .send(c)
             .await
@@ -146,7 +146,7 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command_>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Control>) {
         loop {
             if self.want_running && self.child.is_none() {
                 // Crashed or failed to come up: wait, then try again, unless told otherwise.
@@ -215,9 +215,9 @@ impl Task {
     }
 
     /// Handles one command; true means "exit the task".
-    async fn handle(&mut self, cmd: Option<Command_>) -> bool {
+    async fn handle(&mut self, cmd: Option<Control>) -> bool {
         match cmd {
-            Some(Command_::Stop(reply)) => {
+            Some(Control::Stop(reply)) => {
                 self.want_running = false;
                 if let Some(r) = self.child.take() {
                     terminate(r, self.spec.stop_grace).await;
@@ -227,7 +227,7 @@ impl Task {
                 let _ = reply.send(());
                 false
             }
-            Some(Command_::Start(reply)) => {
+            Some(Control::Start(reply)) => {
                 self.want_running = true;
                 if self.child.is_some() {
                     let _ = reply.send(Ok(()));
@@ -253,7 +253,7 @@ impl Task {
                 let _ = reply.send(result);
                 false
             }
-            Some(Command_::Shutdown(reply)) => {
+            Some(Control::Shutdown(reply)) => {
                 if let Some(r) = self.child.take() {
                     terminate(r, self.spec.stop_grace).await;
                 }
