@@ -38,7 +38,8 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use std::collections::HashMap;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -215,28 +216,36 @@ pub fn init_with(config: Config) -> Telemetry {
         m
     });
 
-    let filter = EnvFilter::try_new(&config.filter);
-    let filter_error = filter.as_ref().err().map(|e| e.to_string());
-    let filter = filter.unwrap_or_else(|_| EnvFilter::new("info"));
+    let console_filter = EnvFilter::try_new(&config.filter);
+    let filter_error = console_filter.as_ref().err().map(|e| e.to_string());
+    let console_filter = console_filter.unwrap_or_else(|_| EnvFilter::new("info"));
+    // The OpenTelemetry side sees what the console sees, plus every span at INFO or above even
+    // when `RUST_LOG` is quieter: spans carry the trace context from hop to hop, and a purchase's
+    // trace must not break because an operator turned the console down to `warn`.
+    let otel_filter = EnvFilter::try_new(&config.filter)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .or(filter_fn(|m| {
+            m.is_span() && *m.level() <= tracing::Level::INFO
+        }));
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer_provider.tracer("saldo"))
         // `level` becomes the trace's severity in Application Insights.
         .with_level(true)
         // Exceptions are made by `exceptions::ExceptionLayer` from every ERROR event; turning
         // the layer's own (narrower) mapping off keeps them from being reported twice.
-        .with_error_events_to_exceptions(false);
+        .with_error_events_to_exceptions(false)
+        .and_then(exceptions::ExceptionLayer)
+        .with_filter(otel_filter);
+    let console = fmt::layer()
+        .compact()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .fmt_fields(console::ConsoleFields)
+        .with_writer(std::io::stderr)
+        .with_filter(console_filter);
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            fmt::layer()
-                .compact()
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .fmt_fields(console::ConsoleFields)
-                .with_writer(std::io::stderr),
-        )
+        .with(console)
         .with(otel)
-        .with(exceptions::ExceptionLayer)
         .try_init();
 
     if let Err(e) = installed {
