@@ -78,8 +78,9 @@ pub fn app(state: AppState) -> Router {
         .layer(Extension(OpenApiJson(doc)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(no_store))
-    // TODO(telemetry): re-enable once trace_requests is Send.
-    // .layer(axum::middleware::from_fn(saldo_telemetry::http::trace_requests))
+        .layer(axum::middleware::from_fn(
+            saldo_telemetry::http::trace_requests,
+        ))
 }
 
 #[derive(Clone)]
