@@ -1,3 +1,5 @@
+// @vitest-environment node
+// Pure logic: no DOM needed, and the node environment starts much faster than jsdom.
 import { describe, expect, it } from 'vitest';
 import type { NodeHealth, Transaction } from './api';
 import { ago, buildTimeline, fleetChanges, isSettled, parseRecent, plainError, RECENT_LIMIT, remember, txEvent } from './timeline';

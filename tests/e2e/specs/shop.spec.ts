@@ -172,7 +172,10 @@ test.describe('a region stops while shoppers buy', () => {
       }
       await expect(fleet.getByTestId('timeline-fleet').filter({ hasText: `${node.name} (${node.region}) went down` })).toHaveCount(1);
       const takeovers = await fleet.getByTestId('takeover').count();
-      test.info().annotations.push({ type: 'takeovers', description: `${takeovers} of ${PURCHASES} purchases were taken over` });
+      // Whether a purchase needs a takeover depends on its rendezvous ranking: a count, not an assertion.
+      const note = `${takeovers} of ${PURCHASES} purchases were taken over while ${node.name} was down`;
+      test.info().annotations.push({ type: 'takeovers', description: note });
+      console.log(note);
       await expectAccessible(fleet);
       await shot(fleet, 'fleet-region-down');
     });
