@@ -19,7 +19,7 @@ pub const EVENTGRID_RESOURCE: &str = "https://eventgrid.azure.net";
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 /// How the publisher proves it may send to the topic.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Auth {
     /// `aeg-sas-key: <key>` (local emulator, or a topic with local auth on).
     Key(String),
@@ -31,9 +31,23 @@ pub enum Auth {
     Entra(ManagedIdentity),
 }
 
+/// Secrets never reach logs: `Debug` names the mode, not the key.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Key(_) => f.write_str("Key(<redacted>)"),
+            Auth::SasToken { valid_for, .. } => write!(
+                f,
+                "SasToken {{ key: <redacted>, valid_for: {valid_for:?} }}"
+            ),
+            Auth::Entra(mi) => write!(f, "Entra({})", mi.endpoint),
+        }
+    }
+}
+
 /// Where the managed identity hands out tokens: App Service sets `IDENTITY_ENDPOINT` and
 /// `IDENTITY_HEADER` for every app with an identity.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ManagedIdentity {
     pub endpoint: String,
     pub header: String,
