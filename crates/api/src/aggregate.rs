@@ -55,6 +55,10 @@ pub struct TransactionView {
     /// When the API accepted it, if it came through this API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_at: Option<DateTime<Utc>>,
+    /// For a command accepted through this API: whether the topic has acknowledged it. `false`
+    /// means the topic was down when it was accepted; a retry with the same key sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<bool>,
     /// What each configured node said, in configuration order.
     pub nodes: Vec<NodeRecord>,
 }
@@ -105,6 +109,7 @@ pub type LedgerAnswer = (String, Result<Option<LedgerEntryView>, String>);
 pub struct Accepted {
     pub at: DateTime<Utc>,
     pub lines: Vec<ProductLine>,
+    pub published: bool,
 }
 
 /// The fleet-wide view of a transaction; `None` when nobody knows it (404).
@@ -183,6 +188,7 @@ pub fn transaction(
         quantities: outcome.map(|e| e.quantities.clone()).unwrap_or_default(),
         lines,
         accepted_at: accepted.map(|a| a.at),
+        published: accepted.map(|a| a.published),
         nodes,
     })
 }
@@ -327,11 +333,13 @@ mod tests {
         let answers = vec![("http://a".to_string(), Ok(None))];
         assert!(transaction("t", &answers, None).is_none());
         let acc = Accepted {
+            published: false,
             at: Utc::now(),
             lines: vec![],
         };
         let t = transaction("t", &answers, Some(&acc)).unwrap();
         assert_eq!((t.status, t.accepted_at), (Status::Pending, Some(acc.at)));
+        assert_eq!(t.published, Some(false));
     }
 
     #[test]

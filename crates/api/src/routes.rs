@@ -413,6 +413,7 @@ async fn get_transaction(
         Ok(Some(r)) => Some(Accepted {
             at: r.accepted_at().unwrap_or_else(Utc::now),
             lines: r.event()?.data.products,
+            published: r.published,
         }),
         Ok(None) => None,
         Err(e) => {

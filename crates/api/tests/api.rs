@@ -143,6 +143,7 @@ async fn an_order_is_published_once_per_key() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "pending");
     assert!(body["acceptedAt"].is_string());
+    assert_eq!(body["published"], true);
     assert_eq!(body["lines"].as_array().unwrap().len(), 2);
     assert_eq!(body["nodes"][0]["state"], "unknown");
     assert_eq!(body["nodes"][1]["state"], "unreachable");
@@ -466,6 +467,14 @@ async fn topic_down_is_503_and_a_retry_publishes() {
     );
     assert_eq!(headers["retry-after"], "1");
     assert!(h.topic.published().is_empty());
+    // Accepted but not sent: the status says so.
+    let (status, body) = h
+        .get(&format!("/api/transactions/{}", transaction_id("k-topic")))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str(), body["published"].as_bool()),
+        (StatusCode::OK, Some("pending"), Some(false))
+    );
 
     // The retry with the same key publishes the command stored by the first attempt.
     h.topic.set_mode(TopicMode::Accept);
