@@ -17,10 +17,14 @@ pub mod server;
 pub mod supervisor;
 pub mod timer;
 
+use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+
+/// How long requests in flight may take to finish after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything `saldo-funchost` takes on its command line.
 #[derive(Debug, Clone)]
@@ -108,9 +112,23 @@ pub async fn run(
     let host = server::Host::new(app, opts.keys, sup.clone());
     let timers = timer::spawn_timers(&host);
     on_listening(listener.local_addr()?);
-    let served = axum::serve(listener, server::router(host))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    // On SIGINT/SIGTERM, stop accepting and let requests in flight finish, but not forever: a
+    // stuck or streaming request must not keep the host (and its handler) alive.
+    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+    let serve = axum::serve(listener, server::router(host)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = signalled_tx.send(true);
+    });
+    let served = tokio::select! {
+        r = serve.into_future() => r,
+        _ = async {
+            let _ = signalled.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("requests still open after {SHUTDOWN_GRACE:?}; shutting down anyway");
+            Ok(())
+        }
+    };
     for t in timers {
         t.abort();
     }

@@ -58,7 +58,8 @@ pub fn write_app(host: &Value, functions: &[(&str, Value)]) -> tempfile::TempDir
     write_app_raw(&host.to_string(), &fs)
 }
 
-/// A running saldo-funchost. Dropping it sends SIGTERM and waits (bounded), then kills.
+/// A running saldo-funchost. Dropping it sends SIGTERM and waits (bounded: the host itself gives
+/// requests 5 s and its handler 5 s), then kills.
 pub struct HostProc {
     pub child: Child,
     pub base: String,
@@ -73,7 +74,7 @@ impl Drop for HostProc {
         }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
