@@ -125,7 +125,7 @@ export function CartPage({
                         </span>
                       )}
                     </th>
-                    <td>{r.product?.saldo ?? '—'}</td>
+                    <td data-label="In stock">{r.product?.saldo ?? '—'}</td>
                     <td>
                       <input
                         id={inputId}

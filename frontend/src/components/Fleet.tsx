@@ -82,7 +82,7 @@ export function Fleet({ recent, forget }: { recent: readonly RecentTx[]; forget:
         )}
       </section>
       <section aria-labelledby="timeline-heading">
-        <h2 id="timeline-heading">Recent transactions</h2>
+        <h2 id="timeline-heading">Recent transactions from this browser</h2>
         {timeline.length === 0 ? (
           <p>No transactions from this browser yet. Buy something, or set a quantity in the warehouse.</p>
         ) : (

@@ -108,7 +108,9 @@ function SetRow({ product, onPlaced, onDone }: { product: Product; onPlaced: (tx
       <th scope="row">
         <label htmlFor={inputId}>{product.name}</label>
       </th>
-      <td data-testid={`warehouse-stock-${product.id}`}>{product.saldo}</td>
+      <td data-label="In stock" data-testid={`warehouse-stock-${product.id}`}>
+        {product.saldo}
+      </td>
       <td>
         <form
           className="inline"
@@ -135,8 +137,11 @@ function SetRow({ product, onPlaced, onDone }: { product: Product; onPlaced: (tx
           </button>
         </form>
       </td>
-      <td role="status" aria-live="polite" className={result?.tone} data-testid={`warehouse-result-${product.id}`}>
-        {result?.text}
+      <td className={result?.tone}>
+        {/* A live region inside the cell, so the table keeps its cell semantics. */}
+        <span role="status" aria-live="polite" data-testid={`warehouse-result-${product.id}`}>
+          {result?.text}
+        </span>
       </td>
     </tr>
   );
