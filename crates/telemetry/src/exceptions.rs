@@ -14,7 +14,9 @@
 //!   message and the `error` field;
 //! - every other field (e.g. `transaction`) is kept as a custom property.
 //!
-//! Events outside any span have no OpenTelemetry span to attach to and stay on the console.
+//! Events outside any span have no OpenTelemetry span to attach to: [`OutsideSpans`] sends those
+//! as OpenTelemetry log records (Application Insights traces; an error among them is a trace with
+//! severity Error, or an exception if it carries `exception.message`).
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
@@ -126,5 +128,30 @@ impl Visit for Fields {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.put(field, format!("{value:?}"));
+    }
+}
+
+/// Passes to `inner` (the OpenTelemetry log bridge) only the events that have no span: events
+/// inside a span already travel as that span's events, and sending them twice would duplicate
+/// every trace. It sits in the same filtered stack as the OpenTelemetry layer, so "has a span"
+/// means exactly "has a span the OpenTelemetry layer knows".
+///
+/// The exporter's own plumbing (the SDK's internal logs, the HTTP client stack) is never exported:
+/// a failing export would otherwise log, and export that log, and fail again.
+pub(crate) struct OutsideSpans<L>(pub(crate) L);
+
+/// Targets whose events must not be exported (prefixes).
+const PLUMBING: [&str; 6] = ["opentelemetry", "reqwest", "hyper", "h2", "rustls", "tower"];
+
+impl<S, L> Layer<S> for OutsideSpans<L>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    L: Layer<S>,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let target = event.metadata().target();
+        if ctx.event_span(event).is_none() && !PLUMBING.iter().any(|p| target.starts_with(p)) {
+            self.0.on_event(event, ctx);
+        }
     }
 }

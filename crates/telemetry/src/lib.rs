@@ -32,6 +32,7 @@ use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -87,6 +88,7 @@ impl Config {
 pub struct Telemetry {
     tracer: SdkTracerProvider,
     meter: Option<SdkMeterProvider>,
+    logs: Option<SdkLoggerProvider>,
 }
 
 impl Telemetry {
@@ -95,10 +97,16 @@ impl Telemetry {
     pub fn flush(&self) {
         let tracer = self.tracer.clone();
         let meter = self.meter.clone();
+        let logs = self.logs.clone();
         run_bounded("flush", move || {
             let mut errors = Vec::new();
             if let Err(e) = tracer.force_flush() {
                 errors.push(format!("traces: {e}"));
+            }
+            if let Some(l) = logs
+                && let Err(e) = l.force_flush()
+            {
+                errors.push(format!("logs: {e}"));
             }
             if let Some(m) = meter
                 && let Err(e) = m.force_flush()
@@ -114,10 +122,16 @@ impl Drop for Telemetry {
     fn drop(&mut self) {
         let tracer = self.tracer.clone();
         let meter = self.meter.take();
+        let logs = self.logs.take();
         run_bounded("shutdown", move || {
             let mut errors = Vec::new();
             if let Err(e) = tracer.shutdown_with_timeout(FLUSH_TIMEOUT) {
                 errors.push(format!("traces: {e}"));
+            }
+            if let Some(l) = logs
+                && let Err(e) = l.shutdown_with_timeout(FLUSH_TIMEOUT)
+            {
+                errors.push(format!("logs: {e}"));
             }
             if let Some(m) = meter
                 && let Err(e) = m.shutdown_with_timeout(FLUSH_TIMEOUT)
@@ -206,6 +220,14 @@ pub fn init_with(config: Config) -> Telemetry {
     let tracer_provider = tracer_builder.build();
     global::set_tracer_provider(tracer_provider.clone());
 
+    // Events outside any span (start-up, background loops) have no span to ride on: they go out
+    // as OpenTelemetry log records instead (see `exceptions::OutsideSpans`).
+    let logger_provider = exporter.as_ref().map(|e| {
+        SdkLoggerProvider::builder()
+            .with_batch_exporter(e.clone())
+            .with_resource(resource.clone())
+            .build()
+    });
     let meter_provider = exporter.map(|e| {
         // OTEL_METRIC_EXPORT_INTERVAL (ms, default 60000) sets how often counters are exported.
         let m = SdkMeterProvider::builder()
@@ -235,6 +257,11 @@ pub fn init_with(config: Config) -> Telemetry {
         // the layer's own (narrower) mapping off keeps them from being reported twice.
         .with_error_events_to_exceptions(false)
         .and_then(exceptions::ExceptionLayer)
+        .and_then(logger_provider.as_ref().map(|p| {
+            exceptions::OutsideSpans(
+                opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(p),
+            )
+        }))
         .with_filter(otel_filter);
     let console = fmt::layer()
         .compact()
@@ -268,6 +295,7 @@ pub fn init_with(config: Config) -> Telemetry {
     Telemetry {
         tracer: tracer_provider,
         meter: meter_provider,
+        logs: logger_provider,
     }
 }
 

@@ -70,6 +70,7 @@ fn exports_one_trace_to_application_insights() {
     );
     counters.incr("received");
     counters.add("received", 2);
+    tracing::warn!(node = "westeurope", "started outside any span");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
