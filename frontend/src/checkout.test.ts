@@ -35,6 +35,21 @@ describe('idempotency keys', () => {
     expect(keys.keyFor([{ id: 1, quantity: 3 }])).toBe('key-3');
   });
 
+  it('keeps a pending attempt in its store, so a reloaded page reuses the key', () => {
+    let saved: string | null = null;
+    const store = { load: () => saved, save: (v: string | null) => void (saved = v) };
+    expect(new IdempotencyKeys(counter(), store).keyFor(lines)).toBe('key-1');
+    // A new page (new object, same store) with the same cart: same key.
+    const again = new IdempotencyKeys(() => 'fresh', store);
+    expect(again.keyFor(lines)).toBe('key-1');
+    again.settle();
+    expect(saved).toBeNull();
+    expect(new IdempotencyKeys(() => 'fresh', store).keyFor(lines)).toBe('fresh');
+    // A damaged store is ignored.
+    saved = '{broken';
+    expect(new IdempotencyKeys(() => 'new', store).keyFor(lines)).toBe('new');
+  });
+
   it('uses random UUIDs by default', () => {
     const a = new IdempotencyKeys().keyFor(lines);
     const b = new IdempotencyKeys().keyFor(lines);

@@ -2,8 +2,9 @@
 //
 // Exactly once: every checkout attempt carries an Idempotency-Key. The key is kept while the
 // cart is unchanged and the order has not been accepted, so a retry (automatic, or the shopper
-// pressing "Try again" after a network error) reuses it and the API maps it to the same
-// transaction. A changed cart, or an accepted order, starts a new attempt with a new key.
+// pressing "Try again" after a network error, even after reloading the page) reuses it and the
+// API maps it to the same transaction. A changed cart, or an accepted order, starts a new
+// attempt with a new key.
 
 import { ApiError, getTransaction, isRetryable, placeOrder } from './api';
 import type { Accepted, OrderLine, Transaction } from './api';
@@ -25,25 +26,66 @@ export const sleep: Sleep = (ms, signal) =>
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 
+/** Where an attempt in progress is kept (sessionStorage in the page, so a reload keeps it). */
+export interface KeyStore {
+  load(): string | null;
+  save(value: string | null): void;
+}
+
+interface Attempt {
+  signature: string;
+  key: string;
+}
+
 /** Remembers the key of the attempt in progress. */
 export class IdempotencyKeys {
-  private attempt: { signature: string; key: string } | null = null;
+  private attempt: Attempt | null;
   private readonly newKey: () => string;
+  private readonly store?: KeyStore;
 
-  constructor(newKey: () => string = () => crypto.randomUUID()) {
+  constructor(newKey: () => string = () => crypto.randomUUID(), store?: KeyStore) {
     this.newKey = newKey;
+    this.store = store;
+    this.attempt = IdempotencyKeys.parse(store?.load() ?? null);
+  }
+
+  private static parse(text: string | null): Attempt | null {
+    try {
+      const a = JSON.parse(text ?? 'null');
+      return a && typeof a.signature === 'string' && typeof a.key === 'string' ? { signature: a.signature, key: a.key } : null;
+    } catch {
+      return null;
+    }
+  }
+
+  private set(a: Attempt | null) {
+    this.attempt = a;
+    this.store?.save(a && JSON.stringify(a));
   }
 
   /** The key for ordering these lines: the pending attempt's key if the cart is unchanged. */
   keyFor(lines: readonly OrderLine[]): string {
     const signature = cartSignature(lines);
-    if (this.attempt?.signature !== signature) this.attempt = { signature, key: this.newKey() };
-    return this.attempt.key;
+    if (this.attempt?.signature !== signature) this.set({ signature, key: this.newKey() });
+    return this.attempt!.key;
   }
 
   /** The order was accepted: the next checkout is a new purchase. */
   settle(): void {
-    this.attempt = null;
+    this.set(null);
+  }
+}
+
+/** A KeyStore in sessionStorage (per tab, survives a reload); none when storage is unavailable. */
+export function sessionKeyStore(name: string): KeyStore | undefined {
+  try {
+    const s = window.sessionStorage;
+    return {
+      load: () => s.getItem(name),
+      save: (v) => (v === null ? s.removeItem(name) : s.setItem(name, v)),
+    };
+  } catch {
+    return undefined;
   }
 }
 

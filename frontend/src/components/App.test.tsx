@@ -76,12 +76,16 @@ describe('the shop', () => {
     await userEvent.click(screen.getByTestId('buy'));
     const status = screen.getByTestId('checkout-status');
     await waitFor(() => expect(status.textContent).toContain('The topic is unavailable.'), { timeout: 5000 });
+    // The pending attempt survives a reload of the page (it is in sessionStorage).
+    const pending = JSON.parse(sessionStorage.getItem('saldo.checkout')!);
+    expect(pending.key).toBe(calls.find((c) => c.method === 'POST')!.headers['idempotency-key']);
     await userEvent.click(screen.getByRole('button', { name: 'Try again' }));
     await waitFor(() => expect(status.textContent).toContain('Completed by northeurope in northeurope'));
     const keys = calls.filter((c) => c.method === 'POST').map((c) => c.headers['idempotency-key']);
     expect(keys).toHaveLength(4);
     expect(new Set(keys).size).toBe(1);
     expect(screen.getByRole('link', { name: 'Cart (0)' })).toBeTruthy();
+    expect(sessionStorage.getItem('saldo.checkout')).toBeNull();
     expect(JSON.parse(localStorage.getItem('saldo.recent')!)[0]).toMatchObject({ id: 'tx-1', kind: 'order', summary: '2 × Orange' });
   });
 

@@ -3,7 +3,7 @@ import { getProducts } from '../api';
 import type { Product, Transaction } from '../api';
 import { cartRows, emptyCart, MAX_QUANTITY, removeFromCart, setQuantity } from '../cart';
 import type { Cart } from '../cart';
-import { describeOutcome, followTransaction, IdempotencyKeys, StillPending, submitOrder } from '../checkout';
+import { describeOutcome, followTransaction, IdempotencyKeys, sessionKeyStore, StillPending, submitOrder } from '../checkout';
 import { usePolling } from '../hooks';
 import type { RecentTx } from '../timeline';
 import { LoadError, Link, PageHeading } from './common';
@@ -32,7 +32,8 @@ export function CartPage({
   onPlaced: (tx: RecentTx) => void;
 }) {
   const products = usePolling(getProducts, POLL_MS);
-  const keys = useRef(new IdempotencyKeys());
+  const keys = useRef<IdempotencyKeys | null>(null);
+  keys.current ??= new IdempotencyKeys(undefined, sessionKeyStore('saldo.checkout'));
   const [checkout, setCheckout] = useState<Checkout>({ step: 'idle' });
   const abort = useRef<AbortController | null>(null);
   useEffect(() => () => abort.current?.abort(), []);
@@ -67,7 +68,7 @@ export function CartPage({
     const summary = summarize(lines, products.data);
     setCheckout({ step: 'submitting' });
     try {
-      const accepted = await submitOrder(lines, keys.current, { signal: ctl.signal });
+      const accepted = await submitOrder(lines, keys.current!, { signal: ctl.signal });
       // Accepted: the purchase exists now, whatever happens to this page. Empty the cart so a
       // second press is a new purchase (with a new key), and remember it for the fleet page.
       setCart(() => emptyCart);
