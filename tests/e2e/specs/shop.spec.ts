@@ -91,7 +91,7 @@ test('a shopper is refused the warehouse', async ({ page, context, stack, reques
   // The API route is guarded too, for anonymous callers and signed-in shoppers alike.
   const id = (await (await request.get(`${stack.spa.url}/api/products`)).json()).find((p: { name: string }) => p.name === PRODUCT).id;
   const cookie = `StaticWebAppsAuthCookie=${Buffer.from(JSON.stringify(SHOPPER)).toString('base64')}`;
-  for (const headers of [{}, { cookie }]) {
+  for (const headers of [{}, { cookie }] as Record<string, string>[]) {
     const res = await request.put(`${stack.spa.url}/api/products/${id}`, { data: { saldo: 1 }, headers, maxRedirects: 0 });
     expect(res.status(), 'a shopper must not set stock').not.toBeLessThan(300);
   }
