@@ -128,6 +128,8 @@ test.describe('a region stops while shoppers buy', () => {
   // One test with steps, not several tests: the fleet page follows the transactions this browser
   // placed, and a test's browser context (its localStorage) ends with the test.
   test('every purchase completes, the fleet shows the region down, then it catches up', async ({ page, context, stack }) => {
+    // Bounded by the worst case of its waits (five transactions and a catch-up), not the default.
+    test.setTimeout(8 * transactionTimeout(stack));
     const name = process.env.SALDO_E2E_REGION ?? stack.nodes[stack.nodes.length - 1].name;
     const node = stack.nodes.find((n) => n.name === name || n.region === name);
     if (!node) throw new Error(`no node ${name} in the stack`);
