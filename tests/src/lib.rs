@@ -200,3 +200,119 @@ pub fn port_of(url: &str) -> Option<u16> {
     let hostport = after.split(['/', '?']).next()?;
     hostport.rsplit(':').next()?.parse().ok()
 }
+
+/// Shop and fleet helpers shared by the whole-system tests.
+impl TestStack {
+    /// Places an order through the API; returns the transaction id.
+    pub async fn order(&self, lines: serde_json::Value) -> Result<String> {
+        let resp = self
+            .http
+            .post(format!("{}/api/orders", self.api()))
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(&serde_json::json!({ "lines": lines }))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if status.as_u16() != 202 {
+            bail!("order refused: {status} {body}");
+        }
+        Ok(body["transaction"]
+            .as_str()
+            .context("no transaction id")?
+            .to_string())
+    }
+
+    /// Waits until the API reports the transaction completed or rejected; returns its document.
+    pub async fn outcome(&self, tx: &str) -> Result<serde_json::Value> {
+        wait_for(
+            Duration::from_secs(60),
+            &format!("the outcome of {tx}"),
+            || async {
+                match self.get_json(&format!("/api/transactions/{tx}")).await {
+                    Ok((200, v)) if v["status"] != "pending" => Some(v),
+                    _ => None,
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn stock(&self, product: u64) -> Result<i64> {
+        let (status, v) = self.get_json(&format!("/api/products/{product}")).await?;
+        if status != 200 {
+            bail!("product {product}: {status} {v}");
+        }
+        v["saldo"].as_i64().context("no saldo")
+    }
+
+    /// One node's ledger entry for a transaction (None if that node does not know it).
+    pub async fn ledger(&self, region: &str, tx: &str) -> Result<Option<serde_json::Value>> {
+        let node = self.manifest().node(region).context("unknown region")?;
+        let resp = self
+            .http
+            .get(format!("{}/api/ledger/{tx}", node.url))
+            .header("x-functions-key", &node.function_key)
+            .send()
+            .await?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(resp.json().await?)),
+            404 => Ok(None),
+            s => bail!("ledger of {region}: {s}"),
+        }
+    }
+
+    /// The sum of one counter over every node that answers.
+    pub async fn counter(&self, name: &str) -> Result<u64> {
+        let mut sum = 0;
+        for n in &self.manifest().nodes {
+            if let Ok(resp) = self.http.get(format!("{}/api/status", n.url)).send().await
+                && resp.status().is_success()
+            {
+                let v: serde_json::Value = resp.json().await?;
+                sum += v["counters"][name].as_u64().unwrap_or(0);
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Publishes raw events to the topic with its key.
+    pub async fn publish(&self, events: &serde_json::Value) -> Result<()> {
+        let topic = self.manifest().topic.as_ref().context("no topic")?;
+        let resp = self
+            .http
+            .post(format!("{}?api-version=2018-01-01", topic.endpoint))
+            .header("aeg-sas-key", &topic.key)
+            .json(events)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!(
+                "publish: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn regions(&self) -> Vec<String> {
+        self.manifest()
+            .nodes
+            .iter()
+            .map(|n| n.region.clone())
+            .collect()
+    }
+}
+
+/// A `recordUpdated` command in the Event Grid schema.
+pub fn command(tx: &str, lines: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "id": tx,
+        "eventType": "recordUpdated",
+        "subject": "warehouse/products/test",
+        "eventTime": chrono::Utc::now().to_rfc3339(),
+        "data": {"transaction": tx, "products": lines},
+        "dataVersion": "1.0"
+    })
+}

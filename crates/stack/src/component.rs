@@ -174,6 +174,12 @@ impl Running {
         // gets SIGKILL; a group with no processes left simply answers ESRCH.
         let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait().await;
+        // Children of the leader are reaped by init, not by us: wait (bounded) until the group is
+        // really empty, so that "stopped" means no process is left and every port is free.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while killpg(group, None).is_ok() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Synchronous last resort (used by `Drop` of the stack): SIGKILL the group.

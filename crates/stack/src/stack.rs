@@ -119,6 +119,33 @@ impl Stack {
         self.running.iter_mut().find(|r| r.spec.name == name)
     }
 
+    /// Stops one component (e.g. `mongodb`, to see the fleet ride out a database outage).
+    pub async fn stop_component(&mut self, name: &str) -> Result<()> {
+        let r = self
+            .component(name)
+            .with_context(|| format!("no component {name}"))?;
+        r.stop(Duration::from_secs(10)).await;
+        Ok(())
+    }
+
+    /// Starts a component stopped with [`Stack::stop_component`] again: same program, same port,
+    /// same data.
+    pub async fn start_component(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .running
+            .iter()
+            .position(|r| r.spec.name == name)
+            .with_context(|| format!("no component {name}"))?;
+        let (spec, log) = (self.running[i].spec.clone(), self.running[i].log.clone());
+        let mut fresh = Running::spawn(spec, log)?;
+        let healthy = fresh.wait_healthy().await;
+        if let Some(p) = self.manifest.processes.iter_mut().find(|p| p.name == name) {
+            p.pid = fresh.pid();
+        }
+        self.running[i] = fresh;
+        healthy
+    }
+
     /// Names, pids and endpoints of what runs, in start order.
     pub fn table(&self) -> Vec<(String, i32, String)> {
         self.running

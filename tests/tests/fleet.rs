@@ -1,0 +1,261 @@
+//! Issue 5's proof on the real stack: SecantusDB, the Event Grid emulator, three workers behind
+//! their host stand-ins, and the API. Every test asserts the final stock and every node's ledger.
+
+use std::time::{Duration, Instant};
+
+use saldo_tests::{Options, TestStack, command, wait_for};
+use serde_json::{Value, json};
+
+const ORANGE: u64 = 1; // seeded with 25
+const MANGO: u64 = 6; // seeded with 3
+
+async fn stack() -> TestStack {
+    let s = TestStack::start(Options::default())
+        .await
+        .expect("the stack starts");
+    s.wait_for_catalogue()
+        .await
+        .expect("the catalogue is seeded");
+    s
+}
+
+/// Waits until every region's ledger holds `tx` with the same outcome as the API reports, and
+/// returns that outcome.
+async fn everyone_agrees(s: &TestStack, tx: &str) -> Value {
+    let outcome = s.outcome(tx).await.unwrap();
+    for region in s.regions() {
+        let entry = wait_for(
+            Duration::from_secs(60),
+            &format!("{region} to record {tx}"),
+            || async {
+                s.ledger(&region, tx)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|e| e["state"] != "pending")
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            entry["state"], outcome["status"],
+            "{region} agrees on the outcome of {tx}"
+        );
+        assert_eq!(
+            entry["executedBy"], outcome["executedBy"],
+            "{region} agrees who executed {tx}"
+        );
+    }
+    outcome
+}
+
+#[tokio::test]
+async fn a_purchase_executes_once_and_every_node_records_it() {
+    let s = stack().await;
+    let executed = s.counter("executed").await.unwrap();
+    let tx = s
+        .order(json!([{"id": ORANGE, "quantity": 2}]))
+        .await
+        .unwrap();
+    let outcome = everyone_agrees(&s, &tx).await;
+    assert_eq!(outcome["status"], "completed");
+    assert_eq!(s.stock(ORANGE).await.unwrap(), 23);
+    assert_eq!(
+        s.counter("executed").await.unwrap(),
+        executed + 1,
+        "exactly one execution fleet-wide"
+    );
+}
+
+#[tokio::test]
+async fn duplicates_and_reordering_change_nothing() {
+    let s = stack().await;
+    let tx = "dup-and-reorder-1";
+    let event = command(
+        tx,
+        json!([{"id": ORANGE, "ean": 1111, "name": "Orange", "change": -1}]),
+    );
+    // The same command three times, as Event Grid may redeliver it.
+    for _ in 0..3 {
+        s.publish(&json!([event.clone()])).await.unwrap();
+    }
+    everyone_agrees(&s, tx).await;
+    wait_for(
+        Duration::from_secs(30),
+        "every duplicate to be seen",
+        || async { (s.counter("duplicates").await.unwrap() >= 6).then_some(()) },
+    )
+    .await
+    .unwrap();
+    // A command delivered after its completion (reordering) is recognised, not executed again.
+    let executed = s.counter("executed").await.unwrap();
+    s.publish(&json!([event])).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.counter("executed").await.unwrap(), executed);
+    assert_eq!(
+        s.stock(ORANGE).await.unwrap(),
+        24,
+        "stock changed exactly once"
+    );
+}
+
+#[tokio::test]
+async fn the_owner_stopped_before_executing_is_replaced_within_the_deadline() {
+    let s = stack().await;
+    let tx = "owner-stopped-1";
+    let regions = s.regions();
+    let ranking = saldo_core::ledger::ranking(tx, regions.iter().map(String::as_str));
+    let (owner, next) = (ranking[0].to_string(), ranking[1].to_string());
+    // The owner stops while the others still believe it is alive (its last heartbeat is fresh),
+    // so they keep it in the ranking and must take over when its turn passes unanswered.
+    s.region(&owner, "stop").await.unwrap();
+    let started = Instant::now();
+    s.publish(&json!([command(
+        tx,
+        json!([{"id": ORANGE, "ean": 1111, "name": "Orange", "change": -3}])
+    )]))
+    .await
+    .unwrap();
+    let outcome = s.outcome(tx).await.unwrap();
+    assert_eq!(outcome["status"], "completed");
+    assert_eq!(
+        outcome["executedBy"],
+        next.as_str(),
+        "the next in line executes"
+    );
+    assert_eq!(outcome["takeover"], true);
+    println!(
+        "replaced after {:?} (takeover deadline 1.5 s)",
+        started.elapsed()
+    );
+    assert_eq!(s.stock(ORANGE).await.unwrap(), 22);
+    // When the owner returns it learns the outcome instead of executing again.
+    s.region(&owner, "start").await.unwrap();
+    everyone_agrees(&s, tx).await;
+    assert_eq!(s.stock(ORANGE).await.unwrap(), 22);
+}
+
+#[tokio::test]
+async fn a_region_stopped_while_purchases_flow_catches_up_after_start() {
+    let s = stack().await;
+    let stopped = "swedencentral";
+    s.region(stopped, "stop").await.unwrap();
+    let mut txs = Vec::new();
+    for _ in 0..5 {
+        txs.push(
+            s.order(json!([{"id": ORANGE, "quantity": 1}]))
+                .await
+                .unwrap(),
+        );
+    }
+    for tx in &txs {
+        let o = s.outcome(tx).await.unwrap();
+        assert_eq!(o["status"], "completed");
+        assert_ne!(
+            o["executedBy"], stopped,
+            "a stopped region executes nothing"
+        );
+    }
+    for tx in &txs {
+        assert!(
+            s.ledger(stopped, tx).await.is_err(),
+            "a stopped app answers nothing but 403"
+        );
+    }
+    s.region(stopped, "start").await.unwrap();
+    for tx in &txs {
+        everyone_agrees(&s, tx).await;
+    }
+    assert_eq!(s.stock(ORANGE).await.unwrap(), 20);
+}
+
+#[tokio::test]
+async fn two_buyers_racing_for_the_last_item_one_wins() {
+    let s = stack().await;
+    // Two of the three mangos go first, so that one is left.
+    let first = s
+        .order(json!([{"id": MANGO, "quantity": 2}]))
+        .await
+        .unwrap();
+    assert_eq!(s.outcome(&first).await.unwrap()["status"], "completed");
+    let (a, b) = tokio::join!(
+        s.order(json!([{"id": MANGO, "quantity": 1}])),
+        s.order(json!([{"id": MANGO, "quantity": 1}]))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let oa = everyone_agrees(&s, &a).await;
+    let ob = everyone_agrees(&s, &b).await;
+    let mut statuses = [
+        oa["status"].as_str().unwrap(),
+        ob["status"].as_str().unwrap(),
+    ];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        ["completed", "rejected"],
+        "exactly one buyer gets the last mango"
+    );
+    let loser = if oa["status"] == "rejected" { &oa } else { &ob };
+    assert!(
+        loser["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("out of stock"),
+        "{loser}"
+    );
+    assert_eq!(s.stock(MANGO).await.unwrap(), 0, "never below zero");
+}
+
+#[tokio::test]
+async fn multi_line_purchases_apply_all_or_nothing() {
+    let s = stack().await;
+    let too_much = s
+        .order(json!([{"id": ORANGE, "quantity": 1}, {"id": MANGO, "quantity": 4}]))
+        .await
+        .unwrap();
+    let o = everyone_agrees(&s, &too_much).await;
+    assert_eq!(o["status"], "rejected");
+    assert_eq!(
+        s.stock(ORANGE).await.unwrap(),
+        25,
+        "no line of a rejected purchase applies"
+    );
+    assert_eq!(s.stock(MANGO).await.unwrap(), 3);
+    let fits = s
+        .order(json!([{"id": ORANGE, "quantity": 1}, {"id": MANGO, "quantity": 3}]))
+        .await
+        .unwrap();
+    assert_eq!(everyone_agrees(&s, &fits).await["status"], "completed");
+    assert_eq!(s.stock(ORANGE).await.unwrap(), 24);
+    assert_eq!(s.stock(MANGO).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_database_down_then_up_loses_nothing() {
+    let mut s = stack().await;
+    let executed = s.counter("executed").await.unwrap();
+    s.stack.stop_component("mongodb").await.unwrap();
+    // The API needs the database too (idempotency keys), so these commands go straight to the
+    // topic, as they would if the outage began right after the API published them.
+    let txs: Vec<String> = (0..3).map(|i| format!("db-outage-{i}")).collect();
+    for tx in &txs {
+        s.publish(&json!([command(
+            tx,
+            json!([{"id": ORANGE, "ean": 1111, "name": "Orange", "change": -1}])
+        )]))
+        .await
+        .unwrap();
+    }
+    // Workers answer 503 while the database is down; Event Grid keeps the events and retries.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.stack.start_component("mongodb").await.unwrap();
+    for tx in &txs {
+        assert_eq!(everyone_agrees(&s, tx).await["status"], "completed");
+    }
+    assert_eq!(
+        s.stock(ORANGE).await.unwrap(),
+        22,
+        "each command applied exactly once"
+    );
+    assert_eq!(s.counter("executed").await.unwrap(), executed + 3);
+}
