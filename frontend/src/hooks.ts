@@ -8,13 +8,15 @@ function whenVisible(signal: AbortSignal): Promise<void> {
     const done = () => {
       if (document.hidden) return;
       document.removeEventListener('visibilitychange', done);
+      signal.removeEventListener('abort', abort);
       resolve();
     };
-    document.addEventListener('visibilitychange', done);
-    signal.addEventListener('abort', () => {
+    const abort = () => {
       document.removeEventListener('visibilitychange', done);
       reject(signal.reason);
-    });
+    };
+    document.addEventListener('visibilitychange', done);
+    signal.addEventListener('abort', abort, { once: true });
   });
 }
 
