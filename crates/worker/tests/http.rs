@@ -1,0 +1,393 @@
+//! The worker's router in-process over real HTTP (port 0), against a real SecantusDB.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use saldo_core::events::EventGridEvent;
+use saldo_core::views::{LedgerEntryView, LedgerPage, NodeStatusView, ProductView};
+use saldo_store::test_util::{Secantus, spawn_secantus};
+use saldo_store::{MongoStore, Store};
+use saldo_worker::{Bus, Config, Node, PeerClient, SystemClock};
+use serde_json::{Value, json};
+
+/// Captures what the node publishes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<EventGridEvent<Value>>>>);
+impl Bus for Captured {
+    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
+        self.0.lock().unwrap().extend(events);
+        Ok(())
+    }
+}
+
+/// No peers reachable.
+struct NoPeers;
+impl PeerClient for NoPeers {
+    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
+        Err(format!("{url}: no peers in this test"))
+    }
+    async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, String> {
+        Err(format!("{url}: no peers in this test"))
+    }
+}
+
+struct Fixture {
+    db: Secantus,
+    base: String,
+    http: reqwest::Client,
+    bus: Captured,
+    node: Arc<Node<MongoStore, SystemClock, Captured, NoPeers>>,
+}
+
+async fn fixture() -> Fixture {
+    let db = spawn_secantus();
+    let store = MongoStore::connect(&db.uri(), "saldo", "westeurope")
+        .await
+        .unwrap();
+    let bus = Captured::default();
+    let cfg = Config {
+        node: "westeurope".into(),
+        region: "westeurope".into(),
+        public_url: "http://127.0.0.1:1".into(),
+        peers: vec![],
+        takeover: chrono::Duration::seconds(10),
+        liveness: chrono::Duration::seconds(15),
+        catch_up_every: 5,
+    };
+    let node = Arc::new(Node::new(cfg, store, SystemClock, bus.clone(), NoPeers));
+    node.start().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = saldo_worker::http::app(node.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Fixture {
+        db,
+        base,
+        http: reqwest::Client::new(),
+        bus,
+        node,
+    }
+}
+
+fn command(id: &str, products: Value) -> Value {
+    json!({
+        "id": id, "eventType": "recordUpdated", "subject": "warehouse/products",
+        "eventTime": Utc::now(), "dataVersion": "1.0", "metadataVersion": "1",
+        "data": {"products": products}
+    })
+}
+
+impl Fixture {
+    async fn post(&self, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/eventgrid", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn nothing_written(&self) {
+        assert!(
+            self.node.store.page(0, 10).await.unwrap().is_empty(),
+            "the ledger must be empty"
+        );
+        assert!(
+            self.node.store.products().await.unwrap().is_empty(),
+            "the warehouse must be empty"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_cloudevents_options() {
+    let f = fixture().await;
+    let (status, body) = f
+        .post(&json!([{
+            "id": "v1", "topic": "/x", "subject": "", "eventTime": Utc::now(), "dataVersion": "2", "metadataVersion": "1",
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6", "validationUrl": "https://example.invalid/x"}
+        }]))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"})
+    );
+    let r = f
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/eventgrid", f.base),
+        )
+        .header("WebHook-Request-Origin", "eventgrid.azure.net")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["webhook-allowed-origin"], "eventgrid.azure.net");
+    f.nothing_written().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deliveries_are_400_and_write_nothing() {
+    let f = fixture().await;
+    let good = command(
+        "ok-1",
+        json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}]),
+    );
+    let mut wrong_version = good.clone();
+    wrong_version["dataVersion"] = json!("2.0");
+    let mut unknown_type = good.clone();
+    unknown_type["eventType"] = json!("recordDeleted");
+    let cases = [
+        (json!({"not": "an array"}), "array"),
+        (json!([]), "1..="),
+        (json!([good.clone(), wrong_version]), "dataVersion"),
+        (json!([good.clone(), unknown_type]), "unknown event type"),
+        (
+            json!([command(
+                "a",
+                json!([{"id": 1, "ean": 11, "name": "Orange", "change": -5_000_000}])
+            )]),
+            "at most",
+        ),
+        (
+            json!([command(
+                "b",
+                json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": -1}])
+            )]),
+            "0..=",
+        ),
+        (json!([command("c", json!([]))]), "at least one"),
+        (json!([{"id": "x"}]), "malformed"),
+    ];
+    for (body, needle) in cases {
+        let (status, answer) = f.post(&body).await;
+        assert_eq!(status, 400, "{body}");
+        let msg = answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    // Not JSON at all, and an oversized delivery.
+    let r = f
+        .http
+        .post(format!("{}/api/eventgrid", f.base))
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let huge = "x".repeat(1024 * 1024 + 10);
+    let r = f
+        .http
+        .post(format!("{}/api/eventgrid", f.base))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    f.nothing_written().await;
+    assert!(f.bus.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_execute_once_and_redelivery_is_recognised() {
+    let f = fixture().await;
+    let stock = command(
+        "stock-1",
+        json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}, {"id": 2, "ean": 22, "name": "Apple", "saldo": 1}]),
+    );
+    let (status, body) = f.post(&json!([stock])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["newCommands"], 1);
+    assert_eq!(
+        body["executed"], 1,
+        "alone in the fleet, this node owns everything"
+    );
+    let buy = command(
+        "buy-1",
+        json!([{"id": 1, "ean": 11, "name": "Orange", "change": -2}]),
+    );
+    assert_eq!(f.post(&json!([buy.clone()])).await.0, 200);
+    // Redelivered alone and inside a batch with a new purchase: recognised, not re-executed.
+    let (status, body) = f.post(&json!([buy.clone()])).await;
+    assert_eq!(
+        (status, body["duplicates"].clone(), body["executed"].clone()),
+        (200, json!(1), json!(0))
+    );
+    let buy2 = command(
+        "buy-2",
+        json!([{"id": 2, "ean": 22, "name": "Apple", "change": -1}, {"id": 1, "ean": 11, "name": "Orange", "change": -9}]),
+    );
+    let (status, body) = f.post(&json!([buy, buy2])).await;
+    assert_eq!(
+        (
+            status,
+            body["duplicates"].clone(),
+            body["newCommands"].clone()
+        ),
+        (200, json!(1), json!(1))
+    );
+
+    let (_, products) = f.get("/api/products").await;
+    let products: Vec<ProductView> = serde_json::from_value(products).unwrap();
+    assert_eq!(
+        products.iter().map(|p| (p.id, p.saldo)).collect::<Vec<_>>(),
+        [(1, 3), (2, 1)],
+        "buy-2 was all-or-nothing"
+    );
+    let (status, one) = f.get("/api/products/1").await;
+    assert_eq!((status, one["name"].clone()), (200, json!("Orange")));
+    assert_eq!(f.get("/api/products/99").await.0, 404);
+    assert_eq!(f.get("/api/products/abc").await.0, 400);
+
+    let (status, entry) = f.get("/api/ledger/buy-2").await;
+    assert_eq!(status, 200);
+    let entry: LedgerEntryView = serde_json::from_value(entry).unwrap();
+    assert_eq!(
+        entry.reason.as_deref(),
+        Some("out of stock: Orange (id 1) has 3, needs 9")
+    );
+    assert_eq!(f.get("/api/ledger/nope").await.0, 404);
+
+    // Completions were published, with deterministic ids, and the outbox is empty.
+    let published = f.bus.0.lock().unwrap().clone();
+    let completions: Vec<_> = published
+        .iter()
+        .filter(|e| e.event_type == "transactionCompleted")
+        .collect();
+    assert_eq!(completions.len(), 3);
+    assert_eq!(
+        completions[0].id,
+        saldo_worker::node::completion_event_id("stock-1")
+    );
+    assert!(f.node.store.unpublished(10).await.unwrap().is_empty());
+
+    // The feed pages in order.
+    let (_, page) = f.get("/api/ledger?after=0&limit=2").await;
+    let page: LedgerPage = serde_json::from_value(page).unwrap();
+    assert_eq!(page.entries.len(), 2);
+    let (_, rest) = f
+        .get(&format!("/api/ledger?after={}&limit=100", page.next))
+        .await;
+    let rest: LedgerPage = serde_json::from_value(rest).unwrap();
+    let mut all: Vec<String> = page
+        .entries
+        .iter()
+        .chain(&rest.entries)
+        .map(|e| e.transaction.clone())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all, ["buy-1", "buy-2", "stock-1"]);
+    assert_eq!(f.get("/api/ledger?after=-1").await.0, 400);
+
+    let (status, st) = f.get("/api/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(st["counters"]["executed"], 3);
+    assert_eq!(st["counters"]["duplicates"], 2);
+    assert!(st["counters"]["dbOps"].as_u64().unwrap() > 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_outcomes_heartbeats_and_timers() {
+    let f = fixture().await;
+    let completed = json!({
+        "id": "c-1", "eventType": "transactionCompleted", "subject": "webapp/workers/transactions",
+        "eventTime": Utc::now(), "dataVersion": "1.0",
+        "data": {"transaction": "t-9", "status": "completed", "timestamp": Utc::now(), "node": "northeurope",
+                 "region": "northeurope", "products": [{"id": 1, "saldo": 4}]}
+    });
+    let heartbeat = json!({
+        "id": "h-1", "eventType": "nodeHeartbeat", "subject": "webapp/workers/northeurope",
+        "eventTime": Utc::now(), "dataVersion": "1.0",
+        "data": {"node": "northeurope", "region": "northeurope", "url": "http://127.0.0.1:2", "ready": true,
+                 "startedAt": Utc::now(), "timestamp": Utc::now(), "counters": {"received": 1}}
+    });
+    let (status, body) = f.post(&json!([completed.clone(), heartbeat])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["outcomes"].clone(), body["heartbeats"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(
+        f.post(&json!([completed])).await.1["outcomes"],
+        0,
+        "a redelivered outcome is known"
+    );
+    let (_, e) = f.get("/api/ledger/t-9").await;
+    assert_eq!(
+        (e["state"].clone(), e["executedBy"].clone()),
+        (json!("completed"), json!("northeurope"))
+    );
+    let (_, st) = f.get("/api/status").await;
+    assert_eq!(st["peers"][0]["node"], "northeurope");
+    assert_eq!(st["peers"][0]["live"], true);
+
+    // Timer invocations in the custom handler protocol.
+    let r = f
+        .http
+        .post(format!("{}/heartbeat", f.base))
+        .json(&json!({"Data": {}, "Metadata": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["Outputs"], json!({}));
+    assert!(
+        f.bus
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.event_type == "nodeHeartbeat")
+    );
+    let r = f
+        .http
+        .post(format!("{}/sweep", f.base))
+        .json(&json!({"Data": {}, "Metadata": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_503_and_nothing_is_acknowledged() {
+    let mut f = fixture().await;
+    f.db.kill();
+    let (status, body) = f
+        .post(&json!([command(
+            "lost-1",
+            json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}])
+        )]))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(f.get("/api/products").await.0, 503);
+    let r = f
+        .http
+        .post(format!("{}/sweep", f.base))
+        .json(&json!({"Data": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // Bad input is still 400, not 503: it would never succeed.
+    assert_eq!(f.post(&json!({"x": 1})).await.0, 400);
+}

@@ -1,0 +1,118 @@
+//! Ranking and takeover between two nodes over the in-memory store with a manual clock.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{Duration, TimeZone, Utc};
+use saldo_core::events::EventGridEvent;
+use saldo_core::ledger::ranking;
+use saldo_core::views::{LedgerPage, NodeStatusView};
+use saldo_store::{MemDb, MemStore};
+use saldo_worker::{Bus, Config, ManualClock, Node, PeerClient};
+use serde_json::{Value, json};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<EventGridEvent<Value>>>>);
+impl Bus for Captured {
+    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
+        self.0.lock().unwrap().extend(events);
+        Ok(())
+    }
+}
+struct NoPeers;
+impl PeerClient for NoPeers {
+    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
+        Err(url.to_string())
+    }
+    async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, String> {
+        Err(url.to_string())
+    }
+}
+
+type TestNode = Node<MemStore, ManualClock, Captured, NoPeers>;
+
+fn node(db: &MemDb, clock: &ManualClock, name: &str) -> TestNode {
+    let cfg = Config {
+        node: name.into(),
+        region: name.into(),
+        public_url: format!("http://{name}"),
+        peers: vec![],
+        takeover: Duration::seconds(10),
+        liveness: Duration::seconds(15),
+        catch_up_every: 1000,
+    };
+    Node::new(
+        cfg,
+        db.store(name),
+        clock.clone(),
+        Captured::default(),
+        NoPeers,
+    )
+}
+
+fn heartbeat(name: &str, clock: &ManualClock) -> Value {
+    use saldo_worker::Clock;
+    json!({"id": format!("hb-{name}"), "eventType": "nodeHeartbeat", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
+           "data": {"node": name, "region": name, "url": format!("http://{name}"), "ready": true,
+                    "startedAt": clock.now(), "timestamp": clock.now()}})
+}
+
+#[tokio::test]
+async fn the_next_in_line_takes_over_after_the_deadline_and_skips_dead_nodes() {
+    let db = MemDb::new();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let a = node(&db, &clock, "a");
+    let b = node(&db, &clock, "b");
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    // Seed stock through a, and let each hear the other.
+    a.handle_delivery(&json!([heartbeat("b", &clock)]))
+        .await
+        .unwrap();
+    b.handle_delivery(&json!([heartbeat("a", &clock)]))
+        .await
+        .unwrap();
+    // A transaction that a owns (rank 0 of {a, b}); only b receives it (a "crashed").
+    let tx = (0..)
+        .map(|i| format!("tx-{i}"))
+        .find(|t| ranking(t, ["a", "b"])[0] == "a")
+        .unwrap();
+    let cmd = json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": Utc::now(), "dataVersion": "1.0",
+                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    b.handle_delivery(&cmd).await.unwrap();
+    assert!(db.markers().is_empty(), "b is second in line: it waits");
+    clock.advance(Duration::seconds(9));
+    assert_eq!(
+        b.sweep().await.unwrap().executed,
+        0,
+        "not before the deadline"
+    );
+    clock.advance(Duration::seconds(1));
+    assert_eq!(
+        b.sweep().await.unwrap().executed,
+        1,
+        "at the deadline b takes over"
+    );
+    assert_eq!(b.counters_snapshot()["takenOver"], 1);
+    assert_eq!(db.markers()[&tx].node, "b");
+    assert!(db.markers()[&tx].takeover);
+
+    // Once a is known dead (no heartbeat within liveness), b owns a's transactions at once.
+    clock.advance(Duration::seconds(20));
+    let tx2 = (100..)
+        .map(|i| format!("tx-{i}"))
+        .find(|t| ranking(t, ["a", "b"])[0] == "a")
+        .unwrap();
+    let mut cmd2 = cmd.clone();
+    cmd2[0]["id"] = json!(tx2);
+    let d = b.handle_delivery(&cmd2).await.unwrap();
+    assert!(
+        matches!(d, saldo_worker::Delivery::Accepted { executed: 1, .. }),
+        "{d:?}"
+    );
+
+    // a comes back and sweeps its (empty) view: nothing executes twice.
+    a.handle_delivery(&cmd).await.unwrap();
+    a.sweep().await.unwrap();
+    assert_eq!(db.applied().len(), 2);
+    assert_eq!(a.counters_snapshot()["executed"], 0);
+}
