@@ -457,15 +457,18 @@ impl Stack {
         let port = self.port("spa", c.ports.spa)?;
         let url = format!("http://{}:{port}", c.host);
         let mut env = self.common_env();
-        // The CLI must not phone home or look for updates: this machine has no internet.
-        env.push(("SWA_CLI_NO_TELEMETRY".into(), "1".into()));
-        env.push(("SWA_DISABLE_TELEMETRY".into(), "true".into()));
+        // The CLI must not look for updates: this machine has no internet. (Its stdin is
+        // /dev/null: on a taken port it would otherwise wait for an answer forever.)
         env.push(("NO_UPDATE_NOTIFIER".into(), "1".into()));
         Ok(Some(Spec {
             name: "spa".into(),
             program: swa,
             args: vec![
                 "start".into(),
+                dist.display().to_string(),
+                // Without this the CLI looks for the config in its working folder only, and the
+                // role rules would silently be off.
+                "--swa-config-location".into(),
                 dist.display().to_string(),
                 "--api-devserver-url".into(),
                 api_url.into(),
