@@ -130,10 +130,17 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(code = self.code(), "{self}");
         }
+        // Driver and internal errors are logged in full above, but not shown to the caller: they
+        // name hosts and topology that a shopper has no use for.
+        let message = match &self {
+            ApiError::DatabaseUnavailable(_) => "the database is unavailable, retry later".into(),
+            ApiError::Internal(_) => "internal error; it has been logged".into(),
+            _ => self.to_string(),
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code().into(),
-                message: self.to_string(),
+                message,
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();

@@ -511,6 +511,13 @@ async fn database_down_is_503_and_publishes_nothing() {
         "{body}"
     );
     assert_eq!(headers["retry-after"], "1");
+    assert!(
+        !body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "driver details leak: {body}"
+    );
     assert!(h.topic.published().is_empty());
     // Reads need no database.
     assert_eq!(h.get("/api/products").await.0, StatusCode::OK);
