@@ -579,18 +579,25 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                     report.executed += 1;
                     to_publish.extend(p);
                 }
-                Err(err) => {
-                    // Stop at the first failure: with the database down every further attempt
+                Err(err @ StoreError::Unavailable(_)) => {
+                    // Stop at the first outage: with the database down every further attempt
                     // would wait out its own timeout.
                     tracing::warn!(transaction = %e.transaction, error = %err, "sweep execution failed");
                     first_error = Some(err);
                     break;
                 }
+                Err(err) => {
+                    // Anything else is specific to this transaction (a bug, corrupt data): skip
+                    // it so that one poisoned entry cannot stall the takeover of all others,
+                    // the outbox and catch-up; the sweep reports the failure at the end.
+                    tracing::error!(transaction = %e.transaction, error = %err, "sweep execution failed; skipped");
+                    first_error.get_or_insert(err);
+                }
             }
         }
         self.publish_completions(to_publish).await?;
-        if let Some(e) = first_error {
-            return Err(e.into());
+        if let Some(e @ StoreError::Unavailable(_)) = &first_error {
+            return Err(e.clone().into());
         }
         // 2. The outbox: whatever is still unpublished (a publish that failed before, or a
         //    crash between recording and publishing).
@@ -612,6 +619,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         // 3. Catch-up.
         if round % self.cfg.catch_up_every == 0 {
             report.repairs = Some(self.catch_up().await?);
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
         }
         Ok(report)
     }

@@ -1,0 +1,363 @@
+//! The whole fleet as processes: SecantusDB, the Event Grid emulator (`saldo-eventgrid`, built by
+//! `cargo build -p saldo-eventgrid`) and three `saldo-worker` processes with fast settings and
+//! their own timers. Asserts the final stock and every node's ledger.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use saldo_core::ledger::ranking;
+use saldo_store::test_util::{Secantus, free_port, repo_root, spawn_secantus};
+use serde_json::{Value, json};
+
+const NODES: [&str; 3] = ["westeurope", "northeurope", "swedencentral"];
+const KEY: &str = "fleet-test-topic-key";
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Fleet {
+    _db: Secantus,
+    _dir: tempfile::TempDir,
+    _topic: Proc,
+    topic: String,
+    ports: Vec<u16>,
+    workers: Vec<Option<Proc>>,
+    uri: String,
+    http: reqwest::Client,
+}
+
+fn eventgrid_binary() -> PathBuf {
+    let p = repo_root().join("target/debug/saldo-eventgrid");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p saldo-eventgrid` first",
+        p.display()
+    );
+    p
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        let db = spawn_secantus();
+        let dir = tempfile::tempdir().unwrap();
+        let eg_port = free_port();
+        let topic = Proc(
+            Command::new(eventgrid_binary())
+                .args([
+                    "--port",
+                    &eg_port.to_string(),
+                    "--key",
+                    KEY,
+                    "--time-scale",
+                    "20",
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join("eg"))
+                .arg("--deadletter-dir")
+                .arg(dir.path().join("dl"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let ports: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
+        let mut fleet = Fleet {
+            uri: db.uri(),
+            _db: db,
+            _dir: dir,
+            _topic: topic,
+            topic: format!("http://127.0.0.1:{eg_port}"),
+            ports,
+            workers: NODES.iter().map(|_| None).collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        let http = fleet.http.clone();
+        let health = format!("{}/healthz", fleet.topic);
+        wait_until("the emulator", Duration::from_secs(30), || {
+            let (http, health) = (http.clone(), health.clone());
+            async move {
+                http.get(&health)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        for i in 0..NODES.len() {
+            fleet.start_worker(i).await;
+        }
+        for (i, node) in NODES.iter().enumerate() {
+            let body = json!({"properties": {"destination": {"endpointType": "WebHook", "properties": {
+                "endpointUrl": format!("{}/api/eventgrid", fleet.url(i)), "maxEventsPerBatch": 20}}}});
+            let r = fleet
+                .http
+                .put(format!("{}/subscriptions/{node}-sub", fleet.topic))
+                .header("aeg-sas-key", KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.status().is_success(),
+                "subscription for {node}: {} {}",
+                r.status(),
+                r.text().await.unwrap()
+            );
+        }
+        fleet
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    async fn start_worker(&mut self, i: usize) {
+        let peers: Vec<String> = (0..NODES.len())
+            .filter(|j| *j != i)
+            .map(|j| self.url(j))
+            .collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_saldo-worker"))
+            .args(["--port", &self.ports[i].to_string()])
+            .env("SALDO_NODE", NODES[i])
+            .env("SALDO_REGION", NODES[i])
+            .env("SALDO_MONGODB_URI", &self.uri)
+            .env("SALDO_DATABASE", "saldo")
+            .env("SALDO_TOPIC_ENDPOINT", format!("{}/api/events", self.topic))
+            .env("SALDO_TOPIC_KEY", KEY)
+            .env("SALDO_PUBLIC_URL", self.url(i))
+            .env("SALDO_PEERS", peers.join(","))
+            .env("SALDO_TAKEOVER_MS", "1500")
+            .env("SALDO_LIVENESS_MS", "4000")
+            .env("SALDO_CATCHUP_EVERY", "3")
+            .env("SALDO_STANDALONE_TIMERS", "1")
+            .env("SALDO_HEARTBEAT_SCHEDULE", "* * * * * *")
+            .env("SALDO_SWEEP_SCHEDULE", "* * * * * *")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.workers[i] = Some(Proc(child));
+        let (http, url) = (self.http.clone(), format!("{}/api/status", self.url(i)));
+        wait_until("a worker to be ready", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                match http.get(&url).send().await {
+                    Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["ready"] == true),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    fn kill_worker(&mut self, i: usize) {
+        self.workers[i] = None;
+    }
+
+    async fn publish(&self, events: Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/events?api-version=2018-01-01", self.topic))
+            .header("aeg-sas-key", KEY)
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "publish: {}", r.status());
+    }
+
+    async fn get(&self, i: usize, path: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url(i)))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Waits until node `i`'s ledger has an outcome for `tx`; returns the entry.
+    async fn outcome(&self, i: usize, tx: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(e) = self.get(i, &format!("/api/ledger/{tx}")).await
+                && e["state"] != "pending"
+            {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{} has no outcome for {tx} after {limit:?}", NODES[i]);
+    }
+
+    /// Every live node agrees on every transaction's outcome and executor.
+    async fn assert_agree(&self, txs: &[String], nodes: &[usize]) -> Vec<Value> {
+        let mut first = Vec::new();
+        for tx in txs {
+            let mut seen: Option<(Value, Value)> = None;
+            for &i in nodes {
+                let e = self.outcome(i, tx, Duration::from_secs(60)).await;
+                let key = (e["state"].clone(), e["executedBy"].clone());
+                match &seen {
+                    None => {
+                        seen = Some(key);
+                        first.push(e);
+                    }
+                    Some(k) => assert_eq!(k, &key, "{} disagrees about {tx}", NODES[i]),
+                }
+            }
+        }
+        first
+    }
+
+    async fn stock(&self, id: u64) -> i64 {
+        self.get(0, &format!("/api/products/{id}"))
+            .await
+            .expect("product")["saldo"]
+            .as_i64()
+            .unwrap()
+    }
+
+    async fn executed_total(&self) -> u64 {
+        let mut n = 0;
+        for i in 0..NODES.len() {
+            if self.workers[i].is_some() {
+                n += self
+                    .get(i, "/api/status")
+                    .await
+                    .map(|s| s["counters"]["executed"].as_u64().unwrap_or(0))
+                    .unwrap_or(0);
+            }
+        }
+        n
+    }
+}
+
+fn command(tx: &str, products: Value) -> Value {
+    json!({"id": tx, "eventType": "recordUpdated", "subject": "warehouse/products", "eventTime": chrono::Utc::now(),
+           "dataVersion": "1.0", "metadataVersion": "1", "data": {"products": products}})
+}
+
+fn orange(change: i64) -> Value {
+    json!({"id": 1, "ean": 1111, "name": "Orange", "change": change})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fleet_executes_once_takes_over_and_catches_up() {
+    let mut fleet = Fleet::start().await;
+    let all = [0, 1, 2];
+
+    // Stock, then purchases, one of them published three times and the rest out of order.
+    fleet
+        .publish(json!([command(
+            "stock",
+            json!([
+            {"id": 1, "ean": 1111, "name": "Orange", "saldo": 10},
+            {"id": 2, "ean": 2222, "name": "Apple", "saldo": 1}])
+        )]))
+        .await;
+    fleet.assert_agree(&["stock".into()], &all).await;
+    let buy = command("buy-a", json!([orange(-2)]));
+    fleet
+        .publish(json!([buy.clone(), command("buy-b", json!([orange(-1)]))]))
+        .await;
+    fleet.publish(json!([buy.clone()])).await;
+    fleet
+        .publish(json!([command("buy-c", json!([orange(-3)])), buy]))
+        .await;
+    // Multi-line, all or nothing: Apple has 1, needs 2.
+    fleet
+        .publish(json!([command(
+            "multi",
+            json!([orange(-1), {"id": 2, "ean": 2222, "name": "Apple", "change": -2}])
+        )]))
+        .await;
+    // Two buyers race for the last Apple.
+    fleet
+        .publish(json!([
+            command(
+                "race-1",
+                json!([{"id": 2, "ean": 2222, "name": "Apple", "change": -1}])
+            ),
+            command(
+                "race-2",
+                json!([{"id": 2, "ean": 2222, "name": "Apple", "change": -1}])
+            )
+        ]))
+        .await;
+    let txs: Vec<String> = ["buy-a", "buy-b", "buy-c", "multi", "race-1", "race-2"]
+        .map(String::from)
+        .to_vec();
+    let outcomes = fleet.assert_agree(&txs, &all).await;
+    assert_eq!(outcomes[3]["state"], "rejected");
+    assert_eq!(
+        outcomes[3]["reason"],
+        "out of stock: Apple (id 2) has 1, needs 2"
+    );
+    let race: Vec<&Value> = outcomes[4..].iter().map(|e| &e["state"]).collect();
+    assert!(
+        race.contains(&&json!("completed")) && race.contains(&&json!("rejected")),
+        "one buyer wins: {race:?}"
+    );
+    assert_eq!(fleet.stock(1).await, 10 - 2 - 1 - 3);
+    assert_eq!(fleet.stock(2).await, 0);
+    assert_eq!(
+        fleet.executed_total().await,
+        7,
+        "every transaction executed exactly once"
+    );
+
+    // The owner of a transaction is killed before it arrives: the next in line executes it.
+    let tx = (0..)
+        .map(|i| format!("orphan-{i}"))
+        .find(|t| ranking(t, NODES)[0] == NODES[0])
+        .unwrap();
+    fleet.kill_worker(0);
+    let killed_at = Instant::now();
+    fleet
+        .publish(json!([command(&tx, json!([orange(-1)]))]))
+        .await;
+    let e = fleet.outcome(1, &tx, Duration::from_secs(60)).await;
+    assert_eq!(e["state"], "completed");
+    assert_ne!(e["executedBy"], NODES[0]);
+    eprintln!("takeover of {tx} took {:?}", killed_at.elapsed());
+    // A purchase while the region is down, then it comes back and catches up from its peers.
+    fleet
+        .publish(json!([command("while-down", json!([orange(-1)]))]))
+        .await;
+    fleet
+        .outcome(2, "while-down", Duration::from_secs(60))
+        .await;
+    fleet.start_worker(0).await;
+    let mut txs = txs;
+    txs.extend([tx, "while-down".to_string()]);
+    fleet.assert_agree(&txs, &all).await;
+    assert_eq!(fleet.stock(1).await, 10 - 2 - 1 - 3 - 1 - 1);
+}
