@@ -569,6 +569,17 @@ impl Topic {
         validation_base: &str,
     ) -> Result<(bool, Value), ApiError> {
         let sub = Subscription::new(name, properties, self.config.input_schema)?;
+        // The handshake may take minutes (manual validation), so it runs before the
+        // management lock is taken: other subscriptions can be changed meanwhile.
+        let current = self
+            .subs
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .map(|s| s.cfg());
+        if current.is_none_or(|c| c.endpoint_url != sub.endpoint_url) {
+            self.handshake(&sub, validation_base).await?;
+        }
         let _guard = self.mgmt.lock().await;
         let existing = self.subs.read().expect("lock poisoned").get(name).cloned();
         if existing.is_none() && self.subs.read().expect("lock poisoned").len() >= MAX_SUBSCRIPTIONS
@@ -577,12 +588,6 @@ impl Topic {
                 "TooManySubscriptions",
                 format!("a topic has at most {MAX_SUBSCRIPTIONS} subscriptions"),
             ));
-        }
-        let same_endpoint = existing
-            .as_ref()
-            .is_some_and(|e| e.cfg().endpoint_url == sub.endpoint_url);
-        if !same_endpoint {
-            self.handshake(&sub, validation_base).await?;
         }
         let arm = sub.arm(&self.topic_id);
         let created = match existing {
