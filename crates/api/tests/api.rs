@@ -298,6 +298,22 @@ async fn bad_orders_are_refused_and_publish_nothing() {
             assert_eq!(status, StatusCode::NOT_FOUND, "key {k} left a record");
         }
     }
+    // A principal that cannot be read is refused even where signing in is optional.
+    let resp = h
+        .http
+        .post(h.url("/api/orders"))
+        .header("idempotency-key", "k-principal")
+        .header("x-ms-client-principal", "not base64!")
+        .body(ORDER)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(resp).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "malformed_principal")
+    );
+    assert!(h.topic.published().is_empty());
     // Unknown routes and methods answer in the same error shape.
     let (status, body) = h.get("/api/nope").await;
     assert_eq!(
@@ -384,6 +400,11 @@ async fn warehouse_updates_need_the_role() {
             put("/api/products/99", warehouse(), None, ok).await,
             StatusCode::NOT_FOUND,
             "product_not_found",
+        ),
+        (
+            put("/api/products/1", warehouse(), None, &" ".repeat(70_000)).await,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
         ),
     ];
     for ((status, _, body), want_status, want_code) in refused {
