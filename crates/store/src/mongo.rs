@@ -309,7 +309,7 @@ impl MongoStore {
                     .await
             })
             .await?;
-        docs.into_iter().map(|d| parse_ledger(d)).collect()
+        docs.into_iter().map(parse_ledger).collect()
     }
 
     /// One attempt of an execution inside `session`'s transaction. `Ok(None)`: a concurrent

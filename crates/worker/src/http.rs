@@ -69,8 +69,9 @@ pub fn app<S: Store, C: Clock, B: Bus, P: PeerClient>(node: Arc<Node<S, C, B, P>
         .route("/api/status", get(status::<S, C, B, P>))
         .route("/heartbeat", post(heartbeat::<S, C, B, P>))
         .route("/sweep", post(sweep::<S, C, B, P>))
-        // TODO(telemetry): `.layer(axum::middleware::from_fn(saldo_telemetry::http::trace_requests))`
-        // once its future is `Send` (it currently holds a `&Request` across an await).
+        .layer(axum::middleware::from_fn(
+            saldo_telemetry::http::trace_requests,
+        ))
         .with_state(node)
 }
 

@@ -617,7 +617,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         inc(&self.counters.publish_retries, n);
         report.republished = n;
         // 3. Catch-up.
-        if round % self.cfg.catch_up_every == 0 {
+        if round.is_multiple_of(self.cfg.catch_up_every) {
             report.repairs = Some(self.catch_up().await?);
         }
         if let Some(e) = first_error {
