@@ -2,8 +2,8 @@
 //! folder), SecantusDB, and the API in-process. Seeds Orange, buys, watches the transaction
 //! complete, then fails to buy more than is left.
 //!
-//! Ignored by default because it needs other packages' binaries; run it with
-//! `cargo build -p saldo-worker -p saldo-eventgrid && cargo test -p saldo-api --test stack -- --ignored`.
+//! It needs other packages' binaries: run
+//! `cargo build -p saldo-worker -p saldo-eventgrid` first (`./dev test` builds every binary).
 
 mod common;
 
@@ -79,7 +79,6 @@ async fn poll_until(what: &str, mut f: impl AsyncFnMut() -> Option<Value>) -> Va
 }
 
 #[tokio::test]
-#[ignore = "needs the saldo-worker and saldo-eventgrid binaries (see the module doc)"]
 async fn buy_through_a_real_worker() {
     let dir = tempfile::tempdir().unwrap();
     let db = tokio::task::spawn_blocking(saldo_store::test_util::spawn_secantus)
