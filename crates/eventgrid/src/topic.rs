@@ -918,11 +918,10 @@ async fn deliver(
     }
     // One random number per batch: a batch is retried as a whole.
     let random: f64 = rand::random::<f64>();
-    let (mut delivered, mut dead, mut retry): (
-        Vec<Item>,
-        BTreeMap<&'static str, Vec<Item>>,
-        BTreeMap<(u32, u64), Vec<Item>>,
-    ) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+    let mut delivered: Vec<Item> = Vec::new();
+    // By dead-letter reason, and by (attempts, delay) for retries.
+    let mut dead: BTreeMap<&'static str, Vec<Item>> = BTreeMap::new();
+    let mut retry: BTreeMap<(u32, u64), Vec<Item>> = BTreeMap::new();
     for mut item in batch {
         item.attempts += 1;
         item.last = Some(outcome);
@@ -1003,7 +1002,13 @@ async fn settle_dead(
         Some(container) => {
             let why = deadletter::Reason {
                 reason,
-                outcome: last.map(policy::outcome_name).unwrap_or("Probation"),
+                outcome: match last {
+                    Some(o) => policy::outcome_name(o),
+                    // Never attempted (its TTL ran out first): held back by probation, or simply
+                    // not reached yet.
+                    None if sub.probation_until.load(SeqCst) > now_ms() => "Probation",
+                    None => "NotAttempted",
+                },
                 status: match last {
                     Some(Outcome::Status(s)) => s,
                     _ => 0,

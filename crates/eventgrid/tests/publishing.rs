@@ -76,7 +76,15 @@ async fn bad_input_is_refused_with_the_documented_status_and_nothing_is_delivere
     )
     .unwrap();
     let huge = with(&|e| e["data"] = json!("x".repeat(1024 * 1024)));
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str, Vec<u8>, u16)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        Vec<u8>,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             q,
