@@ -295,6 +295,8 @@ pub struct Topic {
     validations: Mutex<HashMap<String, oneshot::Sender<()>>>,
     /// Serialises subscription changes (and the writes of subscriptions.json).
     mgmt: tokio::sync::Mutex<()>,
+    /// Held for the life of the topic (see `open`).
+    _lock: std::fs::File,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +337,14 @@ impl Topic {
             "queue bounds must be at least 1"
         );
         std::fs::create_dir_all(&config.data_dir)?;
+        // Two emulators appending to one log would corrupt it: the first one holds a lock.
+        let lock = std::fs::File::create(config.data_dir.join("lock"))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "another saldo-eventgrid is using {}",
+                config.data_dir.display()
+            )
+        })?;
         std::fs::create_dir_all(&config.deadletter_dir)?;
         if saldo_publish::sas::signature(&config.key, "probe").is_err() {
             tracing::warn!(
@@ -413,6 +423,7 @@ impl Topic {
             http,
             validations: Mutex::new(HashMap::new()),
             mgmt: tokio::sync::Mutex::new(()),
+            _lock: lock,
             config,
         });
         topic.save_subscriptions()?;

@@ -51,3 +51,16 @@ async fn spawn_serves_the_same_topic_in_process() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_data_dir_serves_one_topic_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(KEY, dir.path().join("data"), dir.path().join("dl"));
+    let first = saldo_eventgrid::Topic::open(config.clone()).await.unwrap();
+    let err = saldo_eventgrid::Topic::open(config.clone())
+        .await
+        .err()
+        .expect("second open must fail");
+    assert!(err.to_string().contains("another saldo-eventgrid"), "{err}");
+    drop(first);
+}

@@ -67,7 +67,15 @@ async fn main() -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     axum::serve(listener, app(topic))
         .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+            // Ctrl-C or SIGTERM (how `saldo up` stops it). Nothing needs flushing: every
+            // accepted event is already on disk.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install the SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         })
         .await?;
     Ok(())
