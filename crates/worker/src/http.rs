@@ -52,6 +52,9 @@ fn node_error(e: NodeError) -> Response {
         NodeError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
         NodeError::NotReady(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
         NodeError::Store(e) => store_error(e),
+        e @ (NodeError::Publish(_) | NodeError::Peer(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     }
 }
 

@@ -25,13 +25,14 @@ struct Args {
 
 type WorkerNode = Node<MongoStore, SystemClock, saldo_publish::Publisher, HttpPeers>;
 
-/// Runs `f` on an NCRONTAB schedule (UTC), forever. One run at a time, like the host's timers.
+/// Runs `f` on an NCRONTAB schedule (UTC), forever, one run at a time. Like the host's timers,
+/// occurrences missed while a run was still going are skipped, not queued.
 async fn every<F, Fut>(name: &'static str, schedule: cron::Schedule, f: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    for next in schedule.upcoming_owned(chrono::Utc) {
+    while let Some(next) = schedule.upcoming(chrono::Utc).next() {
         let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
         tracing::debug!(timer = name, "firing");

@@ -134,6 +134,12 @@ pub enum NodeError {
     /// The database failed (unavailable → 503, otherwise 500; both retried).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The topic did not take our events (retried by the next sweep: the ledger is the outbox).
+    #[error("publishing failed: {0}")]
+    Publish(String),
+    /// A peer could not be reached or answered nonsense (catch-up skips it).
+    #[error("peer: {0}")]
+    Peer(String),
 }
 
 /// What a successful delivery amounted to.
@@ -536,10 +542,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 .iter()
                 .map(|(tx, o, tp, ts)| completion_event(tx, o, tp.clone(), ts.clone(), now))
                 .collect();
-            self.bus
-                .publish(events)
-                .await
-                .map_err(|e| NodeError::Store(StoreError::Unavailable(format!("publish: {e}"))))?;
+            self.bus.publish(events).await.map_err(NodeError::Publish)?;
             let txs: Vec<String> = chunk.iter().map(|(tx, ..)| tx.clone()).collect();
             self.store.mark_published(&txs).await?;
             n += chunk.len();
@@ -595,9 +598,16 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 }
             }
         }
-        self.publish_completions(to_publish).await?;
         if let Some(e @ StoreError::Unavailable(_)) = &first_error {
+            // Publish what did execute; the outage fails this sweep.
+            let _ = self.publish_completions(to_publish).await;
             return Err(e.clone().into());
+        }
+        // A topic outage must not stop the outbox check or catch-up (which talks to peers,
+        // not to the topic): remember the first failure and report it at the end.
+        let mut failure: Option<NodeError> = first_error.map(NodeError::from);
+        if let Err(e) = self.publish_completions(to_publish).await {
+            failure.get_or_insert(e);
         }
         // 2. The outbox: whatever is still unpublished (a publish that failed before, or a
         //    crash between recording and publishing).
@@ -613,15 +623,21 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 Some((e.transaction, o, tp, ts))
             })
             .collect();
-        let n = self.publish_completions(items).await?;
-        inc(&self.counters.publish_retries, n);
-        report.republished = n;
+        match self.publish_completions(items).await {
+            Ok(n) => {
+                inc(&self.counters.publish_retries, n);
+                report.republished = n;
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
         // 3. Catch-up.
         if round.is_multiple_of(self.cfg.catch_up_every) {
             report.repairs = Some(self.catch_up().await?);
         }
-        if let Some(e) = first_error {
-            return Err(e.into());
+        if let Some(e) = failure {
+            return Err(e);
         }
         Ok(report)
     }
@@ -653,9 +669,10 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             metadata_version: None,
             topic: None,
         };
-        self.bus.publish(vec![event]).await.map_err(|e| {
-            NodeError::Store(StoreError::Unavailable(format!("publish heartbeat: {e}")))
-        })
+        self.bus
+            .publish(vec![event])
+            .await
+            .map_err(NodeError::Publish)
     }
 
     /// Reconciles with every known peer: pages through its ledger feed from the last cursor and
@@ -689,7 +706,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .peer_client
             .status(url)
             .await
-            .map_err(NodeError::NotReady)?;
+            .map_err(NodeError::Peer)?;
         if status.node == self.cfg.node {
             return Ok(0);
         }
@@ -712,7 +729,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 .peer_client
                 .ledger(url, cursor, CATCH_UP_PAGE)
                 .await
-                .map_err(NodeError::NotReady)?;
+                .map_err(NodeError::Peer)?;
             if page.entries.is_empty() {
                 break;
             }

@@ -223,7 +223,13 @@ async fn commands_execute_once_and_redelivery_is_recognised() {
         "buy-1",
         json!([{"id": 1, "ean": 11, "name": "Orange", "change": -2}]),
     );
+    let before = f.node.store.db_ops();
     assert_eq!(f.post(&json!([buy.clone()])).await.0, 200);
+    // Owner's share of one purchase: insert 1 + execute 4 (read, update, insert marker, commit)
+    // + record outcome 1 + mark published 1 (more only if the server asked for a retry).
+    let ops = f.node.store.db_ops() - before;
+    eprintln!("database round trips for one purchase at its owner: {ops}");
+    assert!((7..=12).contains(&ops), "{ops} round trips");
     // Redelivered alone and inside a batch with a new purchase: recognised, not re-executed.
     let (status, body) = f.post(&json!([buy.clone()])).await;
     assert_eq!(
