@@ -49,6 +49,10 @@ pub struct SimConfig {
     /// Sim time during which commands flow and chaos happens, then heal time.
     pub active_ms: i64,
     pub heal_ms: i64,
+    /// The last part of the heal time, in which no command is delivered any more: convergence
+    /// needs (nodes - 1) takeover deadlines plus a couple of catch-up rounds after the last
+    /// command any node accepted.
+    pub quiet_ms: i64,
     pub takeover_ms: i64,
     pub liveness_ms: i64,
     pub sweep_ms: i64,
@@ -72,6 +76,7 @@ impl Default for SimConfig {
             products: 4,
             active_ms: 40_000,
             heal_ms: 40_000,
+            quiet_ms: 25_000,
             takeover_ms: 3_000,
             liveness_ms: 6_000,
             sweep_ms: 1_000,
@@ -504,6 +509,19 @@ impl World {
     fn deliver(&mut self, to: usize, ids: Vec<usize>, attempt: u32) -> Result<(), String> {
         self.report.deliveries += 1;
         let body = Value::Array(ids.iter().map(|id| self.events[*id].clone()).collect());
+        // The quiet tail: commands stop arriving (their time to live ran out) so that the
+        // fleet can converge before the checks; completions and heartbeats still flow.
+        let quiet_from = self.cfg.active_ms + self.cfg.heal_ms - self.cfg.quiet_ms;
+        if self.now_ms() >= quiet_from
+            && body
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["eventType"] == RECORD_UPDATED)
+        {
+            self.report.dead_lettered += 1;
+            return Ok(());
+        }
         let result = match (self.life[to], &self.nodes[to]) {
             (Life::Stopped, _) => {
                 self.report.dead_lettered += 1; // 403: not retried
