@@ -157,6 +157,16 @@ impl ProductDoc {
     }
 }
 
+/// Majority + journal: an acknowledged write survives the loss of the primary, so a 2xx to
+/// Event Grid is only ever given for a durable ledger entry. (Cosmos DB always writes durably
+/// and accepts this write concern.)
+fn durable_write_concern() -> WriteConcern {
+    WriteConcern::builder()
+        .w(Acknowledgment::Majority)
+        .journal(true)
+        .build()
+}
+
 /// The server error code of an error, if it has one.
 fn code(e: &mongodb::error::Error) -> Option<i32> {
     match e.kind.as_ref() {
@@ -235,12 +245,7 @@ impl MongoStore {
         // Majority + journal: an acknowledged write survives the loss of the primary, so a 2xx
         // to Event Grid is only ever given for a durable ledger entry.
         let durable = CollectionOptions::builder()
-            .write_concern(
-                WriteConcern::builder()
-                    .w(Acknowledgment::Majority)
-                    .journal(true)
-                    .build(),
-            )
+            .write_concern(durable_write_concern())
             .build();
         Ok(MongoStore {
             ledger: db.collection_with_options(&format!("ledger_{node}"), durable.clone()),
@@ -496,6 +501,8 @@ impl Store for MongoStore {
             idx(doc! {"seq": 1}, "seq"),
             idx(doc! {"state": 1, "received_at_ms": 1}, "state_received"),
             idx(doc! {"published": 1}, "published"),
+            // Cosmos DB sorts only by indexed fields: the pending scan sorts by this one.
+            idx(doc! {"received_at_ms": 1}, "received"),
         ];
         for model in ledger_indexes {
             self.retry("create ledger index", || {
@@ -755,8 +762,11 @@ impl Store for MongoStore {
                 .start_session()
                 .await
                 .map_err(|e| classify("start session", e))?;
+            // Transactions take their write concern here, never per operation (the driver drops
+            // the collections' own inside a transaction): majority, journaled, at commit.
             session
                 .start_transaction()
+                .write_concern(durable_write_concern())
                 .await
                 .map_err(|e| classify("start transaction", e))?;
             match self
