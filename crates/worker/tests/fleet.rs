@@ -32,13 +32,17 @@ struct Fleet {
     http: reqwest::Client,
 }
 
+/// The emulator binary, built (or found up to date) by cargo so the test never runs a stale one.
 fn eventgrid_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "saldo-eventgrid"])
+        .current_dir(repo_root())
+        .status()
+        .expect("run cargo build -p saldo-eventgrid");
+    assert!(status.success(), "cargo build -p saldo-eventgrid failed");
     let p = repo_root().join("target/debug/saldo-eventgrid");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p saldo-eventgrid` first",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing after building it", p.display());
     p
 }
 
