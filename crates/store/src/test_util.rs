@@ -57,40 +57,53 @@ pub fn free_port() -> u16 {
 /// Starts SecantusDB in memory on a free port. Panics with a clear message if the venv is
 /// missing (run `./dev` first) or the server does not come up within 30 s.
 pub fn spawn_secantus() -> Secantus {
+    for _ in 0..3 {
+        if let Some(s) = try_spawn(free_port(), ":memory:") {
+            return s;
+        }
+    }
+    panic!("SecantusDB did not start");
+}
+
+/// Starts SecantusDB on `port` keeping its data in `dir`, so that a test can kill it and start
+/// it again on the same address with the same data ("database down, then up").
+pub fn spawn_secantus_at(port: u16, dir: &std::path::Path) -> Secantus {
+    try_spawn(port, dir.to_str().expect("utf-8 path"))
+        .unwrap_or_else(|| panic!("SecantusDB did not start on port {port}"))
+}
+
+fn try_spawn(port: u16, storage: &str) -> Option<Secantus> {
     let exe = repo_root().join(".saldo/venv/bin/secantusd-py");
     assert!(
         exe.exists(),
         "{} is missing: run ./dev to create the SecantusDB venv",
         exe.display()
     );
-    for _ in 0..3 {
-        let port = free_port();
-        let child = Command::new(&exe)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--storage-path",
-                ":memory:",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let mut s = Secantus { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = s.child.try_wait() {
-                break; // exited (port taken?): try another port
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    let child = Command::new(&exe)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--storage-path",
+            storage,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+    let mut s = Secantus { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = s.child.try_wait() {
+            return None; // exited (port taken?)
         }
-        s.kill();
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("SecantusDB did not start");
+    s.kill();
+    None
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use saldo_core::ledger::ranking;
-use saldo_store::test_util::{Secantus, free_port, repo_root, spawn_secantus};
+use saldo_store::test_util::{Secantus, free_port, repo_root, spawn_secantus, spawn_secantus_at};
 use serde_json::{Value, json};
 
 const NODES: [&str; 3] = ["westeurope", "northeurope", "swedencentral"];
@@ -22,7 +22,9 @@ impl Drop for Proc {
 }
 
 struct Fleet {
-    _db: Secantus,
+    db: Secantus,
+    /// Where the database keeps its data when it must survive a restart.
+    db_dir: Option<PathBuf>,
     _dir: tempfile::TempDir,
     _topic: Proc,
     topic: String,
@@ -62,9 +64,17 @@ where
 }
 
 impl Fleet {
-    async fn start() -> Fleet {
-        let db = spawn_secantus();
+    /// `persistent`: the database keeps its data on disk, so it can be stopped and started.
+    async fn start(persistent: bool) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
+        let db_dir = persistent.then(|| dir.path().join("db"));
+        let db = match &db_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).unwrap();
+                spawn_secantus_at(free_port(), d)
+            }
+            None => spawn_secantus(),
+        };
         let eg_port = free_port();
         let topic = Proc(
             Command::new(eventgrid_binary())
@@ -88,7 +98,8 @@ impl Fleet {
         let ports: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
         let mut fleet = Fleet {
             uri: db.uri(),
-            _db: db,
+            db,
+            db_dir,
             _dir: dir,
             _topic: topic,
             topic: format!("http://127.0.0.1:{eg_port}"),
@@ -160,7 +171,7 @@ impl Fleet {
             .env("SALDO_STANDALONE_TIMERS", "1")
             .env("SALDO_HEARTBEAT_SCHEDULE", "* * * * * *")
             .env("SALDO_SWEEP_SCHEDULE", "* * * * * *")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -176,6 +187,15 @@ impl Fleet {
             }
         })
         .await;
+    }
+
+    fn db_down(&mut self) {
+        self.db.kill();
+    }
+
+    fn db_up(&mut self) {
+        let dir = self.db_dir.clone().expect("a persistent database");
+        self.db = spawn_secantus_at(self.db.port, &dir);
     }
 
     fn kill_worker(&mut self, i: usize) {
@@ -275,7 +295,7 @@ fn orange(change: i64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_fleet_executes_once_takes_over_and_catches_up() {
-    let mut fleet = Fleet::start().await;
+    let mut fleet = Fleet::start(false).await;
     let all = [0, 1, 2];
 
     // Stock, then purchases, one of them published three times and the rest out of order.
@@ -377,5 +397,39 @@ async fn the_fleet_executes_once_takes_over_and_catches_up() {
         ops,
         txs.len() + 1,
         ops as f64 / (txs.len() + 1) as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_down_then_up_loses_nothing() {
+    let mut fleet = Fleet::start(true).await;
+    let all = [0, 1, 2];
+    fleet
+        .publish(json!([command(
+            "stock",
+            json!([{"id": 1, "ean": 1111, "name": "Orange", "saldo": 5}])
+        )]))
+        .await;
+    fleet.assert_agree(&["stock".into()], &all).await;
+    fleet.db_down();
+    // Deliveries now get 503 and Event Grid retries them.
+    fleet
+        .publish(json!([command("p1", json!([orange(-1)]))]))
+        .await;
+    fleet
+        .publish(json!([command("p2", json!([orange(-2)]))]))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        fleet.get(0, "/api/products").await.is_none(),
+        "reads fail while the database is down"
+    );
+    fleet.db_up();
+    fleet.assert_agree(&["p1".into(), "p2".into()], &all).await;
+    assert_eq!(fleet.stock(1).await, 5 - 1 - 2);
+    assert_eq!(
+        fleet.executed_total().await,
+        3,
+        "every transaction executed exactly once"
     );
 }
