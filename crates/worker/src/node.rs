@@ -40,6 +40,9 @@ pub const MAX_EVENTS_PER_DELIVERY: usize = 5_000;
 /// Pending entries a sweep looks at, and executions it performs, at most.
 pub const SWEEP_SCAN: usize = 200;
 pub const SWEEP_EXECUTIONS: usize = 50;
+/// Executions done inline by one delivery at most: Event Grid gives a delivery 30 s, and the
+/// rest are due at once for the next sweep anyway (rank 0 has no deadline to wait for).
+pub const MAX_INLINE_EXECUTIONS: usize = 20;
 /// Unpublished completions a sweep re-publishes at most.
 pub const OUTBOX_BATCH: usize = 200;
 /// Catch-up: entries per page, pages per peer per round, peers per round.
@@ -441,6 +444,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let mine: Vec<&NewCommand> = new
             .into_iter()
             .filter(|c| !decided.contains(&c.transaction) && self.rank(&c.transaction, &live) == 0)
+            .take(MAX_INLINE_EXECUTIONS)
             .collect();
         let mut executed = 0;
         let mut to_publish = Vec::new();
