@@ -217,10 +217,8 @@ async fn detach(p: &Paths) -> Result<ExitCode> {
         .collect();
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(&args)
-        .arg("--repo")
-        .arg(&p.repo)
-        .arg("--root")
-        .arg(&p.root)
+        .env("SALDO_REPO", &p.repo)
+        .env("SALDO_ROOT", &p.root)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
