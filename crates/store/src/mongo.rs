@@ -64,11 +64,15 @@ pub struct MongoStore {
     warehouse: Collection<Document>,
     /// The last feed sequence number this process handed out; `None` until [`Store::init`].
     ///
-    /// Held across each ledger write so that sequence order equals commit order: a reader of
-    /// the feed that has seen seq N can never later find a smaller one committed. That makes
-    /// this process the single writer of its ledger (one worker process per node, which is
-    /// how the Function App is deployed: one instance per region).
+    /// Sequence numbers are time-based: `max(last + 1, now_ms * 1000)`. The lock is held across
+    /// each ledger write, so within one process sequence order equals commit order. Across
+    /// processes writing the same ledger (Flex Consumption may run several instances of one
+    /// region's app) a smaller number can commit after a larger one; the feed therefore only
+    /// serves entries older than [`MongoStore::with_feed_lag`] (longer than any write takes),
+    /// so a reader's cursor never passes a number that can still appear.
     seq: Mutex<Option<u64>>,
+    /// How old an entry's sequence number must be before the feed serves it.
+    feed_lag: Duration,
     ops: AtomicU64,
 }
 
@@ -103,6 +107,12 @@ struct MarkerDoc {
     key: String,
     transaction: String,
     outcome: OutcomeRecord,
+}
+
+/// The smallest sequence number handed out at `t`: microsecond-like resolution (1000 per
+/// millisecond), well inside JavaScript's exact integers until the year 2255.
+fn seq_at(t: DateTime<Utc>) -> u64 {
+    (t.timestamp_millis().max(0) as u64) * 1000
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -254,8 +264,17 @@ impl MongoStore {
             client,
             node: node.to_string(),
             seq: Mutex::new(None),
+            feed_lag: Duration::ZERO,
             ops: AtomicU64::new(0),
         })
+    }
+
+    /// Serves feed entries only once their sequence number is `lag` old (see the `seq` field).
+    /// Zero is exact for a single writer process; with several, use more than the longest a
+    /// ledger write can take (server selection 5 s plus bounded retries).
+    pub fn with_feed_lag(mut self, lag: Duration) -> Self {
+        self.feed_lag = lag;
+        self
     }
 
     /// Runs one database operation with bounded retries of throttling and write conflicts,
@@ -289,10 +308,11 @@ impl MongoStore {
 
     /// Hands out the next `n` sequence numbers; call with the seq lock held.
     fn take_seq(slot: &mut Option<u64>, n: usize) -> Result<u64> {
-        let cur =
+        let last =
             slot.ok_or_else(|| StoreError::Unavailable("ledger not initialised yet".into()))?;
-        *slot = Some(cur + n as u64);
-        Ok(cur + 1)
+        let first = (last + 1).max(seq_at(Utc::now()));
+        *slot = Some(first + n as u64 - 1);
+        Ok(first)
     }
 
     async fn find_ledger(
@@ -679,9 +699,16 @@ impl Store for MongoStore {
     }
 
     async fn page(&self, after: u64, limit: usize) -> Result<Vec<LedgerEntry>> {
+        let lag = chrono::Duration::from_std(self.feed_lag).unwrap_or(chrono::Duration::zero());
+        // Everything numbered up to the horizon has committed (or failed) by now.
+        let horizon = if self.feed_lag.is_zero() {
+            i64::MAX
+        } else {
+            seq_at(Utc::now() - lag) as i64
+        };
         self.find_ledger(
             "ledger page",
-            doc! {"seq": {"$gt": to_i64(after, "cursor")?}},
+            doc! {"seq": {"$gt": to_i64(after, "cursor")?, "$lte": horizon}},
             doc! {"seq": 1},
             limit,
         )

@@ -62,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
         &settings.config.node,
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .map_err(|e| anyhow::anyhow!("{e}"))?
+    .with_feed_lag(settings.feed_lag);
     let bus = saldo_publish::Publisher::from_env()?;
     let peers = HttpPeers::new(settings.fleet_key.clone());
     let node: Arc<WorkerNode> = Arc::new(Node::new(

@@ -227,6 +227,7 @@ pub fn completion_event(
         region: outcome.region.clone(),
         reason: outcome.reason.clone(),
         products: outcome.quantities.clone(),
+        takeover: outcome.takeover,
         traceparent,
         tracestate,
     };
@@ -428,7 +429,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 reason: c.reason.clone(),
                 quantities: c.products.clone(),
                 at: c.timestamp,
-                takeover: false,
+                takeover: c.takeover,
             };
             if self.record(&c.transaction, &outcome, true, now).await? == Recorded::New {
                 outcomes += 1;
