@@ -120,6 +120,9 @@ pub struct TransactionCompleted {
     /// Resulting quantities of the products the transaction touched (empty when rejected).
     #[serde(default)]
     pub products: Vec<Quantity>,
+    /// True when the executor was not first in line (it took over from a silent node).
+    #[serde(default)]
+    pub takeover: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
