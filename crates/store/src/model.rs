@@ -39,8 +39,7 @@ pub struct OutcomeRecord {
     #[serde(default)]
     pub quantities: Vec<Quantity>,
     pub at: DateTime<Utc>,
-    /// The executor was not first in the ranking when it executed (as far as this record knows:
-    /// `transactionCompleted` does not carry it, so nodes that heard the outcome by event say false).
+    /// The executor was not first in the ranking when it executed (it took over).
     #[serde(default)]
     pub takeover: bool,
 }
