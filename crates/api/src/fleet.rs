@@ -19,9 +19,10 @@ const MAX_ERROR_TEXT: usize = 200;
 /// Why one node could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
-    /// Azure's front end answers 403 "This web app is stopped." for a stopped Function App.
-    #[error("stopped (403 {0})")]
-    Stopped(String),
+    /// Azure's front end answers 403 "This web app is stopped." (an HTML page) for a stopped
+    /// Function App; the page itself says nothing more, so it is not repeated.
+    #[error("stopped (403: the app is stopped)")]
+    Stopped,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("unreachable: {0}")]
@@ -222,7 +223,7 @@ impl Fleet {
                     .take(MAX_ERROR_TEXT)
                     .collect();
                 if status == 403 && text.to_ascii_lowercase().contains("stopped") {
-                    Err(NodeError::Stopped(text))
+                    Err(NodeError::Stopped)
                 } else {
                     Err(NodeError::Status(status, text))
                 }
