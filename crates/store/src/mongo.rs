@@ -183,11 +183,18 @@ fn code(e: &mongodb::error::Error) -> Option<i32> {
         ErrorKind::Command(c) => Some(c.code),
         ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
         ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
-        ErrorKind::InsertMany(im) => im
-            .write_errors
-            .as_ref()
-            .and_then(|v| v.first())
-            .map(|w| w.code),
+        // Per-document errors: report the one that decides what to do. Throttling or a
+        // conflict on any document makes the batch worth retrying (the documents that did get
+        // in come back as duplicates then); otherwise the first error.
+        ErrorKind::InsertMany(im) => {
+            let errors = im.write_errors.as_deref().unwrap_or_default();
+            errors
+                .iter()
+                .find(|w| matches!(w.code, TOO_MANY_REQUESTS | WRITE_CONFLICT))
+                .or(errors.first())
+                .map(|w| w.code)
+                .or(im.write_concern_error.as_ref().map(|w| w.code))
+        }
         _ => None,
     }
 }
