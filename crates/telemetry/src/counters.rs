@@ -6,7 +6,6 @@
 //! never disagree.
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::ObservableCounter;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +23,6 @@ pub struct Counters {
 struct Inner {
     names: Vec<&'static str>,
     values: Vec<AtomicU64>,
-    // Held so the observable instruments live as long as the counters.
-    _instruments: Vec<ObservableCounter<u64>>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -49,29 +46,25 @@ impl Counters {
             .collect();
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
             let meter = opentelemetry::global::meter("saldo");
-            let instruments = names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| {
-                    let weak = weak.clone();
-                    let attributes = attributes.clone();
-                    meter
-                        .u64_observable_counter(format!("{prefix}.{name}"))
-                        .with_callback(move |observer| {
-                            // Weak: the meter provider keeps callbacks alive; they must not keep
-                            // the counters alive in turn.
-                            if let Some(inner) = weak.upgrade() {
-                                observer
-                                    .observe(inner.values[i].load(Ordering::Relaxed), &attributes);
-                            }
-                        })
-                        .build()
-                })
-                .collect();
+            // The callbacks live as long as the meter provider (the returned instrument is only
+            // a marker), so nothing needs to be kept here.
+            for (i, name) in names.iter().enumerate() {
+                let weak = weak.clone();
+                let attributes = attributes.clone();
+                let _marker = meter
+                    .u64_observable_counter(format!("{prefix}.{name}"))
+                    .with_callback(move |observer| {
+                        // Weak: the meter provider keeps callbacks alive; they must not keep the
+                        // counters alive in turn.
+                        if let Some(inner) = weak.upgrade() {
+                            observer.observe(inner.values[i].load(Ordering::Relaxed), &attributes);
+                        }
+                    })
+                    .build();
+            }
             Inner {
                 names: names.to_vec(),
                 values,
-                _instruments: instruments,
             }
         });
         Counters { inner }
@@ -113,6 +106,34 @@ impl Counters {
             .zip(&self.inner.values)
             .map(|(n, v)| (n.to_string(), v.load(Ordering::Relaxed)))
             .collect()
+    }
+}
+
+/// Exports counters kept elsewhere (e.g. a struct of `AtomicU64`s) as OpenTelemetry metrics
+/// named `<prefix>.<name>`, one per key of `snapshot()` at the time of this call; each export
+/// calls `snapshot` again for the values. Call once, after [`crate::init`]; without a connection
+/// string it does nothing.
+pub fn export_counters<F>(prefix: &str, attributes: &[(&str, &str)], snapshot: F)
+where
+    F: Fn() -> BTreeMap<String, u64> + Send + Sync + 'static,
+{
+    let snapshot = Arc::new(snapshot);
+    let attributes: Vec<KeyValue> = attributes
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string()))
+        .collect();
+    let meter = opentelemetry::global::meter("saldo");
+    for name in snapshot().into_keys() {
+        let snapshot = snapshot.clone();
+        let attributes = attributes.clone();
+        let _marker = meter
+            .u64_observable_counter(format!("{prefix}.{name}"))
+            .with_callback(move |observer| {
+                if let Some(v) = snapshot().get(&name) {
+                    observer.observe(*v, &attributes);
+                }
+            })
+            .build();
     }
 }
 

@@ -26,7 +26,7 @@ pub mod http;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use counters::Counters;
+pub use counters::{Counters, export_counters};
 
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};

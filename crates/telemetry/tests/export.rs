@@ -71,6 +71,10 @@ fn exports_one_trace_to_application_insights() {
     counters.incr("received");
     counters.add("received", 2);
     tracing::warn!(node = "westeurope", "started outside any span");
+    // Counters kept by the caller, exported by name.
+    saldo_telemetry::export_counters("saldo.kept", &[("region", "westeurope")], || {
+        [("takenOver".to_string(), 7u64)].into_iter().collect()
+    });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
