@@ -55,6 +55,9 @@ pub async fn trace_requests(req: Request, next: Next) -> Response {
         http.request.header.host = host.as_deref(),
         http.response.status_code = Empty,
         faas.invocation_id = invocation.as_deref(),
+        // Filled in by handlers that learn which transaction the request is about:
+        // `tracing::Span::current().record("transaction", id)` (see `record_transaction`).
+        transaction = Empty,
     );
     let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     if opentelemetry::trace::TraceContextExt::span(&parent)
@@ -75,6 +78,13 @@ pub async fn trace_requests(req: Request, next: Next) -> Response {
         span.record("otel.status_code", "error");
     }
     response
+}
+
+/// Notes on the current request span (from [`trace_requests`]) which transaction the request is
+/// about, so the Application Insights request carries it as a property. Harmless elsewhere: a span
+/// without a `transaction` field ignores it.
+pub fn record_transaction(transaction: &str) {
+    tracing::Span::current().record("transaction", transaction);
 }
 
 /// Adds the current trace context (`traceparent`, and `tracestate` if any) to an outgoing request.

@@ -36,6 +36,7 @@ async fn item(
     axum::extract::State(base): axum::extract::State<String>,
 ) -> String {
     let own = current_traceparent().unwrap_or_default();
+    http::record_transaction(&id);
     tracing::info!(transaction = %id, "handling purchase");
     let downstream = http::send(reqwest::Client::new().get(format!("{base}/api/echo")))
         .await
@@ -169,6 +170,7 @@ fn exports_one_trace_to_application_insights() {
         Some("GET /api/items/{id}")
     );
     assert_eq!(property(upstream, "faas.invocation_id"), Some("inv-1"));
+    assert_eq!(property(upstream, "transaction"), Some("tx-42"));
     assert_eq!(upstream["data"]["baseData"]["responseCode"], "200");
     // The error logged while handling marks the request failed.
     assert_eq!(upstream["data"]["baseData"]["success"], false);
