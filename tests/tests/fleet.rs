@@ -16,6 +16,7 @@ async fn stack() -> TestStack {
     s.wait_for_catalogue()
         .await
         .expect("the catalogue is seeded");
+    s.wait_for_fleet().await.expect("the fleet knows itself");
     s
 }
 
@@ -117,6 +118,10 @@ async fn the_owner_stopped_before_executing_is_replaced_within_the_deadline() {
     .await
     .unwrap();
     let outcome = s.outcome(tx).await.unwrap();
+    println!(
+        "replaced after {:?} (takeover deadline 1.5 s): {outcome}",
+        started.elapsed()
+    );
     assert_eq!(outcome["status"], "completed");
     assert_eq!(
         outcome["executedBy"],
@@ -124,10 +129,6 @@ async fn the_owner_stopped_before_executing_is_replaced_within_the_deadline() {
         "the next in line executes"
     );
     assert_eq!(outcome["takeover"], true);
-    println!(
-        "replaced after {:?} (takeover deadline 1.5 s)",
-        started.elapsed()
-    );
     assert_eq!(s.stock(ORANGE).await.unwrap(), 22);
     // When the owner returns it learns the outcome instead of executing again.
     s.region(&owner, "start").await.unwrap();

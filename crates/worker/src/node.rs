@@ -257,6 +257,11 @@ pub struct Node<S, C, B, P> {
     /// Peers as last heard (write-through cache of `peers_<node>`), so ranking a delivery's
     /// commands costs no database round trip.
     peers: RwLock<BTreeMap<String, PeerRecord>>,
+    /// The newest heartbeat heard from each peer: (its `started_at`, its `timestamp`), both on
+    /// that peer's clock. Event Grid reorders and redelivers, so a heartbeat older than one
+    /// already heard is ignored: a late "not ready yet" from a peer's start-up must not hide a
+    /// live peer, and a late copy must not make a dead one look live.
+    newest_heartbeat: std::sync::Mutex<BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)>>,
 }
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
@@ -275,6 +280,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             ready: AtomicBool::new(false),
             sweeps: AtomicU64::new(0),
             peers: RwLock::new(BTreeMap::new()),
+            newest_heartbeat: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -318,6 +324,21 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
 
     fn rank(&self, transaction: &str, live: &[String]) -> usize {
         rank_of(transaction, &self.cfg.node, live.iter().map(String::as_str))
+    }
+
+    /// True (and remembered) when `h` is newer than every heartbeat heard from its node: a later
+    /// process (`started_at`), or a later beat of the same process. Both compared values come
+    /// from the sender's own clock.
+    fn is_newest_heartbeat(&self, h: &Heartbeat) -> bool {
+        let mut newest = self.newest_heartbeat.lock().expect("heartbeat lock");
+        let this = (h.started_at, h.timestamp);
+        match newest.get(&h.node) {
+            Some(seen) if *seen >= this => false,
+            _ => {
+                newest.insert(h.node.clone(), this);
+                true
+            }
+        }
     }
 
     async fn remember_peer(&self, peer: PeerRecord) -> Result<(), StoreError> {
@@ -437,7 +458,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         // 3. Heartbeats: liveness on *our* clock.
         for h in &heartbeats {
-            self.remember_peer(peer_from_heartbeat(h, now)).await?;
+            if self.is_newest_heartbeat(h) {
+                self.remember_peer(peer_from_heartbeat(h, now)).await?;
+            }
         }
         // 4. Acknowledged from here on. Execute what we own at rank 0; a failure here is not
         //    the delivery's failure (the sweep retries).
