@@ -303,17 +303,32 @@ impl TestStack {
     /// rankings are the same on every node.
     pub async fn wait_for_fleet(&self) -> Result<()> {
         let n = self.manifest().nodes.len();
-        wait_for(Duration::from_secs(60), "every node to see every peer live", || async {
-            for node in &self.manifest().nodes {
-                let v: serde_json::Value =
-                    self.http.get(format!("{}/api/status", node.url)).send().await.ok()?.json().await.ok()?;
-                let live = v["peers"].as_array()?.iter().filter(|p| p["live"] == true).count();
-                if live + 1 < n {
-                    return None;
+        wait_for(
+            Duration::from_secs(60),
+            "every node to see every peer live",
+            || async {
+                for node in &self.manifest().nodes {
+                    let v: serde_json::Value = self
+                        .http
+                        .get(format!("{}/api/status", node.url))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    let live = v["peers"]
+                        .as_array()?
+                        .iter()
+                        .filter(|p| p["live"] == true)
+                        .count();
+                    if live + 1 < n {
+                        return None;
+                    }
                 }
-            }
-            Some(())
-        })
+                Some(())
+            },
+        )
         .await
     }
 
