@@ -130,20 +130,23 @@ impl TestStack {
         Ok(client.database(&m.database))
     }
 
-    /// POSTs to a host's control endpoint, as `saldo region stop|start` does.
+    /// Stops (`"stop"`) or starts (`"start"`) a region's app, as `saldo region stop|start` does.
     pub async fn region(&self, region: &str, verb: &str) -> Result<()> {
-        let node = self.manifest().node(region).context("unknown region")?;
-        let resp = self
-            .http
-            .post(format!("{}/admin/host/{verb}", node.url))
-            .header("x-functions-key", &node.master_key)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("{verb} {region}: {}", resp.status());
-        }
-        Ok(())
+        let action = match verb {
+            "stop" => saldo_stack::manifest::HostAction::Stop,
+            "start" => saldo_stack::manifest::HostAction::Start,
+            other => bail!("unknown host action {other}"),
+        };
+        self.manifest().require_node(region)?.control(action).await
+    }
+
+    /// Starts the default test stack and waits until the catalogue is seeded and every node
+    /// sees its peers (so that rankings agree).
+    pub async fn ready() -> Result<TestStack> {
+        let s = TestStack::start(Options::default()).await?;
+        s.wait_for_catalogue().await?;
+        s.wait_for_fleet().await?;
+        Ok(s)
     }
 
     /// GET a JSON document from the API.

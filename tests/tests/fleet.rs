@@ -3,21 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use saldo_tests::{Options, TestStack, command, wait_for};
+use saldo_tests::{TestStack, command, wait_for};
 use serde_json::{Value, json};
 
 const ORANGE: u64 = 1; // seeded with 25
 const MANGO: u64 = 6; // seeded with 3
 
 async fn stack() -> TestStack {
-    let s = TestStack::start(Options::default())
+    TestStack::ready()
         .await
-        .expect("the stack starts");
-    s.wait_for_catalogue()
-        .await
-        .expect("the catalogue is seeded");
-    s.wait_for_fleet().await.expect("the fleet knows itself");
-    s
+        .expect("the stack starts, seeded, every node seeing its peers")
 }
 
 /// Waits until every region's ledger holds `tx` with the same outcome as the API reports, and

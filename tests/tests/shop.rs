@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use saldo_tests::{Options, TestStack, wait_for};
+use saldo_tests::{TestStack, wait_for};
 use serde_json::{Value, json};
 
 fn principal(roles: &[&str]) -> String {
@@ -15,13 +15,9 @@ fn principal(roles: &[&str]) -> String {
 }
 
 async fn stack() -> TestStack {
-    let s = TestStack::start(Options::default())
+    TestStack::ready()
         .await
-        .expect("the stack starts");
-    s.wait_for_catalogue()
-        .await
-        .expect("the catalogue is seeded");
-    s
+        .expect("the stack starts, seeded, every node seeing its peers")
 }
 
 async fn post_order(s: &TestStack, key: &str, body: Value) -> (u16, Value) {

@@ -16,6 +16,7 @@ use saldo_core::events::{
 };
 use saldo_publish::{Auth, Publisher};
 use saldo_stack::Manifest;
+use saldo_stack::manifest::HostAction;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -266,28 +267,13 @@ async fn wait_done(ctx: &Ctx, tx: &str) -> Result<String> {
     }
 }
 
-async fn host(ctx: &Ctx, region: &str, verb: &str) -> Result<()> {
-    let node = ctx
-        .m
-        .node(region)
-        .with_context(|| format!("unknown region {region}"))?;
-    let resp = ctx
-        .http
-        .post(format!("{}/admin/host/{verb}", node.url))
-        .header("x-functions-key", &node.master_key)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("{verb} {region}: {}", resp.status());
-    }
-    Ok(())
-}
-
 /// Stops a region, buys while it is down (the others must take its share over), starts it again
 /// and times until its ledger holds every one of those purchases.
 async fn takeover(ctx: &Arc<Ctx>, region: &str, n: u32) -> Result<()> {
-    host(ctx, region, "stop").await?;
+    ctx.m
+        .require_node(region)?
+        .control(HostAction::Stop)
+        .await?;
     let started = Instant::now();
     let mut ids = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -315,7 +301,10 @@ async fn takeover(ctx: &Arc<Ctx>, region: &str, n: u32) -> Result<()> {
     }
     let elsewhere = started.elapsed();
     let restarted = Instant::now();
-    host(ctx, region, "start").await?;
+    ctx.m
+        .require_node(region)?
+        .control(HostAction::Start)
+        .await?;
     let node = ctx.m.node(region).expect("checked above");
     let deadline = Instant::now() + ctx.timeout;
     for tx in &ids {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use saldo_stack::config::{Ports, StackConfig, find_repo};
+use saldo_stack::manifest::HostAction;
 use saldo_stack::{Manifest, Stack};
 
 #[derive(Parser)]
@@ -275,35 +276,11 @@ async fn down(root: &std::path::Path) -> Result<ExitCode> {
 
 async fn region(root: &std::path::Path, action: RegionAction) -> Result<ExitCode> {
     let m = Manifest::load(root)?;
-    let (verb, region) = match &action {
-        RegionAction::Stop { region } => ("stop", region),
-        RegionAction::Start { region } => ("start", region),
+    let (act, region, done) = match &action {
+        RegionAction::Stop { region } => (HostAction::Stop, region, "stopped"),
+        RegionAction::Start { region } => (HostAction::Start, region, "started"),
     };
-    let Some(node) = m.node(region) else {
-        let known: Vec<&str> = m.nodes.iter().map(|n| n.region.as_str()).collect();
-        bail!(
-            "unknown region {region:?}; the stack runs: {}",
-            known.join(", ")
-        );
-    };
-    let resp = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?
-        .post(format!("{}/admin/host/{verb}", node.url))
-        .header("x-functions-key", &node.master_key)
-        .send()
-        .await
-        .with_context(|| format!("reaching the {region} host"))?;
-    if !resp.status().is_success() {
-        bail!(
-            "{verb} {region} failed ({}): {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-    }
-    println!(
-        "saldo: region {region} {}",
-        if verb == "stop" { "stopped" } else { "started" }
-    );
+    m.require_node(region)?.control(act).await?;
+    println!("saldo: region {region} {done}");
     Ok(ExitCode::SUCCESS)
 }

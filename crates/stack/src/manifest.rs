@@ -107,3 +107,52 @@ impl Manifest {
             .find(|n| n.region == region || n.name == region)
     }
 }
+
+impl Manifest {
+    /// The node of `region`, or an error that lists the regions the stack runs.
+    pub fn require_node(&self, region: &str) -> Result<&NodeEntry> {
+        self.node(region).with_context(|| {
+            let known: Vec<&str> = self.nodes.iter().map(|n| n.region.as_str()).collect();
+            format!(
+                "unknown region {region:?}; the stack runs: {}",
+                known.join(", ")
+            )
+        })
+    }
+}
+
+/// What the Functions host stand-in's control endpoint can do to an app, as Azure stops and
+/// starts a Function App.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAction {
+    Stop,
+    Start,
+}
+
+impl NodeEntry {
+    /// Stops or starts this region's app (`POST /admin/host/stop|start` with the master key).
+    /// Starting waits until the handler is ready again.
+    pub async fn control(&self, action: HostAction) -> Result<()> {
+        let verb = match action {
+            HostAction::Stop => "stop",
+            HostAction::Start => "start",
+        };
+        let resp = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?
+            .post(format!("{}/admin/host/{verb}", self.url))
+            .header("x-functions-key", &self.master_key)
+            .send()
+            .await
+            .with_context(|| format!("reaching the {} host", self.region))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            anyhow::bail!(
+                "{verb} {} failed ({status}): {}",
+                self.region,
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
