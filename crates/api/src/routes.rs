@@ -313,6 +313,7 @@ where
             Err(ApiError::IdempotencyKeyReused(key.to_string()))
         }
     };
+    saldo_telemetry::http::record_transaction(&tx);
     let (record, replayed) = match s.store.get(&tx).await? {
         Some(r) => (same_request(r)?, true),
         None => {

@@ -169,9 +169,8 @@ impl Publisher {
                 format!("Bearer {}", self.entra_token(mi).await?),
             ),
         };
-        let req = saldo_telemetry::http::inject(req);
-        let resp = req
-            .send()
+        // A client span: the publish shows as a dependency of the purchase's trace.
+        let resp = saldo_telemetry::http::send(req)
             .await
             .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         let status = resp.status();

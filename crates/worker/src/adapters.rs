@@ -41,8 +41,7 @@ impl HttpPeers {
         if let Some(k) = &self.key {
             req = req.header("x-functions-key", k);
         }
-        let resp = saldo_telemetry::http::inject(req)
-            .send()
+        let resp = saldo_telemetry::http::send(req)
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
         let status = resp.status();

@@ -55,7 +55,14 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("bind 127.0.0.1:{port}"))?;
     let port = listener.local_addr()?.port();
     let settings = Settings::from_env(port)?;
-    let _telemetry = saldo_telemetry::init("saldo-worker", &settings.config.node);
+    // Role instance: the node and its region (one name when they are the same, as locally).
+    let (node_name, region) = (&settings.config.node, &settings.config.region);
+    let instance = if node_name == region {
+        node_name.clone()
+    } else {
+        format!("{node_name}@{region}")
+    };
+    let _telemetry = saldo_telemetry::init("saldo-worker", &instance);
     let store = MongoStore::connect(
         &settings.mongodb_uri,
         &settings.database,
@@ -73,6 +80,16 @@ async fn main() -> anyhow::Result<()> {
         bus,
         peers,
     ));
+    // The node's counters, as Application Insights metrics (they stay where they are kept).
+    let counted = node.clone();
+    saldo_telemetry::export_counters(
+        "saldo.worker",
+        &[
+            ("node", settings.config.node.as_str()),
+            ("region", settings.config.region.as_str()),
+        ],
+        move || counted.counters_snapshot(),
+    );
 
     // Start-up in the background: the host wants the port answering within seconds, and an
     // unreachable database must not keep the process from answering (it answers 503).
@@ -122,7 +139,15 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(node = %settings.config.node, region = %settings.config.region, port, "saldo-worker listening");
     axum::serve(listener, saldo_worker::http::app(node))
         .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+            // Ctrl-C, or SIGTERM (what the Functions host sends): a graceful stop lets the
+            // telemetry guard flush its last batch.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         })
         .await?;
     Ok(())

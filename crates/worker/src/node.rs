@@ -434,6 +434,24 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .collect();
         inc(&self.counters.received, new.len());
         inc(&self.counters.duplicates, commands.len() - new.len());
+        // One span per command, a child of the API's request (trace context from
+        // `data.traceparent`), so that each region's receipt shows in the purchase's trace.
+        for (c, r) in commands.iter().zip(&inserted) {
+            let span = tracing::info_span!(
+                "recordUpdated",
+                otel.kind = "consumer",
+                transaction = %c.transaction,
+                node = %self.cfg.node,
+                region = %self.cfg.region,
+                duplicate = *r == Inserted::Duplicate,
+            );
+            saldo_telemetry::set_parent_with_state(
+                &span,
+                c.command.traceparent.as_deref(),
+                c.command.tracestate.as_deref(),
+            );
+            span.in_scope(|| tracing::info!("command recorded"));
+        }
         // 2. Peers' outcomes. Our own come back to us too (one topic): they are in our ledger
         //    already, because the outbox records before it publishes, so skip them.
         let mut outcomes = 0;
@@ -452,7 +470,26 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 at: c.timestamp,
                 takeover: c.takeover,
             };
-            if self.record(&c.transaction, &outcome, true, now).await? == Recorded::New {
+            // The peer's record of the outcome joins the purchase's trace too.
+            let span = tracing::info_span!(
+                "transactionCompleted",
+                otel.kind = "consumer",
+                transaction = %c.transaction,
+                node = %self.cfg.node,
+                region = %self.cfg.region,
+                executor = %c.node,
+            );
+            saldo_telemetry::set_parent_with_state(
+                &span,
+                c.traceparent.as_deref(),
+                c.tracestate.as_deref(),
+            );
+            let recorded = self
+                .record(&c.transaction, &outcome, true, now)
+                .instrument(span.clone())
+                .await?;
+            if recorded == Recorded::New {
+                span.in_scope(|| tracing::info!(status = ?c.status, "peer's outcome recorded"));
                 outcomes += 1;
             }
         }
@@ -529,9 +566,20 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         command: &Command,
         rank: usize,
     ) -> Result<Option<(String, OutcomeRecord, Option<String>, Option<String>)>, StoreError> {
-        let span = tracing::info_span!("execute", transaction = tx, node = %self.cfg.node, rank);
-        saldo_telemetry::set_parent(&span, command.traceparent.as_deref());
-        async {
+        let span = tracing::info_span!(
+            "execute",
+            otel.kind = "consumer",
+            transaction = tx,
+            node = %self.cfg.node,
+            region = %self.cfg.region,
+            rank
+        );
+        saldo_telemetry::set_parent_with_state(
+            &span,
+            command.traceparent.as_deref(),
+            command.tracestate.as_deref(),
+        );
+        let result = async {
             let now = self.clock.now();
             let ex = self.store.execute(tx, &command.products, &self.cfg.region, rank > 0, now).await?;
             if ex.fresh {
@@ -551,8 +599,14 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             let traceparent = saldo_telemetry::current_traceparent().or_else(|| command.traceparent.clone());
             Ok(ours.then(|| (tx.to_string(), ex.outcome, traceparent, command.tracestate.clone())))
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        if let Err(e) = &result {
+            // Inside the execution's span, so the failure is an exception of this purchase's
+            // trace (Application Insights), not a loose log line.
+            span.in_scope(|| tracing::error!(error = %e, "execution failed"));
+        }
+        result
     }
 
     /// Publishes completions in one batch, then marks them published.
