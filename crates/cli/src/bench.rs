@@ -8,12 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use chrono::Utc;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use saldo_core::events::{
-    DATA_VERSION, EventGridEvent, ProductLine, RECORD_UPDATED, RecordUpdated,
-};
 use saldo_publish::{Auth, Publisher};
 use saldo_stack::Manifest;
 use saldo_stack::manifest::HostAction;
@@ -133,30 +129,13 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
 async fn restock(ctx: &Ctx) -> Result<()> {
     let topic = ctx.m.topic.as_ref().context("the stack runs no topic")?;
     let id = format!("bench-restock-{}", uuid::Uuid::new_v4());
-    let event = EventGridEvent {
-        id: id.clone(),
-        event_type: RECORD_UPDATED.into(),
-        subject: "warehouse/products/bench".into(),
-        event_time: Utc::now(),
-        data: RecordUpdated {
-            transaction: Some(id.clone()),
-            products: BENCH_PRODUCTS
-                .iter()
-                .map(|&p| ProductLine {
-                    id: p,
-                    ean: 900_000 + p,
-                    name: format!("Bench item {p}"),
-                    saldo: Some(BENCH_STOCK),
-                    change: None,
-                })
-                .collect(),
-            traceparent: None,
-            tracestate: None,
-        },
-        data_version: DATA_VERSION.into(),
-        metadata_version: None,
-        topic: None,
-    };
+    let event = saldo_stack::seed::set_quantities(
+        &id,
+        "warehouse/products/bench",
+        BENCH_PRODUCTS
+            .iter()
+            .map(|&p| (p, 900_000 + p, format!("Bench item {p}"), BENCH_STOCK)),
+    );
     Publisher::new(topic.endpoint.clone(), Auth::Key(topic.key.clone()))
         .publish(&[event])
         .await?;

@@ -27,19 +27,35 @@ pub const CATALOGUE: [(u64, u64, &str, i64); 6] = [
 ];
 
 pub fn seed_event() -> EventGridEvent<RecordUpdated> {
+    set_quantities(
+        SEED_TRANSACTION,
+        "warehouse/products/seed",
+        CATALOGUE
+            .iter()
+            .map(|&(id, ean, name, saldo)| (id, ean, name.to_string(), saldo)),
+    )
+}
+
+/// A `recordUpdated` command setting absolute quantities: `(id, ean, name, saldo)` per product.
+/// The transaction id is the event id.
+pub fn set_quantities(
+    transaction: &str,
+    subject: &str,
+    products: impl IntoIterator<Item = (u64, u64, String, i64)>,
+) -> EventGridEvent<RecordUpdated> {
     EventGridEvent {
-        id: SEED_TRANSACTION.into(),
+        id: transaction.into(),
         event_type: RECORD_UPDATED.into(),
-        subject: "warehouse/products/seed".into(),
+        subject: subject.into(),
         event_time: Utc::now(),
         data: RecordUpdated {
-            transaction: Some(SEED_TRANSACTION.into()),
-            products: CATALOGUE
-                .iter()
-                .map(|&(id, ean, name, saldo)| ProductLine {
+            transaction: Some(transaction.into()),
+            products: products
+                .into_iter()
+                .map(|(id, ean, name, saldo)| ProductLine {
                     id,
                     ean,
-                    name: name.into(),
+                    name,
                     saldo: Some(saldo),
                     change: None,
                 })
