@@ -243,6 +243,9 @@ pub fn completion_event(
     }
 }
 
+/// A heartbeat's place in its sender's history: (the sender's `started_at`, its `timestamp`).
+type HeartbeatStamp = (DateTime<Utc>, DateTime<Utc>);
+
 /// One regional worker node. `S`: store, `C`: clock, `B`: bus, `P`: peer client.
 pub struct Node<S, C, B, P> {
     pub cfg: Config,
@@ -261,7 +264,7 @@ pub struct Node<S, C, B, P> {
     /// that peer's clock. Event Grid reorders and redelivers, so a heartbeat older than one
     /// already heard is ignored: a late "not ready yet" from a peer's start-up must not hide a
     /// live peer, and a late copy must not make a dead one look live.
-    newest_heartbeat: std::sync::Mutex<BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)>>,
+    newest_heartbeat: std::sync::Mutex<BTreeMap<String, HeartbeatStamp>>,
 }
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
