@@ -175,6 +175,43 @@ async fn reads_fail_over_and_the_fleet_shows_a_stopped_region() {
 }
 
 #[tokio::test]
+async fn the_fleet_lists_recent_transactions_with_who_recorded_and_executed_them() {
+    let s = stack().await;
+    let a = s.order(json!([{"id": 2, "quantity": 1}])).await.unwrap();
+    let b = s.order(json!([{"id": 3, "quantity": 1}])).await.unwrap();
+    s.outcome(&a).await.unwrap();
+    s.outcome(&b).await.unwrap();
+    let list = wait_for(
+        Duration::from_secs(30),
+        "both purchases in the listing",
+        || async {
+            let (status, v) = s.get_json("/api/transactions?limit=10").await.ok()?;
+            let txs = v["transactions"].as_array()?.clone();
+            let done = |id: &str| {
+                txs.iter().any(|t| {
+                    t["transaction"] == id
+                        && t["status"] == "completed"
+                        && t["nodes"]
+                            .as_array()
+                            .is_some_and(|n| n.iter().all(|n| n["state"] == "completed"))
+                })
+            };
+            (status == 200 && done(&a) && done(&b)).then_some(txs)
+        },
+    )
+    .await
+    .unwrap();
+    let pos = |id: &str| list.iter().position(|t| t["transaction"] == id).unwrap();
+    assert!(pos(&b) < pos(&a), "newest first");
+    assert!(
+        list.iter().all(|t| t["executedBy"].is_string()),
+        "who executed each"
+    );
+    let (status, _) = s.get_json("/api/transactions?limit=0").await.unwrap();
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
 async fn the_openapi_document_lists_every_route() {
     let s = stack().await;
     let (status, doc) = s.get_json("/api/openapi.json").await.unwrap();
@@ -183,6 +220,7 @@ async fn the_openapi_document_lists_every_route() {
         "/api/products",
         "/api/products/{id}",
         "/api/orders",
+        "/api/transactions",
         "/api/transactions/{id}",
         "/api/nodes",
     ] {

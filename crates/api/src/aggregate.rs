@@ -385,3 +385,51 @@ mod tests {
         assert_eq!(f.nodes[0].counters["received"], 3);
     }
 }
+
+/// `GET /api/transactions`: the newest transactions the fleet knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentView {
+    /// Newest first (by the first moment any node recorded it).
+    pub transactions: Vec<TransactionView>,
+}
+
+/// Each node's newest ledger entries, merged into one view per transaction (the same view as
+/// `GET /api/transactions/{id}`), newest first, at most `limit`. A node that could not be asked
+/// is `unreachable` in every transaction's node list; one that answered without a transaction
+/// simply has not recorded it (yet, or among its newest entries).
+pub fn recent(
+    pages: &[(String, Result<Vec<LedgerEntryView>, String>)],
+    limit: usize,
+) -> RecentView {
+    let mut ids: Vec<String> = Vec::new();
+    for (_, page) in pages {
+        for e in page.iter().flatten() {
+            if !ids.contains(&e.transaction) {
+                ids.push(e.transaction.clone());
+            }
+        }
+    }
+    let mut views: Vec<TransactionView> = ids
+        .iter()
+        .filter_map(|id| {
+            let answers: Vec<LedgerAnswer> = pages
+                .iter()
+                .map(|(url, page)| {
+                    let r = page
+                        .as_ref()
+                        .map(|entries| entries.iter().find(|e| &e.transaction == id).cloned())
+                        .map_err(Clone::clone);
+                    (url.clone(), r)
+                })
+                .collect();
+            transaction(id, &answers, None)
+        })
+        .collect();
+    let first_seen = |v: &TransactionView| v.nodes.iter().filter_map(|n| n.recorded_at).min();
+    views.sort_by_key(|v| std::cmp::Reverse(first_seen(v)));
+    views.truncate(limit);
+    RecentView {
+        transactions: views,
+    }
+}

@@ -10,14 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, body::Bytes};
 use chrono::Utc;
 use saldo_core::events::{EventGridEvent, MAX_ID_LEN, ProductLine, RecordUpdated};
-use saldo_core::views::{LedgerEntryView, NodeStatusView, ProductView};
+use saldo_core::views::{LedgerEntryView, LedgerPage, NodeStatusView, ProductView};
 use saldo_publish::PublishError;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
-use crate::aggregate::{self, Accepted, FleetView, Status, TransactionView};
+use crate::aggregate::{self, Accepted, FleetView, RecentView, Status, TransactionView};
 use crate::commands::{self, Intent, OrderRequest, SetSaldoRequest};
 use crate::error::{ApiError, ErrorBody, invalid};
 use crate::fleet::{Answer, Auth, NodeError};
@@ -55,6 +55,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_product, put_product))
         .routes(routes!(post_order))
         .routes(routes!(get_transaction))
+        .routes(routes!(list_transactions))
         .routes(routes!(get_nodes))
         .routes(routes!(get_openapi))
 }
@@ -371,6 +372,63 @@ where
             .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// Upper bound on `GET /api/transactions?limit=`.
+const MAX_RECENT: usize = 100;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct RecentQuery {
+    /// How many transactions (1 to 100, default 20).
+    limit: Option<usize>,
+}
+
+/// The newest transactions across the fleet: who recorded each, who executed it, takeovers.
+#[utoipa::path(get, path = "/api/transactions", tag = "fleet",
+    params(RecentQuery),
+    responses(
+        (status = 200, description = "Newest first", body = RecentView),
+        (status = 400, description = "A bad limit", body = ErrorBody),
+        (status = 503, description = "No node could be asked", body = ErrorBody)))]
+async fn list_transactions(
+    State(s): State<AppState>,
+    query: Result<axum::extract::Query<RecentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Ok(axum::extract::Query(q)) = query else {
+        return Err(invalid(
+            "limit",
+            format!("must be a whole number from 1 to {MAX_RECENT}"),
+        ));
+    };
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=MAX_RECENT).contains(&limit) {
+        return Err(invalid("limit", format!("must be from 1 to {MAX_RECENT}")));
+    }
+    let path = format!("/api/ledger?recent={limit}");
+    let pages: Vec<(String, Result<Vec<LedgerEntryView>, String>)> = s
+        .fleet
+        .ask_all::<LedgerPage>(&path, Auth::FleetKey)
+        .await
+        .into_iter()
+        .map(|(url, r)| {
+            let r = match r {
+                Ok(Answer::Found(page)) => Ok(page.entries),
+                Ok(Answer::NotFound) => Err("no ledger".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (url, r)
+        })
+        .collect();
+    if pages.iter().all(|(_, r)| r.is_err()) {
+        return Err(ApiError::NoNodeAvailable(
+            pages
+                .iter()
+                .map(|(u, r)| format!("{u}: {}", r.as_ref().err().unwrap()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
+    Ok(Json(aggregate::recent(&pages, limit)).into_response())
 }
 
 /// A transaction's status across the fleet.

@@ -703,6 +703,7 @@ async fn the_openapi_document_lists_every_route() {
         ("/api/products/{id}", "get"),
         ("/api/products/{id}", "put"),
         ("/api/orders", "post"),
+        ("/api/transactions", "get"),
         ("/api/transactions/{id}", "get"),
         ("/api/nodes", "get"),
         ("/api/openapi.json", "get"),
@@ -752,5 +753,5 @@ async fn the_openapi_document_lists_every_route() {
             "{method} {path}: {body}"
         );
     }
-    assert_eq!(saldo_api::openapi().paths.paths.len(), 6);
+    assert_eq!(saldo_api::openapi().paths.paths.len(), 7);
 }

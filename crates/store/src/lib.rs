@@ -102,6 +102,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LedgerEntry>>> + Send;
 
+    /// The newest `limit` entries of this ledger, newest first (the fleet page's timeline).
+    fn recent(&self, limit: usize) -> impl Future<Output = Result<Vec<LedgerEntry>>> + Send;
+
     // --- this node's view of its peers ---
 
     fn upsert_peer(&self, peer: &PeerRecord) -> impl Future<Output = Result<()>> + Send;

@@ -320,6 +320,19 @@ impl Store for MemStore {
         })
     }
 
+    async fn recent(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
+        self.op("recent", |db, node| {
+            let mut v: Vec<LedgerEntry> = db
+                .ledgers
+                .get(node)
+                .map(|l| l.entries.values().cloned().collect())
+                .unwrap_or_default();
+            v.sort_by_key(|e| std::cmp::Reverse(e.seq));
+            v.truncate(limit.min(MAX_PAGE));
+            Ok(v)
+        })
+    }
+
     async fn upsert_peer(&self, peer: &PeerRecord) -> Result<()> {
         self.op("upsert_peer", |db, node| {
             db.peers

@@ -722,6 +722,17 @@ impl Store for MongoStore {
         .await
     }
 
+    async fn recent(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
+        // `seq` is indexed (Cosmos DB sorts only by indexed fields).
+        self.find_ledger(
+            "ledger recent",
+            doc! {},
+            doc! {"seq": -1},
+            limit.min(MAX_PAGE),
+        )
+        .await
+    }
+
     async fn upsert_peer(&self, peer: &PeerRecord) -> Result<()> {
         let mut d = bson::to_document(&PeerDoc::from(peer))
             .map_err(|e| StoreError::Failed(format!("encode peer: {e}")))?;

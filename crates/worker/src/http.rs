@@ -171,6 +171,8 @@ async fn product<S: Store, C: Clock, B: Bus, P: PeerClient>(
 struct PageQuery {
     after: Option<u64>,
     limit: Option<usize>,
+    /// `?recent=N`: the newest N entries, newest first, instead of a feed page.
+    recent: Option<usize>,
 }
 
 async fn ledger<S: Store, C: Clock, B: Bus, P: PeerClient>(
@@ -187,6 +189,12 @@ async fn ledger<S: Store, C: Clock, B: Bus, P: PeerClient>(
         .limit
         .unwrap_or(DEFAULT_PAGE)
         .clamp(1, saldo_store::MAX_PAGE);
+    if let Some(n) = q.recent {
+        return match node.recent(n.clamp(1, saldo_store::MAX_PAGE)).await {
+            Ok(page) => Json(page).into_response(),
+            Err(e) => store_error(e),
+        };
+    }
     match node.feed(q.after.unwrap_or(0), limit).await {
         Ok(page) => Json(page).into_response(),
         Err(e) => store_error(e),

@@ -910,6 +910,18 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         })
     }
 
+    /// The newest entries of this node's ledger, newest first (`next` is 0: not a feed page).
+    pub async fn recent(&self, limit: usize) -> Result<LedgerPage, StoreError> {
+        let entries = self
+            .store
+            .recent(limit.clamp(1, saldo_store::MAX_PAGE))
+            .await?;
+        Ok(LedgerPage {
+            entries: entries.iter().map(|e| e.view(&self.cfg.node)).collect(),
+            next: 0,
+        })
+    }
+
     pub async fn ledger_entry(&self, tx: &str) -> Result<Option<LedgerEntryView>, StoreError> {
         Ok(self
             .store
