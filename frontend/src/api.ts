@@ -34,6 +34,8 @@ export interface Transaction {
   /** True when the executor was not the first-ranked node: it took over from a silent one. */
   takeover: boolean;
   quantities: { id: number; saldo: number }[];
+  /** The command's lines (a purchase has `change`, a warehouse update `saldo`). */
+  lines?: { id: number; name: string; change?: number; saldo?: number }[];
   nodes: NodeRecord[];
 }
 
@@ -224,6 +226,7 @@ export function normalizeTransaction(raw: Record<string, unknown>): Transaction 
     region: t.executedRegion ?? t.region,
     takeover: t.takeover ?? false,
     quantities: Array.isArray(t.quantities) ? t.quantities : [],
+    lines: Array.isArray(t.lines) ? t.lines : [],
     nodes,
   };
 }
@@ -253,6 +256,12 @@ export function normalizeNodes(raw: unknown): NodeHealth[] {
     counters: n.counters ?? {},
     error: n.error,
   }));
+}
+
+/** The fleet's newest transactions, whoever placed them (`GET /api/transactions`). */
+export async function getRecentTransactions(limit: number, signal?: AbortSignal): Promise<Transaction[]> {
+  const raw = await json<{ transactions?: Record<string, unknown>[] }>(`/api/transactions?limit=${limit}`, { signal });
+  return (Array.isArray(raw.transactions) ? raw.transactions : []).map(normalizeTransaction);
 }
 
 export async function getNodes(signal?: AbortSignal): Promise<NodeHealth[]> {

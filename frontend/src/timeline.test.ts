@@ -2,7 +2,7 @@
 // Pure logic: no DOM needed, and the node environment starts much faster than jsdom.
 import { describe, expect, it } from 'vitest';
 import type { NodeHealth, Transaction } from './api';
-import { ago, buildTimeline, fleetChanges, isSettled, parseRecent, plainError, RECENT_LIMIT, remember, txEvent } from './timeline';
+import { ago, buildTimeline, describeLines, fleetChanges, isSettled, parseRecent, plainError, RECENT_LIMIT, remember, txEvent, withFleet } from './timeline';
 import type { RecentTx } from './timeline';
 
 const node = (name: string, up: boolean, ready = up): NodeHealth => ({
@@ -122,5 +122,42 @@ describe('node errors', () => {
     );
     expect(plainError('x'.repeat(500), 20)).toHaveLength(20);
     expect(plainError('connection refused')).toBe('connection refused');
+  });
+});
+
+describe('the fleet\'s transactions', () => {
+  const fleetTx = (id: string, recordedAt: string, lines: Transaction['lines']): Transaction => ({
+    transaction: id,
+    status: 'completed',
+    executedBy: 'westeurope',
+    region: 'westeurope',
+    takeover: false,
+    quantities: [],
+    lines,
+    nodes: [{ node: 'westeurope', url: 'http://we', recordedAt, reachable: true }],
+  });
+
+  it('describes purchases and warehouse updates', () => {
+    expect(describeLines([{ id: 1, name: 'Orange', change: -2 }, { id: 5, name: 'Kiwi', change: -1 }])).toBe('2 × Orange, 1 × Kiwi');
+    expect(describeLines([{ id: 1, name: 'Orange', saldo: 30 }])).toBe('Orange → 30');
+    expect(describeLines(undefined)).toBe('');
+  });
+
+  it('adds what others placed and keeps what this browser knows about its own', () => {
+    const mine = recent('mine', 1_000);
+    const known = new Map<string, Transaction>();
+    const fleet = [
+      fleetTx('mine', '1970-01-01T00:00:01Z', [{ id: 1, name: 'Orange', change: -1 }]),
+      fleetTx('bench', '1970-01-01T00:00:05Z', [{ id: 9001, name: 'Bench item', change: -1 }]),
+      fleetTx('seed', '1970-01-01T00:00:00Z', [{ id: 1, name: 'Orange', saldo: 25 }]),
+    ];
+    const merged = withFleet([mine], known, fleet);
+    expect(merged.recent.map((r) => r.id)).toEqual(['mine', 'bench', 'seed']);
+    expect(merged.recent[0]).toBe(mine);
+    expect(merged.recent[1]).toMatchObject({ kind: 'order', at: 5_000, summary: '1 × Bench item' });
+    expect(merged.recent[2]).toMatchObject({ kind: 'update', summary: 'Orange → 25' });
+    expect(merged.transactions.get('bench')?.executedBy).toBe('westeurope');
+    const timeline = buildTimeline(merged.recent, merged.transactions, []);
+    expect(timeline.map((e) => (e.kind === 'tx' ? e.id : e.kind))).toEqual(['bench', 'mine', 'seed']);
   });
 });

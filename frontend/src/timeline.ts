@@ -138,6 +138,40 @@ export function isSettled(t: Transaction | undefined): boolean {
   return t !== undefined && t.status !== 'pending' && t.nodes.length > 0 && t.nodes.every((n) => n.recordedAt !== undefined);
 }
 
+/** "2 × Orange, 1 × Kiwi" for a purchase, "Orange → 30" for a warehouse update. */
+export function describeLines(lines: Transaction['lines'] = []): string {
+  return lines
+    .map((l) => (l.change !== undefined ? `${Math.abs(l.change)} × ${l.name}` : `${l.name} → ${l.saldo ?? '?'}`))
+    .join(', ');
+}
+
+/**
+ * Adds the transactions the fleet reports (another browser's, `saldo bench`'s, the seed) to the
+ * ones this browser placed, so the timeline shows the whole demo. What this browser knows about
+ * its own transactions (its summary, its latest answer) wins.
+ */
+export function withFleet(
+  recent: readonly RecentTx[],
+  known: ReadonlyMap<string, Transaction>,
+  fleet: readonly Transaction[],
+): { recent: RecentTx[]; transactions: Map<string, Transaction> } {
+  const mine = new Set(recent.map((r) => r.id));
+  const transactions = new Map(known);
+  const others: RecentTx[] = [];
+  for (const t of fleet) {
+    if (!transactions.has(t.transaction)) transactions.set(t.transaction, t);
+    if (mine.has(t.transaction)) continue;
+    const first = Math.min(...t.nodes.map((n) => time(n.recordedAt) ?? Infinity));
+    others.push({
+      id: t.transaction,
+      kind: (t.lines ?? []).length > 0 && (t.lines ?? []).every((l) => l.saldo !== undefined) ? 'update' : 'order',
+      at: Number.isFinite(first) ? first : 0,
+      summary: describeLines(t.lines),
+    });
+  }
+  return { recent: [...recent, ...others], transactions };
+}
+
 /** Newest first, at most `limit` events. */
 export function buildTimeline(
   recent: readonly RecentTx[],

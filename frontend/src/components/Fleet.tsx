@@ -1,14 +1,16 @@
 import { useRef, useState } from 'react';
-import { ApiError, getNodes, getTransaction } from '../api';
+import { ApiError, getNodes, getRecentTransactions, getTransaction } from '../api';
 import type { NodeHealth, Transaction } from '../api';
 import { usePolling } from '../hooks';
-import { ago, buildTimeline, fleetChanges, isSettled, plainError } from '../timeline';
+import { ago, buildTimeline, fleetChanges, isSettled, plainError, withFleet } from '../timeline';
 import type { FleetEvent, RecentTx, TimelineEvent, TxEvent } from '../timeline';
 import { LoadError, PageHeading } from './common';
 import { POLL_MS } from './Catalogue';
 
 /** Transactions followed on this page: the newest few (each poll asks the API about each one). */
 const FOLLOWED = 10;
+/** Transactions the fleet reports, whoever placed them (one read per node per poll). */
+const FLEET_RECENT = 15;
 /** Fleet changes kept for the timeline. */
 const FLEET_EVENTS = 50;
 
@@ -61,8 +63,12 @@ export function Fleet({ recent, forget }: { recent: readonly RecentTx[]; forget:
     return new Map(known.current);
   }, POLL_MS);
 
+  // Everyone's transactions, not only this browser's. A failed poll keeps the last answer.
+  const fleetTxs = usePolling((signal) => getRecentTransactions(FLEET_RECENT, signal), POLL_MS);
+
   const now = nodes.updatedAt ?? Date.now();
-  const timeline = buildTimeline(followed, txs.data ?? new Map(), events, nodes.data);
+  const merged = withFleet(followed, txs.data ?? new Map(), fleetTxs.data ?? []);
+  const timeline = buildTimeline(merged.recent, merged.transactions, events, nodes.data);
 
   return (
     <>
@@ -82,9 +88,9 @@ export function Fleet({ recent, forget }: { recent: readonly RecentTx[]; forget:
         )}
       </section>
       <section aria-labelledby="timeline-heading">
-        <h2 id="timeline-heading">Recent transactions from this browser</h2>
+        <h2 id="timeline-heading">Recent transactions</h2>
         {timeline.length === 0 ? (
-          <p>No transactions from this browser yet. Buy something, or set a quantity in the warehouse.</p>
+          <p>No transactions yet. Buy something, or set a quantity in the warehouse.</p>
         ) : (
           <ol className="timeline" data-testid="timeline">
             {timeline.map((e) => (
