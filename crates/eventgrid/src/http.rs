@@ -19,9 +19,9 @@ use crate::topic::Topic;
 const MAX_MANAGEMENT_BODY: usize = 64 * 1024;
 
 pub fn app(topic: Arc<Topic>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/api/events", axum::routing::post(publish))
+    // The management API and metrics need the topic key: checked once, for every route of this
+    // router, so that no handler can forget it.
+    let management = Router::new()
         .route("/subscriptions", get(list))
         .route(
             "/subscriptions/{name}",
@@ -29,7 +29,16 @@ pub fn app(topic: Arc<Topic>) -> Router {
         )
         .route("/subscriptions/{name}/metrics", get(sub_metrics))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            topic.clone(),
+            require_key,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        // Publishing checks its key itself: a missing api-version is answered first, as Azure does.
+        .route("/api/events", axum::routing::post(publish))
         .route("/eventsubscriptions/{name}/validate", get(validate))
+        .merge(management)
         .fallback(|| async { ApiError::not_found("no such resource on this topic") })
         // Bodies are read with explicit limits below, so the documented 413 body is answered.
         .layer(DefaultBodyLimit::disable())
@@ -57,6 +66,15 @@ fn authorize(topic: &Topic, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiErr
         topic.key(),
         chrono::Utc::now(),
     )
+}
+
+async fn require_key(
+    State(topic): State<Arc<Topic>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    authorize(&topic, req.headers(), req.uri())?;
+    Ok(next.run(req).await)
 }
 
 async fn read_body(
@@ -107,22 +125,14 @@ async fn publish(
     Ok(StatusCode::OK)
 }
 
-async fn list(
-    State(topic): State<Arc<Topic>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&topic, &headers, &uri)?;
+async fn list(State(topic): State<Arc<Topic>>) -> Result<Response, ApiError> {
     Ok(axum::Json(topic.list_subscriptions()).into_response())
 }
 
 async fn get_one(
     State(topic): State<Arc<Topic>>,
     Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&topic, &headers, &uri)?;
     let v = topic
         .get_subscription(&name)
         .ok_or_else(|| ApiError::not_found(format!("no subscription {name:?}")))?;
@@ -132,11 +142,9 @@ async fn get_one(
 async fn put_one(
     State(topic): State<Arc<Topic>>,
     Path(name): Path<String>,
-    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&topic, &headers, &uri)?;
     let bytes = read_body(body, &headers, MAX_MANAGEMENT_BODY).await?;
     #[derive(serde::Deserialize)]
     struct Resource {
@@ -163,10 +171,7 @@ async fn put_one(
 async fn delete_one(
     State(topic): State<Arc<Topic>>,
     Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&topic, &headers, &uri)?;
     topic.delete_subscription(&name).await?;
     Ok(StatusCode::OK)
 }
@@ -174,22 +179,14 @@ async fn delete_one(
 async fn sub_metrics(
     State(topic): State<Arc<Topic>>,
     Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&topic, &headers, &uri)?;
     let v = topic
         .subscription_metrics(&name)
         .ok_or_else(|| ApiError::not_found(format!("no subscription {name:?}")))?;
     Ok(axum::Json(v).into_response())
 }
 
-async fn metrics(
-    State(topic): State<Arc<Topic>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&topic, &headers, &uri)?;
+async fn metrics(State(topic): State<Arc<Topic>>) -> Result<Response, ApiError> {
     Ok(axum::Json(topic.metrics()).into_response())
 }
 
