@@ -24,33 +24,24 @@ async fn probe(health: Health) -> (String, String) {
     }
 }
 
+async fn row(component: impl Into<String>, endpoint: &str, health: Health) -> Row {
+    let (state, detail) = probe(health).await;
+    Row {
+        component: component.into(),
+        state,
+        endpoint: endpoint.to_string(),
+        detail,
+    }
+}
+
 pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
     let m = Manifest::load(root)?;
     let mut rows = Vec::new();
     if let Some(db) = &m.mongodb {
-        let (state, detail) = probe(Health::Mongo {
-            uri: db.uri.clone(),
-        })
-        .await;
-        rows.push(Row {
-            component: "mongodb".into(),
-            state,
-            endpoint: db.uri.clone(),
-            detail,
-        });
+        rows.push(row("mongodb", &db.uri, Health::mongodb(&db.uri)).await);
     }
     if let Some(t) = &m.topic {
-        let (state, detail) = probe(Health::Http {
-            url: format!("{}/healthz", t.management),
-            header: None,
-        })
-        .await;
-        rows.push(Row {
-            component: "topic".into(),
-            state,
-            endpoint: t.endpoint.clone(),
-            detail,
-        });
+        rows.push(row("topic", &t.endpoint, Health::topic(&t.management)).await);
     }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -68,51 +59,28 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
                 .await
         }
         .await;
-        let (state, detail) = match host {
-            Err(e) => ("down".to_string(), e.to_string()),
-            Ok(v) if v["state"] == "Stopped" => {
-                ("stopped".to_string(), "region stopped".to_string())
-            }
-            Ok(_) => {
-                probe(Health::Http {
-                    url: format!("{}/api/status", n.url),
-                    header: None,
-                })
-                .await
-            }
-        };
-        rows.push(Row {
-            component: format!("worker-{}", n.region),
-            state,
-            endpoint: n.url.clone(),
-            detail,
+        let component = format!("worker-{}", n.region);
+        rows.push(match host {
+            Err(e) => Row {
+                component,
+                state: "down".into(),
+                endpoint: n.url.clone(),
+                detail: e.to_string(),
+            },
+            Ok(v) if v["state"] == "Stopped" => Row {
+                component,
+                state: "stopped".into(),
+                endpoint: n.url.clone(),
+                detail: "region stopped".into(),
+            },
+            Ok(_) => row(component, &n.url, Health::worker(&n.url)).await,
         });
     }
     if let Some(a) = &m.api {
-        let (state, detail) = probe(Health::Http {
-            url: format!("{}/api/openapi.json", a.url),
-            header: None,
-        })
-        .await;
-        rows.push(Row {
-            component: "api".into(),
-            state,
-            endpoint: a.url.clone(),
-            detail,
-        });
+        rows.push(row("api", &a.url, Health::api(&a.url)).await);
     }
     if let Some(s) = &m.spa {
-        let (state, detail) = probe(Health::Http {
-            url: format!("{}/", s.url),
-            header: None,
-        })
-        .await;
-        rows.push(Row {
-            component: "spa".into(),
-            state,
-            endpoint: s.url.clone(),
-            detail,
-        });
+        rows.push(row("spa", &s.url, Health::spa(&s.url)).await);
     }
     let healthy = rows.iter().all(|r| r.state != "down");
     if json {

@@ -26,6 +26,38 @@ pub enum Health {
 }
 
 impl Health {
+    // What "healthy" means for each kind of component: `saldo up` waits for these and
+    // `saldo status` probes them, so the two can never disagree.
+
+    pub fn mongodb(uri: &str) -> Health {
+        Health::Mongo {
+            uri: uri.to_string(),
+        }
+    }
+
+    /// The Event Grid emulator, from its base (management) URL.
+    pub fn topic(base: &str) -> Health {
+        Self::get(format!("{base}/healthz"))
+    }
+
+    /// A regional worker through its host: the worker's own (anonymous) status function.
+    pub fn worker(url: &str) -> Health {
+        Self::get(format!("{url}/api/status"))
+    }
+
+    /// The API through its host.
+    pub fn api(url: &str) -> Health {
+        Self::get(format!("{url}/api/openapi.json"))
+    }
+
+    pub fn spa(url: &str) -> Health {
+        Self::get(format!("{url}/"))
+    }
+
+    fn get(url: String) -> Health {
+        Health::Http { url, header: None }
+    }
+
     /// One probe, with a short timeout. `Ok` means healthy; `Err` says why not.
     pub async fn probe(&self) -> Result<()> {
         match self {

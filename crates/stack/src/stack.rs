@@ -196,7 +196,7 @@ impl Stack {
                 ],
                 env: vec![],
                 cwd: Some(data.clone()),
-                health: Health::Mongo { uri: uri.clone() },
+                health: Health::mongodb(&uri),
                 ready_timeout: Duration::from_secs(60),
                 endpoint: uri.clone(),
             })
@@ -230,10 +230,7 @@ impl Stack {
                 ],
                 env: self.common_env(),
                 cwd: None,
-                health: Health::Http {
-                    url: format!("{base}/healthz"),
-                    header: None,
-                },
+                health: Health::topic(&base),
                 ready_timeout: Duration::from_secs(30),
                 endpoint: format!("{base}/api/events"),
             })
@@ -369,10 +366,7 @@ impl Stack {
             args: self.host_args(&c.repo.join("functions-host/worker"), &port, "saldo-worker"),
             env,
             cwd: None,
-            health: Health::Http {
-                url: format!("{}/api/status", node.url),
-                header: None,
-            },
+            health: Health::worker(&node.url),
             ready_timeout: Duration::from_secs(45),
             endpoint: node.url.clone(),
         })
@@ -416,10 +410,7 @@ impl Stack {
             ),
             env,
             cwd: None,
-            health: Health::Http {
-                url: format!("{url}/api/openapi.json"),
-                header: None,
-            },
+            health: Health::api(url),
             ready_timeout: Duration::from_secs(45),
             endpoint: url.to_string(),
         })
@@ -483,10 +474,7 @@ impl Stack {
             ],
             env,
             cwd: Some(c.repo.join("frontend")),
-            health: Health::Http {
-                url: format!("{url}/"),
-                header: None,
-            },
+            health: Health::spa(&url),
             ready_timeout: Duration::from_secs(60),
             endpoint: url,
         }))
