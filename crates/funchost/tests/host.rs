@@ -226,18 +226,7 @@ async fn timer_fires_on_schedule_with_the_documented_payload() {
             ("TESTHANDLER_RECORD", &record_s),
         ],
     );
-    let lines: Vec<Value> = eventually(20, "two timer invocations", || {
-        let record = record.clone();
-        async move {
-            let text = std::fs::read_to_string(&record).unwrap_or_default();
-            let lines: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            (lines.len() >= 2).then_some(lines)
-        }
-    })
-    .await;
+    let lines: Vec<Value> = recorded(&record, 2, 20, "two timer invocations").await;
     for l in &lines {
         assert_eq!(l["function"], "tick");
         assert_eq!(l["method"], "POST");
@@ -490,18 +479,7 @@ async fn a_slow_timer_run_makes_the_next_tick_skip() {
             ("TESTHANDLER_RECORD", &record_s),
         ],
     );
-    let lines: Vec<Value> = eventually(30, "two slow timer runs", || {
-        let record = record.clone();
-        async move {
-            let text = std::fs::read_to_string(&record).unwrap_or_default();
-            let lines: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            (lines.len() >= 2).then_some(lines)
-        }
-    })
-    .await;
+    let lines: Vec<Value> = recorded(&record, 2, 30, "two slow timer runs").await;
     // One run at a time: each run started after the previous one ended.
     for w in lines.windows(2) {
         let (end, start) = (

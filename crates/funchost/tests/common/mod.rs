@@ -214,6 +214,20 @@ where
     }
 }
 
+/// Waits until the test handler has recorded at least `n` invocations in `record` (one JSON
+/// object per line, written when `TESTHANDLER_RECORD` is set) and returns them.
+pub async fn recorded(record: &Path, n: usize, secs: u64, what: &str) -> Vec<serde_json::Value> {
+    eventually(secs, what, || async move {
+        let text = std::fs::read_to_string(record).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
