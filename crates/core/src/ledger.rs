@@ -101,24 +101,30 @@ mod tests {
         for n in NODES {
             assert!(a.contains(&n));
         }
-        // Pinned value: the weight must never change between builds or releases, or nodes
-        // running different versions would disagree about owners.
-        assert_eq!(weight("tx-1", "westeurope"), weight("tx-1", "westeurope"));
+        // The length prefixes keep ("ab", "c") and ("a", "bc") apart.
         assert_ne!(weight("ab", "c"), weight("a", "bc"));
     }
 
     #[test]
-    fn weight_is_pinned() {
-        // SHA-256 of the length-prefixed parts; computed once and written down so that a change
-        // of the hashing (which would split a mixed-version fleet's opinion) fails this test.
-        let w = weight("1807", "westeurope");
-        let mut h = Sha256::new();
-        h.update(4u64.to_be_bytes());
-        h.update(b"1807");
-        h.update(10u64.to_be_bytes());
-        h.update(b"westeurope");
-        let d = h.finalize();
-        assert_eq!(w, u64::from_be_bytes(d[..8].try_into().unwrap()));
+    fn weight_and_ranking_are_pinned() {
+        // Literal values, computed once (and cross-checked with Python's hashlib over the same
+        // length-prefixed bytes). A change of the hashing would make nodes running different
+        // releases disagree about owners, so it must fail here rather than split a rolling
+        // deploy's fleet.
+        assert_eq!(weight("1807", "westeurope"), 5_997_064_043_496_440_925);
+        assert_eq!(weight("tx-1", "northeurope"), 15_186_721_066_445_610_852);
+        assert_eq!(
+            ranking("1807", NODES),
+            ["swedencentral", "westeurope", "northeurope"]
+        );
+        assert_eq!(
+            ranking("tx-1", NODES),
+            ["swedencentral", "northeurope", "westeurope"]
+        );
+        assert_eq!(
+            ranking("tx-2", NODES),
+            ["northeurope", "swedencentral", "westeurope"]
+        );
     }
 
     #[test]
@@ -155,8 +161,12 @@ mod tests {
 
     #[test]
     fn rank_includes_self_and_ignores_duplicates() {
-        let r = rank_of("tx", "a", ["a", "b", "a"]);
-        assert!(r < 2);
+        // "b" outranks "a" for "tx", so copies of "b" ahead of "a" would push "a" down to
+        // rank 3 if duplicates counted.
+        assert_eq!(ranking("tx", ["a", "b"]), ["b", "a"]);
+        assert_eq!(ranking("tx", ["b", "a", "b", "b"]), ["b", "a"]);
+        assert_eq!(rank_of("tx", "a", ["b", "b", "b"]), 1);
+        assert_eq!(rank_of("tx", "a", ["a", "b", "a"]), 1);
         assert_eq!(rank_of("tx", "lonely", []), 0);
     }
 
