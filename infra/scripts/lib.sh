@@ -228,6 +228,7 @@ topic_name() { printf '%s-topic' "$PREFIX"; }
 cosmos_account() { printf '%s-cosmos' "$PREFIX"; }
 static_site() { printf '%s-web' "$PREFIX"; }
 infra_deployment() { printf '%s-infra' "$PREFIX"; }
+keys_deployment() { printf '%s-keys' "$PREFIX"; }
 wire_deployment() { printf '%s-wire' "$PREFIX"; }
 app_url() { printf 'https://%s.azurewebsites.net' "$1"; }
 
@@ -297,6 +298,15 @@ require_flex_regions() {
   for region in "${REGIONS[@]}"; do
     in_list "$region" "$offered" || die "region '$region' does not offer Flex Consumption Function Apps"
   done
+}
+
+# A whole number from the environment (or the default), refused in one line if it is not one.
+env_count() { # $1 = variable name, $2 = default, $3 = smallest allowed
+  local value="${!1:-$2}"
+  if ! [[ "$value" =~ ^[0-9]+$ ]] || ((value < $3)); then
+    die "$1 must be a whole number of at least $3, got '$value'"
+  fi
+  printf '%s' "$value"
 }
 
 # A fresh random key (48 hex characters) for a function host key.
