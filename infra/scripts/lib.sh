@@ -49,6 +49,7 @@ readonly STATIC_SITE_LOCATIONS="westus2 centralus eastus2 westeurope eastasia"
 
 DRY_RUN=0
 ASSUME_YES=0
+ROTATE_KEYS=0
 PREFIX="${SALDO_PREFIX:-$DEFAULT_PREFIX}"
 REGIONS_CSV="${SALDO_REGIONS:-$DEFAULT_REGIONS}"
 STATIC_SITE_LOCATION="${SALDO_STATIC_SITE_LOCATION:-$DEFAULT_STATIC_SITE_LOCATION}"
@@ -152,6 +153,7 @@ parse_common_args() {
     case "$1" in
     --dry-run) DRY_RUN=1 ;;
     --yes) ASSUME_YES=1 ;;
+    --rotate-keys) ROTATE_KEYS=1 ;;
     --prefix)
       (($# >= 2)) || die "--prefix needs a value"
       PREFIX="$2"

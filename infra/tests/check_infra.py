@@ -363,7 +363,18 @@ FAKE_TOOLS = {
 case "$1 $2" in
 "account show") echo 00000000-0000-0000-0000-000000000000 ;;
 "functionapp list-flexconsumption-locations") printf 'westeurope\nnortheurope\nswedencentral\n' ;;
-"functionapp keys") echo "%(master)s" ;;
+"functionapp keys")
+  q=""; n=""; prev=""
+  for a in "$@"; do [ "$prev" = --query ] && q="$a"; [ "$prev" = --name ] && n="$a"; prev="$a"; done
+  case "$q" in
+  masterKey) echo "%(master)s" ;;
+  functionKeys.*)
+    # FAKE_KEY_<name>: the host key every worker holds (none: a first deploy);
+    # FAKE_KEY_ODD_APP: one app holding another value.
+    k="FAKE_KEY_${q#functionKeys.}"; v="${!k}"
+    [ -n "$v" ] && [ "$n" = "$FAKE_KEY_ODD_APP" ] && v="odd-$v"
+    [ -n "$v" ] && echo "$v" ;;
+  esac ;;
 "functionapp function") for a in "$@"; do [ "$prev" = --function-name ] && echo "$a"; prev="$a"; done ;;
 "staticwebapp secrets") echo "%(token)s" ;;
 "staticwebapp show") echo fake.azurestaticapps.net ;;
@@ -378,7 +389,8 @@ case "$1 $2" in
     esac
     for a in "$@"; do
       case "$a" in @/*) f="${a#@}"
-        grep -q fleetKey "$f" && grep -q eventGridKey "$f" && [ "$(stat -c %%a "$f")" = 600 ] && echo "$f" >> "$SECRETS_SEEN" ;;
+        grep -q fleetKey "$f" && grep -q eventGridKey "$f" && [ "$(stat -c %%a "$f")" = 600 ] && echo "$f" >> "$SECRETS_SEEN"
+        cat "$f" >> "$FAKE_STATE/params.log" ;;
       esac
     done
   fi ;;
@@ -405,7 +417,9 @@ def normalize(words: list[str]) -> list[str]:
     return out
 
 
-def fake_deploy(tmp: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], Path, dict[str, str]]:
+def fake_deploy(
+    tmp: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess[str], Path, dict[str, str]]:
     """A "real" deploy with fake tools on PATH (each logs its argv to calls.log), from a copy of
     what the scripts read, so the run stages its folders away from this tree."""
     import shutil
@@ -435,7 +449,7 @@ def fake_deploy(tmp: Path, extra_env: dict[str, str] | None = None) -> tuple[sub
         **(extra_env or {}),
     }
     script = root / "infra" / "scripts" / "deploy"
-    real = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    real = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=120, env=env)
     return real, log, env
 
 
@@ -516,6 +530,45 @@ def check_subscriptions_retried() -> None:
         real, _, _ = fake_deploy(Path(t), {"SALDO_DEPLOY_WIRE_ATTEMPTS": "zero"})
         lines = real.stderr.strip().splitlines()
         assert real.returncode != 0 and len(lines) == 1 and "SALDO_DEPLOY_WIRE_ATTEMPTS" in lines[0], f"stderr: {lines}"
+
+
+def check_keys_kept_on_redeploy() -> None:
+    """A redeploy keeps the host keys every worker already holds (no window in which callers
+    with the old key are refused); a first deploy, workers that disagree or --rotate-keys get
+    fresh ones."""
+    kept = {"FAKE_KEY_fleet": "kept-fleet-key-0123456789", "FAKE_KEY_eventgrid": "kept-eventgrid-key-0123456789"}
+
+    def run(extra: dict[str, str], args: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[list[str]], str]:
+        with tempfile.TemporaryDirectory() as t:
+            tmp = Path(t)
+            real, log, _ = fake_deploy(tmp, extra, args)
+            assert real.returncode == 0, f"deploy exited {real.returncode}: {real.stderr.strip()[-300:]}"
+            params = [json.loads(line) for line in (tmp / "params.log").read_text().splitlines()]
+            raw = [line.split("\x1f")[:-1] for line in log.read_text().splitlines()]
+            return params, raw, real.stdout + real.stderr
+
+    params, raw, out = run(kept)
+    assert len(params) == 3, f"{len(params)} deployments got the keys file"
+    for p in params:
+        assert p["fleetKey"]["value"] == kept["FAKE_KEY_fleet"], "the fleet key was rotated on a redeploy"
+        assert p["eventGridKey"]["value"] == kept["FAKE_KEY_eventgrid"], "the eventgrid key was rotated on a redeploy"
+    keyed = [c[-1] for c in raw if c[0] == "curl" and "?code=" in c[-1]]
+    assert keyed and all(u.endswith("?code=" + kept["FAKE_KEY_eventgrid"]) for u in keyed), f"keyed probes: {keyed}"
+    assert not any(v in out for v in kept.values()), "a kept key was printed"
+
+    for extra, args, why in (
+        (kept, ("--rotate-keys",), "--rotate-keys"),
+        ({**kept, "FAKE_KEY_ODD_APP": "saldo-worker-northeurope"}, (), "workers that disagree"),
+        ({}, (), "a first deploy"),
+    ):
+        params, raw, _ = run(extra, args)
+        for p in params:
+            for name in ("fleetKey", "eventGridKey"):
+                assert re.fullmatch(r"[0-9a-f]{48}", p[name]["value"]), f"{why}: {name} is not a fresh key"
+        assert params[0]["fleetKey"]["value"] != params[0]["eventGridKey"]["value"], "both keys are the same"
+        if args:
+            asked = [c for c in raw if c[:3] == ["az", "functionapp", "keys"] and "masterKey" not in c]
+            assert not asked, f"{why}: the existing keys were read anyway"
 
 
 def check_api_lock_enforced() -> None:
@@ -798,6 +851,7 @@ def main() -> int:
     check("deploy with fake tools runs exactly what its dry run prints", check_real_run_matches_dry_run)
     check("deploy retries the subscriptions a bounded number of times and converges", check_subscriptions_retried)
     check("deploy stops when the API answers a request that bypassed the Static Web App", check_api_lock_enforced)
+    check("a redeploy keeps the host keys the workers share; --rotate-keys and a first deploy make new ones", check_keys_kept_on_redeploy)
     check("deploy refuses missing tools, a logged-out CLI and non-Flex regions before changing anything", check_prerequisites)
     print(f"RESULT {passed} {failed}")
     return 1 if failed else 0
