@@ -336,18 +336,17 @@ def rule_subscription_fields_accepted(folder: Path, pending: dict[str, str] = PE
     structs = rust_structs(SUBSCRIPTION_RS.read_text())
     assert "Properties" in structs, f"{SUBSCRIPTION_RS.relative_to(ROOT)} has no `struct Properties`: the check must learn its new shape"
     unknown = unknown_fields(subscription_properties(folder), "Properties", structs, "")
-    waiting = sorted(u for u in unknown if u.split(".")[0] in pending)
-    refused = sorted(u for u in unknown if u.split(".")[0] not in pending)
+    # A pending field excuses only itself: once the parser reads it, its sub-fields count.
+    waiting = sorted(u for u in unknown if u in pending)
+    refused = sorted(u for u in unknown if u not in pending)
     assert not refused, (
         f"subscription fields the emulator's parser does not read (the local runs would silently ignore "
         f"them): {refused}"
     )
     notes = []
-    tops = {w.split(".")[0] for w in waiting}
-    if tops:
-        notes.append("pending in the emulator: " + ", ".join(f"{t} ({pending[t]})" for t in sorted(tops)))
-    stale = sorted(set(pending) - tops - {u.split('.')[0] for u in unknown})
-    accepted_now = [s for s in stale if s in subscription_properties(folder)]
+    if waiting:
+        notes.append("pending in the emulator: " + ", ".join(f"{t} ({pending[t]})" for t in waiting))
+    accepted_now = sorted(p for p in set(pending) - set(waiting) if p in subscription_properties(folder))
     if accepted_now:
         notes.append(f"now read by the emulator, drop from PENDING: {accepted_now}")
     return "; ".join(notes)
