@@ -1,5 +1,6 @@
-// The shop's API: a Flex Consumption Function App running `saldo-api` with the functions in
-// functions-host/api, reached by the browser only through the Static Web App it is linked to.
+// The shop's API: a Function App on a Linux Dedicated plan (see dedicated-function-app.bicep for
+// why not Flex Consumption) running `saldo-api` with the functions in functions-host/api, reached
+// only through the Static Web App it is linked to (the platform refuses direct requests).
 param location string
 param appName string
 param storageName string
@@ -26,7 +27,7 @@ resource topic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
   name: topicName
 }
 
-module app 'flex-function-app.bicep' = {
+module app 'dedicated-function-app.bicep' = {
   name: '${appName}-app'
   params: {
     location: location

@@ -11,29 +11,44 @@
 //   write latency of a round trip to the farthest region (all three default regions are in
 //   Europe, well within the 5,000-mile limit Azure sets for Strong) and reads that cost twice
 //   the RUs of Session consistency; at this shop's volume that is cents.
-// - Provisioned autoscale throughput shared by the database rather than serverless: serverless
-//   accounts cannot have more than one region. Autoscale bills a tenth of the maximum at rest.
-// - Every collection unsharded (no shard key): Cosmos DB runs multi-document transactions only
-//   inside one unsharded collection, and the warehouse keeps products and "applied" markers
-//   together for exactly that reason.
+// - Provisioned autoscale throughput rather than serverless: serverless accounts cannot have
+//   more than one region. Autoscale bills, each hour, the highest RU/s it scaled to, at least a
+//   tenth of the maximum (maximum 1,000 RU/s at the least, so 100 RU/s at rest per resource).
+// - Two kinds of collections, because Cosmos DB for MongoDB refuses an unsharded collection in a
+//   database with shared throughput ("Shared throughput collection should have a partition key")
+//   and runs multi-document transactions only inside ONE UNSHARDED collection:
+//   * transactional collections: unsharded, each with its own (dedicated) autoscale throughput:
+//     `warehouse` (products and "applied" markers change in one transaction) and every
+//     `ledger_<node>` (a node allocates its sequence numbers in its ledger, which the feed design
+//     may do in a transaction with the entry);
+//   * the others, sharded on `_id` and sharing the database's autoscale throughput:
+//     `idempotency` and every `peers_<node>`, which the code reads and writes one document at a
+//     time by `_id` (or scans a range of it), so `_id` is the natural shard key.
+//   infra/tests/azure_rules.py checks both rules and that every collection the code opens is
+//   declared here (a collection created by a first write would be unsharded, hence refused).
 // - Server version 4.2 with EnableMongoRetryableWrites (drivers retry a write once after a
 //   network blip; without the capability Cosmos DB refuses retryWrites=true).
 param accountName string
 param regions array
 param databaseName string
-param maxThroughput int
+@description('Autoscale maximum RU/s shared by the sharded collections (billed from a tenth of it).')
+param sharedMaxThroughput int
+@description('Autoscale maximum RU/s of EACH transactional collection (billed from a tenth of it).')
+param collectionMaxThroughput int
 param freeTier bool
 param tags object
 
-// warehouse: products and applied markers (one unsharded collection, so they can share a
-// transaction); idempotency: the API's order records; one ledger and one peer table per node.
-var sharedCollections = [
+// Unsharded, dedicated throughput: the collections that take multi-document transactions.
+var nodeLedgers = [for region in regions: 'ledger_${region}']
+var transactionalCollections = concat([
   'warehouse'
+], nodeLedgers)
+// Sharded on `_id`, in the database's shared throughput.
+var nodePeers = [for region in regions: 'peers_${region}']
+var shardedCollections = concat([
   'idempotency'
-]
-var ledgerCollections = [for region in regions: 'ledger_${region}']
-var peerCollections = [for region in regions: 'peers_${region}']
-var collectionNames = concat(sharedCollections, ledgerCollections, peerCollections)
+], nodePeers)
+var collectionNames = concat(transactionalCollections, shardedCollections)
 
 resource account 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' = {
   // checkov:skip=CKV_AZURE_132: the store creates its indexes at start-up through the MongoDB driver (one definition for SecantusDB and Cosmos DB), which needs key-based metadata writes
@@ -86,7 +101,7 @@ resource database 'Microsoft.DocumentDB/databaseAccounts/mongodbDatabases@2024-1
     }
     options: {
       autoscaleSettings: {
-        maxThroughput: maxThroughput
+        maxThroughput: sharedMaxThroughput
       }
     }
   }
@@ -95,12 +110,13 @@ resource database 'Microsoft.DocumentDB/databaseAccounts/mongodbDatabases@2024-1
 // Only the _id index is declared here (Cosmos DB requires it in the resource). The store creates
 // the other indexes at start-up through the MongoDB driver, the same code that runs against
 // SecantusDB locally, so one definition of the indexes serves both.
-resource collections 'Microsoft.DocumentDB/databaseAccounts/mongodbDatabases/collections@2024-11-15' = [for name in collectionNames: {
+resource transactional 'Microsoft.DocumentDB/databaseAccounts/mongodbDatabases/collections@2024-11-15' = [for name in transactionalCollections: {
   parent: database
   name: name
   properties: {
     resource: {
       id: name
+      // No shardKey: transactions need an unsharded collection, which needs its own throughput.
       indexes: [
         {
           key: {
@@ -111,6 +127,35 @@ resource collections 'Microsoft.DocumentDB/databaseAccounts/mongodbDatabases/col
         }
       ]
     }
+    options: {
+      autoscaleSettings: {
+        maxThroughput: collectionMaxThroughput
+      }
+    }
+  }
+}]
+
+resource sharded 'Microsoft.DocumentDB/databaseAccounts/mongodbDatabases/collections@2024-11-15' = [for name in shardedCollections: {
+  parent: database
+  name: name
+  properties: {
+    resource: {
+      id: name
+      // A collection in a shared-throughput database must have a shard key.
+      shardKey: {
+        _id: 'Hash'
+      }
+      indexes: [
+        {
+          key: {
+            keys: [
+              '_id'
+            ]
+          }
+        }
+      ]
+    }
+    // No options: the collection draws on the database's shared autoscale throughput.
   }
 }]
 

@@ -88,7 +88,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 resource app 'Microsoft.Web/sites@2024-04-01' = {
-  // checkov:skip=CKV_AZURE_222: Event Grid webhooks, peer workers and the Static Web App call these apps over the internet; function keys guard every non-anonymous function
+  // checkov:skip=CKV_AZURE_222: Event Grid webhooks, peer workers and the API call these apps over the internet; function keys guard every non-anonymous function
   // checkov:skip=CKV_AZURE_17: Event Grid cannot present a client certificate to a webhook; callers authenticate with function keys instead
   // checkov:skip=CKV_AZURE_212: the fleet of regions is the failover; always-ready instances would be billed at rest
   // checkov:skip=CKV_AZURE_213: Flex Consumption has no instance pool that a health check could take an instance out of; the heartbeat timer and /api/status report liveness

@@ -73,7 +73,8 @@ module app 'flex-function-app.bicep' = {
 
 // Named host keys, valid for every function of the app. `fleet` is what peers and the API send
 // (x-functions-key) to call `ledger` and `products`; `eventgrid` goes into the Event Grid
-// subscription's URL (?code=). Both values come from the deploy script, fresh on every deploy.
+// subscription's URL (?code=). Both values come from the deploy script: fresh on the first deploy (or
+// --rotate-keys), the ones the workers already hold on the next.
 resource fleetHostKey 'Microsoft.Web/sites/host/functionKeys@2024-04-01' = if (createHostKeys) {
   name: '${appName}/default/fleet'
   properties: {

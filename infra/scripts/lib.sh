@@ -49,6 +49,7 @@ readonly STATIC_SITE_LOCATIONS="westus2 centralus eastus2 westeurope eastasia"
 
 DRY_RUN=0
 ASSUME_YES=0
+ROTATE_KEYS=0
 PREFIX="${SALDO_PREFIX:-$DEFAULT_PREFIX}"
 REGIONS_CSV="${SALDO_REGIONS:-$DEFAULT_REGIONS}"
 STATIC_SITE_LOCATION="${SALDO_STATIC_SITE_LOCATION:-$DEFAULT_STATIC_SITE_LOCATION}"
@@ -152,6 +153,7 @@ parse_common_args() {
     case "$1" in
     --dry-run) DRY_RUN=1 ;;
     --yes) ASSUME_YES=1 ;;
+    --rotate-keys) ROTATE_KEYS=1 ;;
     --prefix)
       (($# >= 2)) || die "--prefix needs a value"
       PREFIX="$2"
@@ -228,6 +230,7 @@ topic_name() { printf '%s-topic' "$PREFIX"; }
 cosmos_account() { printf '%s-cosmos' "$PREFIX"; }
 static_site() { printf '%s-web' "$PREFIX"; }
 infra_deployment() { printf '%s-infra' "$PREFIX"; }
+keys_deployment() { printf '%s-keys' "$PREFIX"; }
 wire_deployment() { printf '%s-wire' "$PREFIX"; }
 app_url() { printf 'https://%s.azurewebsites.net' "$1"; }
 
@@ -297,6 +300,15 @@ require_flex_regions() {
   for region in "${REGIONS[@]}"; do
     in_list "$region" "$offered" || die "region '$region' does not offer Flex Consumption Function Apps"
   done
+}
+
+# A whole number from the environment (or the default), refused in one line if it is not one.
+env_count() { # $1 = variable name, $2 = default, $3 = smallest allowed
+  local value="${!1:-$2}"
+  if ! [[ "$value" =~ ^[0-9]+$ ]] || ((value < $3)); then
+    die "$1 must be a whole number of at least $3, got '$value'"
+  fi
+  printf '%s' "$value"
 }
 
 # A fresh random key (48 hex characters) for a function host key.

@@ -12,6 +12,7 @@ worker serves, every timer schedule an app setting, no secret in a parameter fil
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pycep import BicepParser
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import azure_rules  # noqa: E402 - next to this file
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -178,10 +182,13 @@ def check_deploy_dry_run(prefix: str | None, regions: list[str]) -> None:
     # No generated key may appear (48 hex characters, see new_key in lib.sh).
     assert not re.search(r"\b[0-9a-f]{48}\b", proc.stdout), "a generated key appears in the output"
 
-    # Templates: pass 1 without, pass 2 with the event wiring; both the same template and scope.
+    # Templates: three passes (none, keys, events; see main.bicep), same template and scope.
     deployments = find(cmds, "az", "deployment", "sub", "create")
-    assert len(deployments) == 2, f"expected 2 template deployments, found {len(deployments)}"
-    for i, wire in zip(deployments, ("false", "true")):
+    assert len(deployments) == 3, f"expected 3 template deployments, found {len(deployments)}"
+    wirings = parse(INFRA / "main.bicep")["parameters"]["wiring"]
+    allowed = next(d["argument"] for d in wirings["decorators"] if d.get("type") == "allowed")
+    assert allowed == ["none", "keys", "events"], f"main.bicep's wiring allows {allowed}"
+    for i, wire in zip(deployments, allowed):
         c = cmds[i]
         assert option(c, "--template-file") == "infra/main.bicep", "wrong template"
         assert option(c, "--location") == regions[0], "deployment location is not the primary region"
@@ -189,7 +196,7 @@ def check_deploy_dry_run(prefix: str | None, regions: list[str]) -> None:
         kv = dict(p.split("=", 1) for p in params)
         assert kv.get("prefix") == (prefix or "saldo"), f"prefix parameter {kv.get('prefix')}"
         assert json.loads(kv["regions"]) == regions, f"regions parameter {kv['regions']}"
-        assert kv.get("wireEvents") == wire, f"pass {wire}: wireEvents={kv.get('wireEvents')}"
+        assert kv.get("wiring") == wire, f"pass {wire}: wiring={kv.get('wiring')}"
         assert "@infra/main.parameters.json" in c, "main.parameters.json not passed"
 
     # Publishing: exactly the apps the template creates, each from its staged folder.
@@ -226,22 +233,41 @@ def check_deploy_dry_run(prefix: str | None, regions: list[str]) -> None:
             if starts(c, "az", "functionapp") and "--name" in c and option(c, "--name") == app_name:
                 assert option(c, "--resource-group") == rg, f"{app_name} looked up in {option(c, '--resource-group')}"
 
-    # The handshake probe hits the very path the subscriptions use and the worker serves.
+    # The handshake probes hit the very path the subscriptions use and the worker serves: first
+    # with the master key (the host runs code), then, after the keys pass, with the `eventgrid`
+    # key in the URL exactly as the subscription carries it (the key is loaded).
     webhook = http_path("worker", "eventgrid")
-    probes = [c for c in cmds if c[:1] == ["curl"]]
-    assert sorted(c[-1] for c in probes) == sorted(
-        f"https://{w}.azurewebsites.net{webhook}" for w in names["workers"]
-    ), f"probes {[c[-1] for c in probes]}"
+    curl_idx = [i for i, c in enumerate(cmds) if c[:1] == ["curl"]]
+    api_probe = [i for i in curl_idx if cmds[i][-1].startswith(f"https://{names['api']}.azurewebsites.net/")]
+    running = [i for i in curl_idx if cmds[i][-1] in {f"https://{w}.azurewebsites.net{webhook}" for w in names["workers"]}]
+    keyed = [i for i in curl_idx if cmds[i][-1] in {f"https://{w}.azurewebsites.net{webhook}?code=<redacted>" for w in names["workers"]}]
+    assert sorted(api_probe + running + keyed) == curl_idx, f"unexpected probes {[cmds[i][-1] for i in curl_idx]}"
+    assert len(running) == len(keyed) == len(names["workers"]), f"probes: {len(running)} running, {len(keyed)} keyed"
+    for i in running:
+        assert "x-functions-key: <redacted>" in cmds[i], "the first handshake is not sent with the master key"
+    for i in keyed:
+        assert not any(w.startswith("x-functions-key") for w in cmds[i]), "the keyed handshake must use only the subscription's ?code="
+    # The API lock probe: straight to the app, a forged principal with the warehouse role, a read.
+    assert len(api_probe) == 1, f"expected one direct probe of the API, found {len(api_probe)}"
+    probe = cmds[api_probe[0]]
+    assert "--data" not in probe and "--request" not in probe, "the API lock probe must not change anything"
+    forged = next(w for w in probe if w.startswith("x-ms-client-principal: "))
+    principal = json.loads(base64.b64decode(forged.split(": ", 1)[1]))
+    assert "warehouse" in principal["userRoles"], "the forged principal does not claim the warehouse role"
 
-    # Order: build, pass 1, publish, probe, pass 2, SPA.
+    # Order: build, pass 1, publish, API lock, handshake, keys, keyed handshake, subscriptions, SPA.
     build = find(cmds, "cargo", "build")
     assert len(build) == 1, "expected one cargo build"
     assert option(cmds[build[0]], "--target") == "x86_64-unknown-linux-musl", "not a musl build"
     swa = find(cmds, "env")
     assert swa and "swa" in cmds[swa[0]], "no swa deploy"
-    curl_idx = [i for i, c in enumerate(cmds) if c[:1] == ["curl"]]
-    order = [build[0], deployments[0], min(publishes), max(publishes), min(curl_idx), max(curl_idx), deployments[1], swa[0]]
-    assert order == sorted(order), "steps out of order (build, templates, publish, handshake, subscriptions, SPA)"
+    order = [
+        build[0], deployments[0], min(publishes), max(publishes), api_probe[0],
+        min(running), max(running), deployments[1], min(keyed), max(keyed), deployments[2], swa[0],
+    ]
+    assert order == sorted(order), (
+        "steps out of order (build, templates, publish, API lock, handshake, keys, keyed handshake, subscriptions, SPA)"
+    )
     swa_cmd = cmds[swa[0]]
     config_dir = option(swa_cmd, "--swa-config-location")
     assert config_dir == swa_cmd[swa_cmd.index("deploy") + 1] == "frontend/dist", "swa deploys another folder than the build output"
@@ -337,15 +363,34 @@ FAKE_TOOLS = {
 case "$1 $2" in
 "account show") echo 00000000-0000-0000-0000-000000000000 ;;
 "functionapp list-flexconsumption-locations") printf 'westeurope\nnortheurope\nswedencentral\n' ;;
-"functionapp keys") echo "%(master)s" ;;
+"functionapp keys")
+  q=""; n=""; prev=""
+  for a in "$@"; do [ "$prev" = --query ] && q="$a"; [ "$prev" = --name ] && n="$a"; prev="$a"; done
+  case "$q" in
+  masterKey) echo "%(master)s" ;;
+  functionKeys.*)
+    # FAKE_KEY_<name>: the host key every worker holds (none: a first deploy);
+    # FAKE_KEY_ODD_APP: one app holding another value.
+    k="FAKE_KEY_${q#functionKeys.}"; v="${!k}"
+    [ -n "$v" ] && [ "$n" = "$FAKE_KEY_ODD_APP" ] && v="odd-$v"
+    [ -n "$v" ] && echo "$v" ;;
+  esac ;;
 "functionapp function") for a in "$@"; do [ "$prev" = --function-name ] && echo "$a"; prev="$a"; done ;;
 "staticwebapp secrets") echo "%(token)s" ;;
 "staticwebapp show") echo fake.azurestaticapps.net ;;
 "deployment sub")
   if [ "$3" = create ]; then
+    case " $* " in *" wiring=events "*)
+      f="$FAKE_STATE/events-failures"
+      if [ -f "$f" ] && [ "$(cat "$f")" -gt 0 ]; then
+        echo $(( $(cat "$f") - 1 )) > "$f"
+        echo "ERROR: webhook validation handshake failed" >&2; exit 1
+      fi ;;
+    esac
     for a in "$@"; do
       case "$a" in @/*) f="${a#@}"
-        grep -q fleetKey "$f" && grep -q eventGridKey "$f" && [ "$(stat -c %%a "$f")" = 600 ] && echo "$f" >> "$SECRETS_SEEN" ;;
+        grep -q fleetKey "$f" && grep -q eventGridKey "$f" && [ "$(stat -c %%a "$f")" = 600 ] && echo "$f" >> "$SECRETS_SEEN"
+        cat "$f" >> "$FAKE_STATE/params.log" ;;
       esac
     done
   fi ;;
@@ -353,7 +398,8 @@ esac
 exit 0""" % {"master": FAKE_MASTER_KEY, "token": FAKE_TOKEN},
     "func": 'pwd >> "$FUNC_CWD"',
     "rustup": "echo x86_64-unknown-linux-musl",
-    "curl": r"""for a in "$@"; do case "$a" in *validationCode*) code="${a#*validationCode\":\"}"; code="${code%%%%\"*}" ;; esac; done
+    "curl": r"""case " $* " in *" --write-out "*) printf '%s' "${FAKE_API_STATUS:-401}"; exit 0 ;; esac
+for a in "$@"; do case "$a" in *validationCode*) code="${a#*validationCode\":\"}"; code="${code%%%%\"*}" ;; esac; done
 printf '{"validationResponse":"%s"}' "$code" """,
     "swa": '[ "$SWA_CLI_DEPLOYMENT_TOKEN" = "%s" ] || { echo "no deployment token" >&2; exit 1; }' % FAKE_TOKEN,
 }
@@ -365,36 +411,65 @@ def normalize(words: list[str]) -> list[str]:
         if w.startswith("@/") or w == "@<secrets-file>":
             w = "@SECRETS"
         w = w.replace(FAKE_MASTER_KEY, "<redacted>")
+        # The generated keys differ from run to run (48 hex characters, see new_key in lib.sh).
+        w = re.sub(r"\b[0-9a-f]{48}\b", "<redacted>", w)
         out.append(w)
     return out
 
 
-def check_real_run_matches_dry_run() -> None:
-    """A deploy with fake tools runs exactly the commands its dry run printed, in order."""
+def fake_deploy(
+    tmp: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess[str], Path, dict[str, str]]:
+    """A "real" deploy with fake tools on PATH (each logs its argv to calls.log), from a copy of
+    what the scripts read, so the run stages its folders away from this tree."""
     import shutil
 
+    root = tmp / "repo"
+    shutil.copytree(INFRA / "scripts", root / "infra" / "scripts")
+    shutil.copytree(FUNCTIONS_HOST, root / "functions-host")
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    for util in ("bash", "dirname", "basename", "sed", "sort", "od", "tr", "mktemp", "chmod", "cat", "rm", "mkdir", "grep", "env", "stat", "pwd", "sleep"):
+        real = shutil.which(util)
+        assert real, f"{util} not found on this machine"
+        (bin_dir / util).symlink_to(real)
+    log = tmp / "calls.log"
+    for tool in REAL_RUN_TOOLS:
+        body = FAKE_TOOLS.get(tool, "exit 0")
+        (bin_dir / tool).write_text(
+            f"#!/bin/bash\n{{ printf '%s\\x1f' {tool} \"$@\"; printf '\\n'; }} >> {log}\n{body}\n"
+        )
+        (bin_dir / tool).chmod(0o755)
+    env = {
+        "PATH": str(bin_dir),
+        "SECRETS_SEEN": str(tmp / "secrets"),
+        "FUNC_CWD": str(tmp / "func-cwd"),
+        "FAKE_STATE": str(tmp),
+        "SALDO_DEPLOY_WIRE_DELAY": "0",
+        **(extra_env or {}),
+    }
+    script = root / "infra" / "scripts" / "deploy"
+    real = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=120, env=env)
+    return real, log, env
+
+
+def logged_calls(log: Path) -> list[list[str]]:
+    return [normalize(line.split("\x1f")[:-1]) for line in log.read_text().splitlines()]
+
+
+def wiring_of(call: list[str]) -> str | None:
+    if call[:4] != ["az", "deployment", "sub", "create"]:
+        return None
+    return next((w.split("=", 1)[1] for w in call if w.startswith("wiring=")), "?")
+
+
+def check_real_run_matches_dry_run() -> None:
+    """A deploy with fake tools runs exactly the commands its dry run printed, in order."""
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        # A copy of what the scripts read, so the run stages its folders away from this tree.
+        real, log, env = fake_deploy(tmp)
         root = tmp / "repo"
-        shutil.copytree(INFRA / "scripts", root / "infra" / "scripts")
-        shutil.copytree(FUNCTIONS_HOST, root / "functions-host")
-        bin_dir = tmp / "bin"
-        bin_dir.mkdir()
-        for util in ("bash", "dirname", "basename", "sed", "sort", "od", "tr", "mktemp", "chmod", "cat", "rm", "mkdir", "grep", "env", "stat", "pwd"):
-            real = shutil.which(util)
-            assert real, f"{util} not found on this machine"
-            (bin_dir / util).symlink_to(real)
-        log = tmp / "calls.log"
-        for tool in REAL_RUN_TOOLS:
-            body = FAKE_TOOLS.get(tool, "exit 0")
-            (bin_dir / tool).write_text(
-                f"#!/bin/bash\n{{ printf '%s\\x1f' {tool} \"$@\"; printf '\\n'; }} >> {log}\n{body}\n"
-            )
-            (bin_dir / tool).chmod(0o755)
-        env = {"PATH": str(bin_dir), "SECRETS_SEEN": str(tmp / "secrets"), "FUNC_CWD": str(tmp / "func-cwd")}
         script = root / "infra" / "scripts" / "deploy"
-        real = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
         assert real.returncode == 0, f"deploy with fake tools exited {real.returncode}: {real.stderr.strip()[-300:]}"
         dry = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=120, env=env)
         planned = []
@@ -405,13 +480,13 @@ def check_real_run_matches_dry_run() -> None:
                 words = [w for w in words[1:] if "=" not in w]
             if words[0] in REAL_RUN_TOOLS:
                 planned.append(normalize(words))
-        ran = [normalize(line.split("\x1f")[:-1]) for line in log.read_text().splitlines()]
+        ran = logged_calls(log)
         for i, (p, r) in enumerate(zip(planned, ran)):
             assert p == r, f"command {i + 1}: dry run printed {' '.join(p)!r}, the real run ran {' '.join(r)!r}"
         assert len(planned) == len(ran), f"dry run printed {len(planned)} tool commands, the real run ran {len(ran)}"
         # The keys went to the templates in a private file, which is gone afterwards.
         seen = (tmp / "secrets").read_text().split()
-        assert len(seen) == 2, f"expected both template deployments to get the keys file, got {len(seen)}"
+        assert len(seen) == 3, f"expected the three template deployments to get the keys file, got {len(seen)}"
         assert not any(Path(f).exists() for f in seen), "the keys file outlived the deploy"
         # func publish ran inside each staged folder, which holds the app's host.json.
         cwds = (tmp / "func-cwd").read_text().split()
@@ -420,6 +495,94 @@ def check_real_run_matches_dry_run() -> None:
         for secret in (FAKE_MASTER_KEY, FAKE_TOKEN):
             assert secret not in real.stdout + real.stderr, "a secret was printed"
         assert not re.search(r"\b[0-9a-f]{48}\b", real.stdout + real.stderr), "a generated key was printed"
+        # The keyed handshake carried the very key the templates were given for `eventgrid`.
+        keyed = [c for c in (line.split("\x1f") for line in log.read_text().splitlines()) if c[0] == "curl" and "?code=" in c[-2]]
+        assert keyed and all(re.search(r"\?code=[0-9a-f]{48}$", c[-2]) for c in keyed), "the keyed handshake lacks the generated key"
+
+
+def check_subscriptions_retried() -> None:
+    """Pass 3 (the subscriptions) is retried when a handshake fails, at most
+    SALDO_DEPLOY_WIRE_ATTEMPTS times, and nothing after it runs until it succeeded."""
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        (tmp / "events-failures").write_text("2")
+        real, log, _ = fake_deploy(tmp, {"SALDO_DEPLOY_WIRE_ATTEMPTS": "3"})
+        assert real.returncode == 0, f"deploy that meets two failed handshakes exited {real.returncode}: {real.stderr.strip()[-300:]}"
+        calls = logged_calls(log)
+        wirings = [w for w in map(wiring_of, calls) if w]
+        assert wirings == ["none", "keys", "events", "events", "events"], f"deployments ran: {wirings}"
+        assert real.stderr.count("the event subscriptions failed (attempt") == 2, real.stderr
+        assert re.search(r"^shop: ", real.stdout, re.M), "the deploy did not finish after converging"
+
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        (tmp / "events-failures").write_text("99")
+        real, log, _ = fake_deploy(tmp, {"SALDO_DEPLOY_WIRE_ATTEMPTS": "2"})
+        assert real.returncode != 0, "deploy whose subscriptions never succeed exited 0"
+        last = real.stderr.strip().splitlines()[-1]
+        assert "failed 2 times" in last, f"last line: {last}"
+        calls = logged_calls(log)
+        wirings = [w for w in map(wiring_of, calls) if w]
+        assert wirings == ["none", "keys", "events", "events"], f"deployments ran: {wirings}"
+        assert not [c for c in calls if c[0] in ("npm", "swa")], "the SPA was deployed although the subscriptions failed"
+
+    with tempfile.TemporaryDirectory() as t:
+        real, _, _ = fake_deploy(Path(t), {"SALDO_DEPLOY_WIRE_ATTEMPTS": "zero"})
+        lines = real.stderr.strip().splitlines()
+        assert real.returncode != 0 and len(lines) == 1 and "SALDO_DEPLOY_WIRE_ATTEMPTS" in lines[0], f"stderr: {lines}"
+
+
+def check_keys_kept_on_redeploy() -> None:
+    """A redeploy keeps the host keys every worker already holds (no window in which callers
+    with the old key are refused); a first deploy, workers that disagree or --rotate-keys get
+    fresh ones."""
+    kept = {"FAKE_KEY_fleet": "kept-fleet-key-0123456789", "FAKE_KEY_eventgrid": "kept-eventgrid-key-0123456789"}
+
+    def run(extra: dict[str, str], args: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[list[str]], str]:
+        with tempfile.TemporaryDirectory() as t:
+            tmp = Path(t)
+            real, log, _ = fake_deploy(tmp, extra, args)
+            assert real.returncode == 0, f"deploy exited {real.returncode}: {real.stderr.strip()[-300:]}"
+            params = [json.loads(line) for line in (tmp / "params.log").read_text().splitlines()]
+            raw = [line.split("\x1f")[:-1] for line in log.read_text().splitlines()]
+            return params, raw, real.stdout + real.stderr
+
+    params, raw, out = run(kept)
+    assert len(params) == 3, f"{len(params)} deployments got the keys file"
+    for p in params:
+        assert p["fleetKey"]["value"] == kept["FAKE_KEY_fleet"], "the fleet key was rotated on a redeploy"
+        assert p["eventGridKey"]["value"] == kept["FAKE_KEY_eventgrid"], "the eventgrid key was rotated on a redeploy"
+    keyed = [c[-1] for c in raw if c[0] == "curl" and "?code=" in c[-1]]
+    assert keyed and all(u.endswith("?code=" + kept["FAKE_KEY_eventgrid"]) for u in keyed), f"keyed probes: {keyed}"
+    assert not any(v in out for v in kept.values()), "a kept key was printed"
+
+    for extra, args, why in (
+        (kept, ("--rotate-keys",), "--rotate-keys"),
+        ({**kept, "FAKE_KEY_ODD_APP": "saldo-worker-northeurope"}, (), "workers that disagree"),
+        ({}, (), "a first deploy"),
+    ):
+        params, raw, _ = run(extra, args)
+        for p in params:
+            for name in ("fleetKey", "eventGridKey"):
+                assert re.fullmatch(r"[0-9a-f]{48}", p[name]["value"]), f"{why}: {name} is not a fresh key"
+        assert params[0]["fleetKey"]["value"] != params[0]["eventGridKey"]["value"], "both keys are the same"
+        if args:
+            asked = [c for c in raw if c[:3] == ["az", "functionapp", "keys"] and "masterKey" not in c]
+            assert not asked, f"{why}: the existing keys were read anyway"
+
+
+def check_api_lock_enforced() -> None:
+    """An API app that answers a direct request (a forged principal, past the Static Web App)
+    stops the deploy before any key or subscription is created."""
+    for status in ("200", "000"):
+        with tempfile.TemporaryDirectory() as t:
+            tmp = Path(t)
+            real, log, _ = fake_deploy(tmp, {"FAKE_API_STATUS": status})
+            assert real.returncode != 0, f"deploy whose API answers {status} directly exited 0"
+            lines = real.stderr.strip().splitlines()
+            assert len(lines) == 1 and "not locked to its Static Web App" in lines[0], f"stderr: {lines}"
+            wirings = [w for w in map(wiring_of, logged_calls(log)) if w]
+            assert wirings == ["none"], f"deployments ran although the API is open: {wirings}"
 
 
 def check_region_dry_run() -> None:
@@ -504,6 +667,10 @@ def check_templates_rules() -> None:
     assert float(cosmos["apiProperties"]["serverVersion"]) >= 4.2, "server version below 4.2"
     flex = parse(INFRA / "modules" / "flex-function-app.bicep")["resources"]["app"]["config"]["properties"]
     assert flex["functionAppConfig"]["runtime"]["name"] == "custom", "not a custom handler runtime"
+    # The API's Dedicated plan takes the runtime as an app setting, set in the module itself.
+    dedicated = (INFRA / "modules" / "dedicated-function-app.bicep").read_text()
+    assert "FUNCTIONS_WORKER_RUNTIME: 'custom'" in dedicated, "the API app does not run a custom handler"
+    assert "FUNCTIONS_EXTENSION_VERSION: '~4'" in dedicated, "the API app does not pin Functions 4"
     subs = parse(INFRA / "modules" / "event-subscriptions.bicep")["resources"]["subscriptions"]["config"]
     assert subs["loop_type"]["detail"]["array_name"] == "regions", "not one subscription per region"
     props = subs["config"]["properties"]
@@ -592,6 +759,36 @@ def check_parameters_file() -> None:
     assert params["staticSiteLocation"]["value"] == default("DEFAULT_STATIC_SITE_LOCATION"), "default Static Web App region differs"
 
 
+def check_with_note(name: str, fn: Callable[[], str | None]) -> None:
+    """Like check, with the rule's note (if any) after the name."""
+    note: list[str] = []
+    check(name, lambda: note.append(fn() or ""))
+    if note and note[0]:
+        print(f"  note - {name}: {note[0]}", flush=True)
+
+
+def expect_failure(rule: Callable[[Path], Any], folder: Path, why: str) -> None:
+    """The rule must refuse the templates in folder, for the reason it exists (proof that it can
+    fail, and not for some other reason)."""
+    try:
+        rule(folder)
+    except AssertionError as err:
+        assert why in str(err), f"{rule.__name__} refused {folder.name} for another reason: {err}"
+        return
+    raise AssertionError(f"{rule.__name__} accepted {folder.relative_to(ROOT)}, which it exists to refuse")
+
+
+# Each rule with the fixture it must refuse (infra/tests/fixtures/: `refused` is infra/ before
+# issue 14 plus a subscription field the emulator does not read; `refused-sharded` shards the
+# transactional collections).
+REFUSED_BY = [
+    ("unsharded collections in a shared-throughput database", azure_rules.rule_shared_throughput_needs_shard_key, "refused", "should have a partition key"),
+    ("the linked backend on Flex Consumption", azure_rules.rule_linked_backend_plan, "refused", "'FlexConsumption'"),
+    ("a subscription field the emulator ignores", azure_rules.rule_subscription_fields_accepted, "refused", "['expirationTimeUtc']"),
+    ("transactional collections sharded", azure_rules.rule_transactions_in_unsharded_collections, "refused-sharded", "need unsharded collections"),
+]
+
+
 def main() -> int:
     bicep_files = [INFRA / "main.bicep", *sorted((INFRA / "modules").glob("*.bicep"))]
     for path in bicep_files:
@@ -637,7 +834,24 @@ def main() -> int:
     ]
     for args in bad:
         check(f"refused in one line: {' '.join(args)}", lambda args=args: check_bad_input(*args))
+    # Deployment-time rules of Azure (issue 14): pass on infra/, fail on the refused fixtures.
+    rules = [
+        ("shared-throughput collections have a shard key", azure_rules.rule_shared_throughput_needs_shard_key),
+        ("transactions run in unsharded collections; every collection the code opens is declared", azure_rules.rule_transactions_in_unsharded_collections),
+        ("the Static Web App's linked backend is on a plan it documents", azure_rules.rule_linked_backend_plan),
+        ("every subscription field is one the emulator's parser reads", azure_rules.rule_subscription_fields_accepted),
+    ]
+    for name, rule in rules:
+        check_with_note(name, lambda rule=rule: rule(INFRA))
+    for name, rule, fixture, why in REFUSED_BY:
+        check(
+            f"refused fixture fails: {name}",
+            lambda rule=rule, fixture=fixture, why=why: expect_failure(rule, INFRA / "tests" / "fixtures" / fixture, why),
+        )
     check("deploy with fake tools runs exactly what its dry run prints", check_real_run_matches_dry_run)
+    check("deploy retries the subscriptions a bounded number of times and converges", check_subscriptions_retried)
+    check("deploy stops when the API answers a request that bypassed the Static Web App", check_api_lock_enforced)
+    check("a redeploy keeps the host keys the workers share; --rotate-keys and a first deploy make new ones", check_keys_kept_on_redeploy)
     check("deploy refuses missing tools, a logged-out CLI and non-Flex regions before changing anything", check_prerequisites)
     print(f"RESULT {passed} {failed}")
     return 1 if failed else 0
