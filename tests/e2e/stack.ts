@@ -20,7 +20,8 @@ export interface StackNode {
 }
 export interface Stack {
   spa: { url: string };
-  api: { url: string };
+  /** The API's Function App; `masterKey` stops and starts it as a region's (absent in the mock). */
+  api: { url: string; masterKey?: string };
   nodes: StackNode[];
   /** Optional timing hints (the mock writes them; `saldo up` may). */
   config?: { takeoverMs?: number; livenessMs?: number };
@@ -89,6 +90,17 @@ export async function setRegion(node: StackNode, action: 'stop' | 'start'): Prom
     signal: AbortSignal.timeout(15_000),
   });
   if (!res.ok) throw new Error(`${action} ${node.name}: ${res.status} ${await res.text()}`);
+}
+
+/** Stops or starts the API's Function App (`POST <api>/admin/host/stop|start`), as Azure would. */
+export async function setApi(stack: Stack, action: 'stop' | 'start'): Promise<void> {
+  if (!stack.api.masterKey) throw new Error('the stack manifest has no api.masterKey');
+  const res = await fetch(`${stack.api.url}/admin/host/${action}`, {
+    method: 'POST',
+    headers: { 'x-functions-key': stack.api.masterKey },
+    signal: AbortSignal.timeout(15_000),
+  });
+  if (!res.ok) throw new Error(`${action} the API: ${res.status} ${await res.text()}`);
 }
 
 // --- Screenshots of every step, numbered in the order taken.
