@@ -160,10 +160,25 @@ export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs
     return b.lines.map((l) => ({ id: l.id, quantity: l.quantity }));
   }
 
+  let apiStopped = false;
+
   async function handle(req, res) {
     const url = new URL(req.url, 'http://x');
     const path = url.pathname;
     tick();
+
+    // The API app's own control, as the Functions host stand-in offers it: stopped, it answers
+    // every request with Azure's 403 page.
+    const own = path.match(/^\/admin\/host\/(stop|start)$/);
+    if (own && req.method === 'POST') {
+      if (req.headers['x-functions-key'] !== masterKey) return fail(res, 401, 'unauthorized', 'master key required');
+      apiStopped = own[1] === 'stop';
+      return send(res, 200, { state: apiStopped ? 'Stopped' : 'Running' });
+    }
+    if (apiStopped) {
+      res.writeHead(403, { 'Content-Type': 'text/html; charset=utf-8' });
+      return res.end('<!DOCTYPE html><html><head><title>Error 403 - This web app is stopped.</title></head><body><h1>Error 403 - This web app is stopped.</h1></body></html>');
+    }
 
     // Node control, as the Functions host stand-in offers it.
     const ctl = path.match(/^\/nodes\/([^/]+)\/admin\/host\/(stop|start|status)$/);
