@@ -5,7 +5,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import AxeBuilder from '@axe-core/playwright';
 import { test as base, expect } from '@playwright/test';
-import type { BrowserContext, Page } from '@playwright/test';
+import type { BrowserContext, Locator, Page } from '@playwright/test';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const ARTIFACTS = resolve(here, 'artifacts');
@@ -110,6 +110,12 @@ export async function shot(page: Page, name: string): Promise<void> {
   shots += 1;
   const file = resolve(ARTIFACTS, `${String(shots).padStart(2, '0')}-${name}.png`);
   await page.screenshot({ path: file, fullPage: true });
+}
+
+/** A screenshot of one part of the page (the charts, say), numbered with the others. */
+export async function shotOf(part: Locator, name: string): Promise<void> {
+  shots += 1;
+  await part.screenshot({ path: resolve(ARTIFACTS, `${String(shots).padStart(2, '0')}-${name}.png`) });
 }
 
 // --- Accessibility: axe-core's WCAG 2.1 A and AA rules on the page as it is now.

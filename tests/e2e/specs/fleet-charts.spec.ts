@@ -4,7 +4,7 @@
 // Screenshots go to tests/e2e/artifacts/.
 
 import type { APIRequestContext, Locator, Page } from '@playwright/test';
-import { expect, expectAccessible, setApi, setRegion, shot, test, transactionTimeout, WAREHOUSE } from '../stack';
+import { expect, expectAccessible, setApi, setRegion, shot, shotOf, test, transactionTimeout, WAREHOUSE } from '../stack';
 import type { Stack, StackNode } from '../stack';
 
 test.describe.configure({ mode: 'serial' });
@@ -132,6 +132,7 @@ test.describe('the fleet charts while a region stops and catches up', () => {
         }
         await page.waitForTimeout(20_000);
         await shot(page, 'charts-region-down');
+        await shotOf(page.getByTestId('charts'), 'charts-region-down-closeup');
       });
 
       await test.step(`start ${node.name}: the window closes and its backlog drains`, async () => {
@@ -149,6 +150,7 @@ test.describe('the fleet charts while a region stops and catches up', () => {
         await page.waitForTimeout(10_000);
         await expectAccessible(page);
         await shot(page, 'charts-caught-up');
+        await shotOf(page.getByTestId('charts'), 'charts-caught-up-closeup');
       });
     } finally {
       const counts = await buying.stop();
