@@ -1,3 +1,4 @@
+import { useEffect, useRef, useState } from 'react';
 import type { ReactNode } from 'react';
 import { formatMs, latencySeries, niceScale, rateSeries, regionTotals } from '../charts';
 import type { BacklogSample, DownWindow, Scale, TxPoint, Window } from '../charts';
@@ -9,12 +10,30 @@ export const BUCKET_MS = 5000;
 /** Region colours, in the fleet's order; distinguishable and at least 3:1 against white. */
 const PALETTE = ['#0b5cad', '#b45309', '#047857', '#7c3aed', '#be185d', '#0e7490'];
 
-// Drawing area, in SVG units (the SVG scales to the page width).
-const W = 720;
+// Drawing area, in SVG units = CSS pixels: the width follows the page (so labels keep their size
+// on a phone), the height is fixed.
+const DEFAULT_W = 720;
 const H = 170;
 const M = { left: 46, right: 12, top: 20, bottom: 22 };
-const PW = W - M.left - M.right;
 const PH = H - M.top - M.bottom;
+
+/** The element's content width, following resizes (a default where ResizeObserver is missing). */
+function useWidth(fallback: number) {
+  const ref = useRef<HTMLDivElement>(null);
+  const [width, setWidth] = useState(fallback);
+  useEffect(() => {
+    const el = ref.current;
+    if (!el || typeof ResizeObserver === 'undefined') return;
+    const measure = () => {
+      if (el.clientWidth > 0) setWidth(Math.round(el.clientWidth));
+    };
+    measure();
+    const ro = new ResizeObserver(measure);
+    ro.observe(el);
+    return () => ro.disconnect();
+  }, []);
+  return [ref, width] as const;
+}
 
 function clock(ms: number): string {
   return new Date(ms).toLocaleTimeString(undefined, { hour12: false });
@@ -204,48 +223,53 @@ interface ChartProps {
 }
 
 function Chart({ id, title, summary, win, windows, scale, yFormat, legend, data, children }: ChartProps) {
+  const [box, W] = useWidth(DEFAULT_W);
+  const PW = W - M.left - M.right;
   const yMax = scale.max;
   const x = (t: number) => M.left + ((Math.min(win.to, Math.max(win.from, t)) - win.from) / (win.to - win.from)) * PW;
   const y = (v: number) => M.top + (1 - Math.min(1, v / yMax)) * PH;
   const dataAttrs = Object.fromEntries(Object.entries(data).map(([k, v]) => [`data-${k}`, v]));
-  // A tick every 30 s, on round clock times.
+  // A tick every 30 s on round clock times, every minute when narrow (a label is ~50 px).
+  const every = PW < 420 ? 60_000 : 30_000;
   const xTicks: number[] = [];
-  for (let t = Math.ceil(win.from / 30_000) * 30_000; t <= win.to; t += 30_000) xTicks.push(t);
+  for (let t = Math.ceil(win.from / every) * every; t <= win.to; t += every) xTicks.push(t);
   return (
     <figure className="chart" data-testid={`chart-${id}`} data-down-windows={windows.length} {...dataAttrs}>
       <figcaption id={`chart-${id}-title`}>{title}</figcaption>
       {legend}
-      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-labelledby={`chart-${id}-title chart-${id}-desc`} preserveAspectRatio="xMidYMid meet">
-        <desc id={`chart-${id}-desc`}>{summary}</desc>
-        {windows.map((w) => {
-          const x0 = x(w.from);
-          const x1 = Math.max(x0 + 2, x(w.open ? win.to : w.to));
-          // The label reads from the window's start, or ends at its end near the right edge.
-          const late = x0 > M.left + PW * 0.75;
-          return (
-            <g key={`${w.node}-${w.from}`} data-testid={`down-${w.node}`} data-open={w.open}>
-              <rect x={x0} y={M.top} width={x1 - x0} height={PH} className="down-window" />
-              <text x={late ? x1 - 2 : x0 + 2} y={M.top - 6} textAnchor={late ? 'end' : 'start'} className="down-label">
-                {w.region} down
+      <div ref={box}>
+        <svg viewBox={`0 0 ${W} ${H}`} width={W} height={H} role="img" aria-labelledby={`chart-${id}-title chart-${id}-desc`}>
+          <desc id={`chart-${id}-desc`}>{summary}</desc>
+          {windows.map((w) => {
+            const x0 = x(w.from);
+            const x1 = Math.max(x0 + 2, x(w.open ? win.to : w.to));
+            // The label reads from the window's start, or ends at its end near the right edge.
+            const late = x0 > M.left + PW * 0.75;
+            return (
+              <g key={`${w.node}-${w.from}`} data-testid={`down-${w.node}`} data-open={w.open}>
+                <rect x={x0} y={M.top} width={x1 - x0} height={PH} className="down-window" />
+                <text x={late ? x1 - 2 : x0 + 2} y={M.top - 6} textAnchor={late ? 'end' : 'start'} className="down-label">
+                  {w.region} down
+                </text>
+              </g>
+            );
+          })}
+          {scale.ticks.map((v) => (
+            <g key={v}>
+              <line x1={M.left} x2={W - M.right} y1={y(v)} y2={y(v)} className={v === 0 ? 'axis' : 'gridline'} />
+              <text x={M.left - 6} y={y(v) + 4} textAnchor="end" className="tick">
+                {yFormat(v)}
               </text>
             </g>
-          );
-        })}
-        {scale.ticks.map((v) => (
-          <g key={v}>
-            <line x1={M.left} x2={W - M.right} y1={y(v)} y2={y(v)} className={v === 0 ? 'axis' : 'gridline'} />
-            <text x={M.left - 6} y={y(v) + 4} textAnchor="end" className="tick">
-              {yFormat(v)}
+          ))}
+          {xTicks.map((t) => (
+            <text key={t} x={x(t)} y={H - 6} textAnchor="middle" className="tick">
+              {clock(t)}
             </text>
-          </g>
-        ))}
-        {xTicks.map((t) => (
-          <text key={t} x={x(t)} y={H - 6} textAnchor="middle" className="tick">
-            {clock(t)}
-          </text>
-        ))}
-        {children(x, y)}
-      </svg>
+          ))}
+          {children(x, y)}
+        </svg>
+      </div>
     </figure>
   );
 }
