@@ -1,10 +1,78 @@
 // @vitest-environment node
 // Pure logic: no DOM needed, and the node environment starts much faster than jsdom.
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { ApiError, getNodes, getPrincipal, getProducts, getTransaction, isRetryable, placeOrder, setSaldo } from './api';
+import { ApiError, getFleet, getNodes, getPrincipal, getProducts, getTransaction, isRetryable, placeOrder, REQUEST_TIMEOUT_MS, setSaldo } from './api';
 import { json, mockFetch } from './test/fetch';
 
-afterEach(() => vi.unstubAllGlobals());
+afterEach(() => {
+  vi.unstubAllGlobals();
+  vi.useRealTimers();
+});
+
+/** A fetch that never answers (a hung stack) but, like the real one, obeys its signal. */
+function hangingFetch(body?: 'hang-body') {
+  vi.stubGlobal(
+    'fetch',
+    vi.fn(
+      (_: string, init: RequestInit = {}) =>
+        new Promise<Response>((resolve, reject) => {
+          const abort = () => reject(init.signal?.reason ?? new DOMException('aborted', 'AbortError'));
+          init.signal?.addEventListener('abort', abort, { once: true });
+          if (body) {
+            // Headers arrive, the body never does (a proxy that stalls mid-answer).
+            const stream = new ReadableStream({
+              start(c) {
+                init.signal?.addEventListener('abort', () => c.error(init.signal?.reason), { once: true });
+              },
+            });
+            resolve(new Response(stream, { status: 200 }));
+          }
+        }),
+    ),
+  );
+}
+
+describe('API client timeouts', () => {
+  it('gives up on a stack that does not answer, with a retryable error that says so', async () => {
+    vi.useFakeTimers();
+    hangingFetch();
+    const pending = getProducts().catch((e) => e);
+    await vi.advanceTimersByTimeAsync(REQUEST_TIMEOUT_MS - 1);
+    let settled = false;
+    void pending.then(() => (settled = true));
+    await Promise.resolve();
+    expect(settled).toBe(false);
+    await vi.advanceTimersByTimeAsync(1);
+    const err = await pending;
+    expect(err).toBeInstanceOf(ApiError);
+    expect(err).toMatchObject({ status: 0, code: 'timeout' });
+    expect(err.message).toMatch(/did not answer within 10 s/);
+    expect(isRetryable(err)).toBe(true);
+  });
+
+  it('bounds the body as well as the answer', async () => {
+    vi.useFakeTimers();
+    hangingFetch('hang-body');
+    const pending = getFleet().catch((e) => e);
+    await vi.advanceTimersByTimeAsync(REQUEST_TIMEOUT_MS);
+    await expect(pending).resolves.toMatchObject({ code: 'timeout' });
+  });
+
+  it("bounds posting an order too, and the caller's abort stays an abort", async () => {
+    vi.useFakeTimers();
+    hangingFetch();
+    const order = placeOrder([{ id: 1, quantity: 1 }], 'k').catch((e) => e);
+    await vi.advanceTimersByTimeAsync(REQUEST_TIMEOUT_MS);
+    await expect(order).resolves.toMatchObject({ code: 'timeout' });
+
+    const ctl = new AbortController();
+    const read = getProducts(ctl.signal).catch((e) => e);
+    ctl.abort(new DOMException('page closed', 'AbortError'));
+    const err = await read;
+    expect(err).not.toBeInstanceOf(ApiError);
+    expect(err).toMatchObject({ name: 'AbortError' });
+  });
+});
 
 describe('API client errors', () => {
   it("reads the API's JSON error", async () => {
@@ -18,8 +86,17 @@ describe('API client errors', () => {
   it('describes a non-JSON error page by its status', async () => {
     mockFetch(() => new Response('<html>Bad Gateway</html>', { status: 502, statusText: 'Bad Gateway' }));
     const err = await getProducts().catch((e) => e);
-    expect(err).toMatchObject({ status: 502, code: 'http_502', message: '502 Bad Gateway' });
+    expect(err).toMatchObject({ status: 502, code: 'http_502' });
+    expect(err.message).toBe("The shop's API is not answering (502 Bad Gateway). Is the stack running?");
     expect(isRetryable(err)).toBe(true);
+  });
+
+  it("says a stopped Function App's API is not answering, with the page's title", async () => {
+    const page = '<!DOCTYPE html><html><head><title>Error 403 - This web app is stopped.</title></head><body>...</body></html>';
+    mockFetch(() => new Response(page, { status: 403, statusText: 'Forbidden' }));
+    const err = await getProducts().catch((e) => e);
+    expect(err).toMatchObject({ status: 403, code: 'http_403' });
+    expect(err.message).toBe("The shop's API is not answering (403 Forbidden: This web app is stopped). Is the stack running?");
   });
 
   it('turns a network failure into a retryable error with status 0', async () => {
@@ -81,6 +158,7 @@ describe('API client requests', () => {
         executedBy: 'northeurope',
         executedRegion: 'northeurope',
         takeover: true,
+        executedAt: '2026-11-23T22:00:01Z',
         quantities: [{ id: 1, saldo: 3 }],
         lines: [],
         nodes: [
@@ -91,7 +169,7 @@ describe('API client requests', () => {
       }),
     );
     const t = await getTransaction('tx1');
-    expect(t).toMatchObject({ status: 'completed', executedBy: 'northeurope', region: 'northeurope', takeover: true });
+    expect(t).toMatchObject({ status: 'completed', executedBy: 'northeurope', region: 'northeurope', takeover: true, executedAt: '2026-11-23T22:00:01Z' });
     expect(t.nodes.map((n) => [n.node, n.reachable, n.recordedAt !== undefined])).toEqual([
       ['westeurope', true, true],
       ['http://b', true, false],
@@ -114,6 +192,9 @@ describe('API client requests', () => {
         ],
       }),
     );
+    const fleet = await getFleet();
+    expect(fleet.checkedAt).toBe(Date.parse('2026-11-23T22:00:00Z'));
+    expect(fleet.nodes).toHaveLength(2);
     const nodes = await getNodes();
     expect(nodes[0]).toMatchObject({ node: 'westeurope', up: true, counters: { executed: 3 } });
     expect(nodes[1]).toMatchObject({ node: 'http://c', region: 'unknown region', up: false, error: 'connection refused' });

@@ -33,6 +33,8 @@ export interface Transaction {
   region?: string;
   /** True when the executor was not the first-ranked node: it took over from a silent one. */
   takeover: boolean;
+  /** When the executor applied it, on the executor's clock (ISO 8601). */
+  executedAt?: string;
   quantities: { id: number; saldo: number }[];
   /** The command's lines (a purchase has `change`, a warehouse update `saldo`). */
   lines?: { id: number; name: string; change?: number; saldo?: number }[];
@@ -108,10 +110,44 @@ async function errorFrom(res: Response): Promise<ApiError> {
     }
   } catch {
     // Not JSON: an error page from the Static Web Apps front door (401/403 from a route rule,
-    // 502 when the API is down). The status line is the best description we have.
+    // 502 when the API is down) or from a stopped Function App (403, "This web app is
+    // stopped."). The status line and the page's title are the best description we have, and
+    // for a gateway error or a stopped app, say what it means.
+    const title = /<title>([^<]{1,200})<\/title>/i.exec(text)?.[1].replace(/^\s*Error \d+\s*-\s*/i, '').replace(/\.\s*$/, '').trim();
+    if (title) message = `${message}: ${title}`;
+    if (res.status === 502 || res.status === 503 || res.status === 504 || /\bstopped\b/i.test(title ?? '')) {
+      message = `The shop's API is not answering (${message}). Is the stack running?`;
+    }
   }
   if (res.status === 401) message = `Sign-in required: ${message}`;
   return new ApiError(res.status, code, message);
+}
+
+/**
+ * How long one call may take, answer and body together. The API bounds its own calls to the
+ * nodes and the database well below this, so only a hung or unreachable stack reaches it.
+ */
+export const REQUEST_TIMEOUT_MS = 10_000;
+
+/** A signal that aborts when the caller's does, or when `ms` have passed (`expired()`). */
+function deadline(outer: AbortSignal | null | undefined, ms: number) {
+  const ctl = new AbortController();
+  let expired = false;
+  const timer = setTimeout(() => {
+    expired = true;
+    ctl.abort(new DOMException(`no answer within ${ms} ms`, 'TimeoutError'));
+  }, ms);
+  const onAbort = () => ctl.abort(outer?.reason);
+  if (outer?.aborted) onAbort();
+  else outer?.addEventListener('abort', onAbort, { once: true });
+  return {
+    signal: ctl.signal,
+    expired: () => expired,
+    done: () => {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', onAbort);
+    },
+  };
 }
 
 async function request(path: string, init: RequestInit = {}): Promise<Response> {
@@ -125,7 +161,7 @@ async function request(path: string, init: RequestInit = {}): Promise<Response> 
       redirect: 'manual',
     });
   } catch (e) {
-    if (e instanceof DOMException && e.name === 'AbortError') throw e;
+    if (init.signal?.aborted || (e instanceof DOMException && e.name === 'AbortError')) throw e;
     throw new ApiError(0, 'network', `The shop could not be reached (${(e as Error).message}).`);
   }
   if (res.type === 'opaqueredirect' || (res.status >= 300 && res.status < 400)) {
@@ -135,13 +171,44 @@ async function request(path: string, init: RequestInit = {}): Promise<Response> 
   return res;
 }
 
-async function json<T>(path: string, init?: RequestInit): Promise<T> {
-  const res = await request(path, init);
+/**
+ * One call, answer and body, bounded by `timeoutMs`: a stack that does not answer becomes a
+ * retryable ApiError (status 0, code `timeout`) instead of a page waiting forever. The
+ * caller's own abort (a page closing) still surfaces as an abort.
+ */
+async function call<T>(
+  path: string,
+  init: RequestInit,
+  read: (res: Response, signal: AbortSignal) => Promise<T>,
+  timeoutMs = REQUEST_TIMEOUT_MS,
+): Promise<T> {
+  const d = deadline(init.signal, timeoutMs);
   try {
-    return (await res.json()) as T;
-  } catch {
-    throw new ApiError(res.status, 'bad_response', `The answer to ${path} was not JSON.`);
+    return await read(await request(path, { ...init, signal: d.signal }), d.signal);
+  } catch (e) {
+    if (d.expired()) {
+      throw new ApiError(0, 'timeout', `The shop did not answer within ${Math.round(timeoutMs / 1000)} s: the local stack may be stopped or overloaded.`);
+    }
+    throw e;
+  } finally {
+    d.done();
   }
+}
+
+async function json<T>(path: string, init: RequestInit = {}, timeoutMs?: number): Promise<T> {
+  return call(
+    path,
+    init,
+    async (res, signal) => {
+      try {
+        return (await res.json()) as T;
+      } catch (e) {
+        if (signal.aborted) throw e;
+        throw new ApiError(res.status, 'bad_response', `The answer to ${path} was not JSON.`);
+      }
+    },
+    timeoutMs,
+  );
 }
 
 export function getProducts(signal?: AbortSignal): Promise<Product[]> {
@@ -153,16 +220,20 @@ export function getProduct(id: number, signal?: AbortSignal): Promise<Product> {
 }
 
 async function accepted(path: string, init: RequestInit): Promise<Accepted> {
-  const res = await request(path, init);
-  const body = (await res.json().catch(() => null)) as Partial<Accepted> | null;
-  if (!body || typeof body.transaction !== 'string') {
-    throw new ApiError(res.status, 'bad_response', 'The shop accepted the request but named no transaction.');
-  }
-  return {
-    transaction: body.transaction,
-    status: body.status ?? 'pending',
-    location: res.headers.get('Location') ?? undefined,
-  };
+  return call(path, init, async (res, signal) => {
+    const body = (await res.json().catch((e) => {
+      if (signal.aborted) throw e;
+      return null;
+    })) as Partial<Accepted> | null;
+    if (!body || typeof body.transaction !== 'string') {
+      throw new ApiError(res.status, 'bad_response', 'The shop accepted the request but named no transaction.');
+    }
+    return {
+      transaction: body.transaction,
+      status: body.status ?? 'pending',
+      location: res.headers.get('Location') ?? undefined,
+    };
+  });
 }
 
 /** Places an order. The same `idempotencyKey` always means the same purchase (a retry never buys twice). */
@@ -225,6 +296,7 @@ export function normalizeTransaction(raw: Record<string, unknown>): Transaction 
     executedBy: t.executedBy,
     region: t.executedRegion ?? t.region,
     takeover: t.takeover ?? false,
+    executedAt: typeof t.executedAt === 'string' ? t.executedAt : undefined,
     quantities: Array.isArray(t.quantities) ? t.quantities : [],
     lines: Array.isArray(t.lines) ? t.lines : [],
     nodes,
@@ -266,6 +338,13 @@ export async function getRecentTransactions(limit: number, signal?: AbortSignal)
 
 export async function getNodes(signal?: AbortSignal): Promise<NodeHealth[]> {
   return normalizeNodes(await json<unknown>('/api/nodes', { signal }));
+}
+
+/** The fleet, with the API's time of asking (epoch ms; undefined if the API did not say). */
+export async function getFleet(signal?: AbortSignal): Promise<{ checkedAt?: number; nodes: NodeHealth[] }> {
+  const raw = await json<unknown>('/api/nodes', { signal });
+  const at = Date.parse(String((raw as { checkedAt?: unknown } | null)?.checkedAt ?? ''));
+  return { checkedAt: Number.isNaN(at) ? undefined : at, nodes: normalizeNodes(raw) };
 }
 /** Who is signed in, from the Static Web Apps auth endpoint; null for an anonymous visitor. */
 export async function getPrincipal(signal?: AbortSignal): Promise<Principal | null> {

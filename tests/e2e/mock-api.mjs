@@ -81,6 +81,7 @@ export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs
       executor.counters.executed++;
     }
     tx.executedBy = executor.node;
+    tx.executedAt = Date.now();
     tx.takeover = takeover;
     if (takeover) executor.counters.takenOver++;
     for (const n of nodes) if (n.up && n !== executor) n.counters.peersRecorded++;
@@ -96,7 +97,7 @@ export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs
       transaction: tx.id,
       status: tx.status,
       ...(tx.reason ? { reason: tx.reason } : {}),
-      ...(exec ? { executedBy: exec.node, executedRegion: exec.region } : {}),
+      ...(exec ? { executedBy: exec.node, executedRegion: exec.region, executedAt: new Date(tx.executedAt).toISOString() } : {}),
       takeover: tx.takeover ?? false,
       quantities: tx.quantities ?? [],
       lines: [],
@@ -159,10 +160,25 @@ export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs
     return b.lines.map((l) => ({ id: l.id, quantity: l.quantity }));
   }
 
+  let apiStopped = false;
+
   async function handle(req, res) {
     const url = new URL(req.url, 'http://x');
     const path = url.pathname;
     tick();
+
+    // The API app's own control, as the Functions host stand-in offers it: stopped, it answers
+    // every request with Azure's 403 page.
+    const own = path.match(/^\/admin\/host\/(stop|start)$/);
+    if (own && req.method === 'POST') {
+      if (req.headers['x-functions-key'] !== masterKey) return fail(res, 401, 'unauthorized', 'master key required');
+      apiStopped = own[1] === 'stop';
+      return send(res, 200, { state: apiStopped ? 'Stopped' : 'Running' });
+    }
+    if (apiStopped) {
+      res.writeHead(403, { 'Content-Type': 'text/html; charset=utf-8' });
+      return res.end('<!DOCTYPE html><html><head><title>Error 403 - This web app is stopped.</title></head><body><h1>Error 403 - This web app is stopped.</h1></body></html>');
+    }
 
     // Node control, as the Functions host stand-in offers it.
     const ctl = path.match(/^\/nodes\/([^/]+)\/admin\/host\/(stop|start|status)$/);
@@ -216,6 +232,11 @@ export function createMockApi({ executeMs = 400, takeoverMs = 2500, recordStepMs
       const tx = prior ? txs.get(prior.id) : publish(lines);
       if (!prior) keys.set(key, { hash, id: tx.id });
       return send(res, 202, { transaction: tx.id, status: 'pending' }, { Location: `/api/transactions/${tx.id}` });
+    }
+    if (path === '/api/transactions' && req.method === 'GET') {
+      const limit = Math.min(100, Math.max(1, Number(url.searchParams.get('limit') ?? 20) || 20));
+      const newest = [...txs.values()].sort((a, b) => b.created - a.created).slice(0, limit);
+      return send(res, 200, { transactions: newest.map(view) });
     }
     m = path.match(/^\/api\/transactions\/([^/]+)$/);
     if (m && req.method === 'GET') {

@@ -5,7 +5,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import AxeBuilder from '@axe-core/playwright';
 import { test as base, expect } from '@playwright/test';
-import type { BrowserContext, Page } from '@playwright/test';
+import type { BrowserContext, Locator, Page } from '@playwright/test';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const ARTIFACTS = resolve(here, 'artifacts');
@@ -20,7 +20,8 @@ export interface StackNode {
 }
 export interface Stack {
   spa: { url: string };
-  api: { url: string };
+  /** The API's Function App; `masterKey` stops and starts it as a region's (absent in the mock). */
+  api: { url: string; masterKey?: string };
   nodes: StackNode[];
   /** Optional timing hints (the mock writes them; `saldo up` may). */
   config?: { takeoverMs?: number; livenessMs?: number };
@@ -91,6 +92,17 @@ export async function setRegion(node: StackNode, action: 'stop' | 'start'): Prom
   if (!res.ok) throw new Error(`${action} ${node.name}: ${res.status} ${await res.text()}`);
 }
 
+/** Stops or starts the API's Function App (`POST <api>/admin/host/stop|start`), as Azure would. */
+export async function setApi(stack: Stack, action: 'stop' | 'start'): Promise<void> {
+  if (!stack.api.masterKey) throw new Error('the stack manifest has no api.masterKey');
+  const res = await fetch(`${stack.api.url}/admin/host/${action}`, {
+    method: 'POST',
+    headers: { 'x-functions-key': stack.api.masterKey },
+    signal: AbortSignal.timeout(15_000),
+  });
+  if (!res.ok) throw new Error(`${action} the API: ${res.status} ${await res.text()}`);
+}
+
 // --- Screenshots of every step, numbered in the order taken.
 
 let shots = 0;
@@ -98,6 +110,12 @@ export async function shot(page: Page, name: string): Promise<void> {
   shots += 1;
   const file = resolve(ARTIFACTS, `${String(shots).padStart(2, '0')}-${name}.png`);
   await page.screenshot({ path: file, fullPage: true });
+}
+
+/** A screenshot of one part of the page (the charts, say), numbered with the others. */
+export async function shotOf(part: Locator, name: string): Promise<void> {
+  shots += 1;
+  await part.screenshot({ path: resolve(ARTIFACTS, `${String(shots).padStart(2, '0')}-${name}.png`) });
 }
 
 // --- Accessibility: axe-core's WCAG 2.1 A and AA rules on the page as it is now.

@@ -44,6 +44,10 @@ pub struct TransactionView {
     pub executed_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executed_region: Option<String>,
+    /// When the executor applied it, on the executor's own clock: with the executor's
+    /// `recordedAt` it gives the time from receiving the command to completing it, one clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_at: Option<DateTime<Utc>>,
     /// True when the executor took over from a node ranked before it.
     pub takeover: bool,
     /// Quantities after the transaction, for the products it touched.
@@ -184,6 +188,7 @@ pub fn transaction(
         reason: outcome.and_then(|e| e.reason.clone()),
         executed_by: outcome.and_then(|e| e.executed_by.clone()),
         executed_region: outcome.and_then(|e| e.executed_region.clone()),
+        executed_at: outcome.and_then(|e| e.executed_at),
         takeover: outcome.is_some_and(|e| e.takeover),
         quantities: outcome.map(|e| e.quantities.clone()).unwrap_or_default(),
         lines,
@@ -289,6 +294,7 @@ mod tests {
             recorded_at: Utc::now(),
             executed_by: (state != LedgerState::Pending).then(|| "b".into()),
             executed_region: (state != LedgerState::Pending).then(|| "northeurope".into()),
+            executed_at: None,
             reason: (state == LedgerState::Rejected).then(|| "out of stock".into()),
             quantities: vec![],
             takeover: state != LedgerState::Pending,

@@ -569,6 +569,7 @@ fn entry(tx: &str, node: &str, state: LedgerState) -> LedgerEntryView {
         recorded_at: Utc::now(),
         executed_by: None,
         executed_region: None,
+        executed_at: None,
         reason: None,
         quantities: vec![],
         takeover: false,
@@ -581,9 +582,11 @@ fn entry(tx: &str, node: &str, state: LedgerState) -> LedgerEntryView {
 async fn transaction_status_combines_every_node() {
     let h = Harness::start(&[Mode::Healthy, Mode::Healthy, Mode::Stopped]).await;
     let pending = entry("t-1", "n0", LedgerState::Pending);
+    let executed_at = Utc::now();
     let done = LedgerEntryView {
         executed_by: Some("n1".into()),
         executed_region: Some("northeurope".into()),
+        executed_at: Some(executed_at),
         takeover: true,
         quantities: vec![Quantity { id: 1, saldo: 3 }],
         ..entry("t-1", "n1", LedgerState::Completed)
@@ -598,6 +601,11 @@ async fn transaction_status_combines_every_node() {
         (Some("n1"), Some("northeurope"))
     );
     assert_eq!(body["takeover"], true);
+    let at: chrono::DateTime<Utc> = serde_json::from_value(body["executedAt"].clone()).unwrap();
+    assert_eq!(
+        at, executed_at,
+        "the executor's completion time is passed on"
+    );
     assert_eq!(body["quantities"], json!([{"id": 1, "saldo": 3}]));
     assert_eq!(body["lines"][0]["change"], -2);
     assert!(

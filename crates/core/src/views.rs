@@ -56,6 +56,9 @@ pub struct LedgerEntryView {
     pub executed_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executed_region: Option<String>,
+    /// When the executor applied it, on the executor's clock (from the outcome it recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default)]

@@ -86,6 +86,7 @@ impl LedgerEntry {
             recorded_at: self.recorded_at,
             executed_by: o.map(|o| o.node.clone()),
             executed_region: o.map(|o| o.region.clone()),
+            executed_at: o.map(|o| o.at),
             reason: o.and_then(|o| o.reason.clone()),
             quantities: o.map(|o| o.quantities.clone()).unwrap_or_default(),
             takeover: o.is_some_and(|o| o.takeover),

@@ -164,8 +164,39 @@ describe('the fleet page', () => {
             { url: 'http://sc', state: 'unreachable', error: 'stopped' },
           ],
         });
+      if (c.path === '/api/transactions?limit=100')
+        return json(200, {
+          transactions: [
+            {
+              transaction: 'tx-other',
+              status: 'completed',
+              executedBy: 'westeurope',
+              executedRegion: 'westeurope',
+              takeover: true,
+              executedAt: new Date(Date.now() - 1000).toISOString(),
+              lines: [{ id: 1, name: 'Kiwi', change: -1 }],
+              nodes: [
+                { url: 'http://we', node: 'westeurope', state: 'completed', recordedAt: new Date(Date.now() - 4000).toISOString() },
+                { url: 'http://sc', state: 'unreachable', error: 'stopped' },
+              ],
+            },
+          ],
+        });
     });
     open('/fleet');
+    // The charts: the purchase someone else made, executed by westeurope after a 3 s takeover,
+    // and swedencentral's down window (open: it is still down).
+    const rate = await screen.findByTestId('chart-rate');
+    await waitFor(() => expect(rate.getAttribute('data-total')).toBe('1'));
+    expect(screen.getByTestId('executed-westeurope').dataset).toMatchObject({ executed: '1', takenOver: '1' });
+    expect(screen.getByTestId('executed-swedencentral').dataset.executed).toBe('0');
+    expect(screen.getByTestId('chart-latency').dataset.samples).toBe('1');
+    expect(screen.getByTestId('chart-latency').textContent).toMatch(/3\.0 s/);
+    for (const c of ['rate', 'latency', 'backlog']) {
+      expect(screen.getByTestId(`chart-${c}`).querySelector('[data-testid="down-swedencentral"]')?.getAttribute('data-open')).toBe('true');
+    }
+    expect(screen.getByTestId('behind-swedencentral').textContent).toContain('not answering');
+    expect(screen.getByTestId('behind-westeurope').dataset.behind).toBe('0');
     expect((await screen.findByTestId('node-state-swedencentral')).textContent).toBe('down');
     expect(screen.getByTestId('node-state-westeurope').textContent).toBe('up');
     expect(screen.getByTestId('counter-westeurope-takenOver').textContent).toBe('1');

@@ -1,16 +1,23 @@
 import { useRef, useState } from 'react';
-import { ApiError, getNodes, getRecentTransactions, getTransaction } from '../api';
+import { ApiError, getFleet, getRecentTransactions, getTransaction } from '../api';
 import type { NodeHealth, Transaction } from '../api';
 import { usePolling } from '../hooks';
 import { ago, buildTimeline, fleetChanges, isSettled, plainError, withFleet } from '../timeline';
 import type { FleetEvent, RecentTx, TimelineEvent, TxEvent } from '../timeline';
+import { backlogSample, downWindows, fleetSample, mergeSeen, pruneSamples } from '../charts';
+import type { BacklogSample, FleetSample, TxPoint } from '../charts';
 import { LoadError, PageHeading } from './common';
 import { POLL_MS } from './Catalogue';
+import { CHART_WINDOW_MS, FleetCharts } from './FleetCharts';
 
 /** Transactions followed on this page: the newest few (each poll asks the API about each one). */
 const FOLLOWED = 10;
-/** Transactions the fleet reports, whoever placed them (one read per node per poll). */
+/** Transactions the timeline shows of those the fleet reports, whoever placed them. */
 const FLEET_RECENT = 15;
+/** Transactions asked for per poll (the API's maximum; one read per node per poll): the charts' source. */
+const CHART_RECENT = 100;
+/** History kept for the charts: a little more than they show. */
+const HISTORY_MS = CHART_WINDOW_MS + 30_000;
 /** Fleet changes kept for the timeline. */
 const FLEET_EVENTS = 50;
 
@@ -38,12 +45,22 @@ function clock(ms: number): string {
 export function Fleet({ recent, forget }: { recent: readonly RecentTx[]; forget: (ids: string[]) => void }) {
   const previous = useRef<NodeHealth[] | undefined>(undefined);
   const [events, setEvents] = useState<FleetEvent[]>([]);
+  // The charts' history. Times are the API's (`checkedAt`): `offset` maps this browser's clock
+  // onto it, so a browser whose clock is off still lines its samples up with the nodes' times.
+  const offset = useRef(0);
+  const serverNow = () => Date.now() + offset.current;
+  const samples = useRef<FleetSample[]>([]);
+  const seen = useRef(new Map<string, TxPoint>());
+  const backlog = useRef<BacklogSample[]>([]);
 
   const nodes = usePolling(async (signal) => {
-    const next = await getNodes(signal);
+    const { checkedAt, nodes: next } = await getFleet(signal);
+    if (checkedAt !== undefined) offset.current = checkedAt - Date.now();
+    const at = serverNow();
     const changes = fleetChanges(previous.current, next, Date.now());
     previous.current = next;
     if (changes.length > 0) setEvents((e) => [...changes, ...e].slice(0, FLEET_EVENTS));
+    samples.current = pruneSamples([...samples.current, fleetSample(at, next)], at - HISTORY_MS);
     return next;
   }, POLL_MS);
 
@@ -64,10 +81,17 @@ export function Fleet({ recent, forget }: { recent: readonly RecentTx[]; forget:
   }, POLL_MS);
 
   // Everyone's transactions, not only this browser's. A failed poll keeps the last answer.
-  const fleetTxs = usePolling((signal) => getRecentTransactions(FLEET_RECENT, signal), POLL_MS);
+  const fleetTxs = usePolling(async (signal) => {
+    const list = await getRecentTransactions(CHART_RECENT, signal);
+    const at = serverNow();
+    seen.current = mergeSeen(seen.current, list, at - HISTORY_MS);
+    const names = new Map((previous.current ?? []).map((n) => [n.url, n.node]));
+    backlog.current = pruneSamples([...backlog.current, backlogSample(at, list, names, CHART_RECENT)], at - HISTORY_MS);
+    return list;
+  }, POLL_MS);
 
   const now = nodes.updatedAt ?? Date.now();
-  const merged = withFleet(followed, txs.data ?? new Map(), fleetTxs.data ?? []);
+  const merged = withFleet(followed, txs.data ?? new Map(), (fleetTxs.data ?? []).slice(0, FLEET_RECENT));
   const timeline = buildTimeline(merged.recent, merged.transactions, events, nodes.data);
 
   return (
@@ -87,8 +111,18 @@ export function Fleet({ recent, forget }: { recent: readonly RecentTx[]; forget:
           </ul>
         )}
       </section>
+      {nodes.data !== undefined && (
+        <FleetCharts
+          points={seen.current}
+          windows={downWindows(samples.current)}
+          backlog={backlog.current}
+          nodes={nodes.data}
+          now={serverNow()}
+        />
+      )}
       <section aria-labelledby="timeline-heading">
         <h2 id="timeline-heading">Recent transactions</h2>
+        <LoadError error={fleetTxs.error} stale={fleetTxs.data !== undefined} />
         {timeline.length === 0 ? (
           <p>No transactions yet. Buy something, or set a quantity in the warehouse.</p>
         ) : (
