@@ -263,8 +263,8 @@ async fn bad_orders_are_refused_and_publish_nothing() {
         (
             Some("k-dup"),
             json!({"lines": [line(1, 1), line(1, 2)]}).to_string(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "duplicate_line",
         ),
         (
             Some("k-unknown"),
@@ -298,7 +298,8 @@ async fn bad_orders_are_refused_and_publish_nothing() {
             assert_eq!(status, StatusCode::NOT_FOUND, "key {k} left a record");
         }
     }
-    // A principal that cannot be read is refused even where signing in is optional.
+    // A principal that cannot be read is refused even where signing in is optional: 401, as for
+    // any credentials that cannot be read.
     let resp = h
         .http
         .post(h.url("/api/orders"))
@@ -311,7 +312,7 @@ async fn bad_orders_are_refused_and_publish_nothing() {
     let (status, body) = read(resp).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
-        (StatusCode::BAD_REQUEST, "malformed_principal")
+        (StatusCode::UNAUTHORIZED, "malformed_principal")
     );
     assert!(h.topic.published().is_empty());
     // Unknown routes and methods answer in the same error shape.
@@ -367,7 +368,7 @@ async fn warehouse_updates_need_the_role() {
         ),
         (
             put("/api/products/1", Some("%%%".into()), None, ok).await,
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNAUTHORIZED,
             "malformed_principal",
         ),
         (
