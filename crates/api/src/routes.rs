@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -169,9 +169,9 @@ async fn list_products(State(s): State<AppState>) -> Result<Response, ApiError> 
         (status = 503, description = "No worker node answered", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn get_product(
     State(s): State<AppState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = commands::parse_product_id(&raw)?;
+    let id = commands::parse_product_id(&path_id(raw)?)?;
     let (url, answer) = s
         .fleet
         .read::<ProductView>(&format!("/api/products/{id}"), true)
@@ -199,13 +199,13 @@ async fn get_product(
         (status = 503, description = "Nodes, topic or database unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn put_product(
     State(s): State<AppState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     // Who first: a shopper learns nothing about products or keys from this endpoint.
     let user = principal::require_role(&headers, principal::WAREHOUSE)?;
-    let id = commands::parse_product_id(&raw)?;
+    let id = commands::parse_product_id(&path_id(raw)?)?;
     let req: SetSaldoRequest = parse_json(body)?;
     commands::validate_saldo(&req)?;
     let key = match idempotency_key(&headers)? {
@@ -272,6 +272,12 @@ async fn post_order(
         ))
     })
     .await
+}
+
+/// A path segment, or a 400 in the API's error shape when it does not decode (`%FF` is no UTF-8).
+fn path_id(raw: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    raw.map(|Path(id)| id)
+        .map_err(|e| invalid("id", format!("cannot be read: {}", e.body_text())))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(
@@ -438,8 +444,9 @@ async fn list_transactions(
         (status = 503, description = "Nobody could be asked", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn get_transaction(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
     if commands::check_transaction_id(&id)? == TransactionIdCheck::CannotExist {
         return Err(ApiError::TransactionNotFound(id));
     }
