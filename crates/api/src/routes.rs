@@ -196,6 +196,7 @@ async fn get_product(
         (status = 404, description = "No such product", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Key reused for a different request", body = ErrorBody),
+        (status = 502, description = "The topic refused the command (a configuration fault, logged)", body = ErrorBody),
         (status = 503, description = "Nodes, topic or database unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn put_product(
     State(s): State<AppState>,
@@ -246,6 +247,7 @@ async fn put_product(
         (status = 401, description = "A principal header that cannot be read", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Unknown products, a product on two lines, or key reused for a different order", body = ErrorBody),
+        (status = 502, description = "The topic refused the command (a configuration fault, logged)", body = ErrorBody),
         (status = 503, description = "Nodes, topic or database unavailable; retry with the same key", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn post_order(
     State(s): State<AppState>,

@@ -503,7 +503,7 @@ fn any_transaction_lookup_is_answered_without_a_server_error() {
                 let (status, answer, published) =
                     w.send(Request::get(path.as_str()).body(Body::empty()).unwrap())?;
                 let chars = id.chars().count();
-                let ok = chars >= 1 && chars <= 128 && !id.chars().any(char::is_control);
+                let ok = (1..=128).contains(&chars) && !id.chars().any(char::is_control);
                 let want = if ok {
                     StatusCode::NOT_FOUND
                 } else {

@@ -141,10 +141,14 @@ fn expected(body: &[u8]) -> (BTreeSet<String>, BTreeSet<String>, bool) {
         for raw in &items {
             handshake |= raw.get("eventType").and_then(Value::as_str) == Some(VALIDATION);
             match parse_event(raw) {
-                Ok(SaldoEvent::RecordUpdated(e)) => drop(txs.insert(e.id)),
-                Ok(SaldoEvent::TransactionCompleted(e)) => drop(txs.insert(e.data.transaction)),
+                Ok(SaldoEvent::RecordUpdated(e)) => {
+                    txs.insert(e.id);
+                }
+                Ok(SaldoEvent::TransactionCompleted(e)) => {
+                    txs.insert(e.data.transaction);
+                }
                 Ok(SaldoEvent::Heartbeat(e)) if e.data.node != NODE => {
-                    drop(peers.insert(e.data.node))
+                    peers.insert(e.data.node);
                 }
                 _ => {}
             }
