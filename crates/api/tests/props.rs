@@ -26,6 +26,16 @@ use saldo_store::test_util::{Secantus, spawn_secantus};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+/// Runner-driven properties have no source file to persist failures next to: the failing input
+/// is printed instead.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -334,7 +344,7 @@ fn check_refusal(
 fn any_order_is_accepted_exactly_or_refused_with_nothing_written() {
     let w = World::start();
     let accepted = AtomicU64::new(0);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases()));
+    let mut runner = proptest::test_runner::TestRunner::new(config());
     runner
         .run(&(key(), who(), order_body()), |(key, who, body)| {
             let req = Request::post("/api/orders").header("content-type", "application/json");
@@ -406,7 +416,7 @@ fn any_stock_update_is_accepted_exactly_or_refused_with_nothing_written() {
     ]
     .prop_map(|v| serde_json::to_vec(&v).unwrap());
     let accepted = AtomicU64::new(0);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases()));
+    let mut runner = proptest::test_runner::TestRunner::new(config());
     runner
         .run(
             &(
@@ -494,7 +504,7 @@ fn any_stock_update_is_accepted_exactly_or_refused_with_nothing_written() {
 #[test]
 fn any_transaction_lookup_is_answered_without_a_server_error() {
     let w = World::start();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases()));
+    let mut runner = proptest::test_runner::TestRunner::new(config());
     runner
         .run(
             &prop_oneof!["\\PC{0,10}", "[a-z]{120,135}", "[ÿé]{60,70}", ".{0,6}"],

@@ -22,6 +22,16 @@ use tower::ServiceExt;
 
 const KEY: &str = "dGVzdC1rZXktZm9yLXRoZS1lbXVsYXRvci0xMjM0NTY=";
 
+/// Runner-driven properties have no source file to persist failures next to: the failing input
+/// is printed instead.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -184,7 +194,7 @@ fn batch() -> impl Strategy<Value = (Vec<u8>, Option<usize>)> {
 #[test]
 fn any_publication_is_accepted_whole_or_refused_with_nothing_accepted() {
     let w = World::start();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases()));
+    let mut runner = proptest::test_runner::TestRunner::new(config());
     runner
         .run(
             &(
@@ -255,7 +265,7 @@ fn any_management_call_creates_what_it_answers_or_nothing() {
         1 => (name.clone(), prop::collection::vec(any::<u8>(), 0..30)).prop_map(|(n, b)| ("PUT", n, b)),
         1 => name.prop_map(|n| ("DELETE", n, vec![])),
     ];
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases()));
+    let mut runner = proptest::test_runner::TestRunner::new(config());
     runner
         .run(&call, |(method, name, body)| {
             let before = w.names();

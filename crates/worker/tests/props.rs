@@ -226,8 +226,60 @@ async fn deliver(body: Vec<u8>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The reads peers and the API make (`/api/ledger?after=&limit=`, `?recent=`, `/api/ledger/{id}`,
+/// `/api/products/{id}`): any query or path is answered 2xx or 4xx with a body, never 5xx.
+async fn read(path: String) -> Result<(), TestCaseError> {
+    let db = MemDb::new();
+    let cfg = Config {
+        node: NODE.into(),
+        region: NODE.into(),
+        public_url: "http://127.0.0.1:1".into(),
+        peers: vec![],
+        takeover: chrono::Duration::seconds(10),
+        liveness: chrono::Duration::seconds(15),
+        catch_up_every: 5,
+    };
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap());
+    let node = Arc::new(Node::new(cfg, db.store(NODE), clock, NullBus, NoPeers));
+    node.start()
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let Ok(req) = Request::get(path.as_str()).body(Body::empty()) else {
+        return Ok(()); // not a URI at all: no client could send it
+    };
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        saldo_worker::http::app(node).oneshot(req),
+    )
+    .await
+    .map_err(|_| TestCaseError::fail("a read hung"))?
+    .unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    prop_assert!(
+        status.is_success() || status.is_client_error(),
+        "{status} for {path}"
+    );
+    prop_assert!(!body.is_empty(), "{status} with an empty body for {path}");
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn any_read_is_answered_without_a_server_error(
+        path in prop_oneof![
+            "/api/ledger\\?(after|limit|recent|x)=[-0-9a-z%.]{0,22}(&(after|limit|recent)=[-0-9]{0,21})?",
+            "/api/ledger/[a-zA-Z0-9%._~-]{1,12}",
+            "/api/products(/[-+0-9a-z%.]{1,22})?",
+        ]
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(read(path))?;
+    }
 
     #[test]
     fn any_delivery_is_recorded_exactly_or_refused_with_nothing_written(body in body()) {
