@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use saldo_core::events::{
-    DATA_VERSION, EventGridEvent, MAX_LINES, MAX_PRODUCT_NUMBER, MAX_QUANTITY, ProductLine,
-    RECORD_UPDATED, RecordUpdated,
+    DATA_VERSION, EventGridEvent, MAX_ID_LEN, MAX_LINES, MAX_PRODUCT_NUMBER, MAX_QUANTITY,
+    ProductLine, RECORD_UPDATED, RecordUpdated,
 };
 use saldo_core::views::ProductView;
 use serde::{Deserialize, Serialize};
@@ -19,27 +19,65 @@ use crate::error::{ApiError, invalid};
 
 /// A shopper's order: `POST /api/orders`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"lines": [{"id": 1, "quantity": 2}, {"id": 2, "quantity": 1}]}))]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
-    /// 1 to 100 lines, each product at most once.
+    #[schema(schema_with = crate::contract::order_lines)]
     pub lines: Vec<OrderLine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
-    /// Product id.
+    #[schema(schema_with = crate::contract::product_id)]
+    #[serde(deserialize_with = "whole::unsigned")]
     pub id: u64,
-    /// How many to buy, 1 to 1000.
+    #[schema(schema_with = crate::contract::order_quantity)]
+    #[serde(deserialize_with = "whole::signed")]
     pub quantity: i64,
 }
 
 /// The warehouse's new quantity for one product: `PUT /api/products/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"saldo": 40}))]
 #[serde(deny_unknown_fields)]
 pub struct SetSaldoRequest {
-    /// The absolute quantity, 0 to 1,000,000.
+    #[schema(schema_with = crate::contract::saldo)]
+    #[serde(deserialize_with = "whole::signed")]
     pub saldo: i64,
+}
+
+/// Whole numbers as JSON Schema counts them: `3`, `3.0` and `3e0` are the same integer (JSON has
+/// one number type, and a JavaScript client may well send `3.0`); `3.5` is not one. Only numbers
+/// whose float value is exact (at most 2^53 in size) are taken from a float form.
+mod whole {
+    use saldo_core::events::MAX_PRODUCT_NUMBER;
+    use serde::Deserialize;
+    use serde::de::{Deserializer, Error, Unexpected};
+    use serde_json::Number;
+
+    fn exact(n: &Number) -> Option<f64> {
+        let f = n.as_f64()?;
+        (f.fract() == 0.0 && f.abs() <= MAX_PRODUCT_NUMBER as f64).then_some(f)
+    }
+
+    pub fn signed<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let n = Number::deserialize(d)?;
+        n.as_i64()
+            .or_else(|| exact(&n).map(|f| f as i64))
+            .ok_or_else(|| {
+                D::Error::invalid_type(Unexpected::Other(&n.to_string()), &"a whole number")
+            })
+    }
+
+    pub fn unsigned<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let n = Number::deserialize(d)?;
+        n.as_u64()
+            .or_else(|| exact(&n).filter(|f| *f >= 0.0).map(|f| f as u64))
+            .ok_or_else(|| {
+                D::Error::invalid_type(Unexpected::Other(&n.to_string()), &"a whole number from 0")
+            })
+    }
 }
 
 /// Largest quantity of one product in one shopper's order. A shop cart line above this is a typo
@@ -62,23 +100,24 @@ pub fn validate_order(order: &OrderRequest) -> Result<(), ApiError> {
             format!("at most {MAX_LINES} lines per order"),
         ));
     }
-    let mut seen = BTreeSet::new();
     for (i, line) in order.lines.iter().enumerate() {
-        if !seen.insert(line.id) {
-            return Err(invalid(
-                format!("lines[{i}].id"),
-                format!(
-                    "product {} appears twice; give one line per product",
-                    line.id
-                ),
-            ));
-        }
         check_product_id(&format!("lines[{i}].id"), line.id)?;
         if !(1..=MAX_ORDER_QUANTITY).contains(&line.quantity) {
             return Err(invalid(
                 format!("lines[{i}].quantity"),
                 format!("must be between 1 and {MAX_ORDER_QUANTITY}"),
             ));
+        }
+    }
+    // Checked last: every line is within the document's bounds, so this is a 422 (the request
+    // conforms to the schema, which cannot say "unique by id", but cannot be carried out).
+    let mut seen = BTreeSet::new();
+    for (i, line) in order.lines.iter().enumerate() {
+        if !seen.insert(line.id) {
+            return Err(ApiError::DuplicateLine {
+                field: format!("lines[{i}].id"),
+                id: line.id,
+            });
         }
     }
     Ok(())
@@ -116,6 +155,9 @@ pub fn parse_product_id(raw: &str) -> Result<u64, ApiError> {
     Ok(id)
 }
 
+/// What `Idempotency-Key` may hold, as the OpenAPI document states it (visible ASCII, no space).
+pub const KEY_PATTERN: &str = "^[!-~]+$";
+
 /// Checks a client's `Idempotency-Key`: 1..=200 visible ASCII characters.
 pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
@@ -131,6 +173,54 @@ pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Upper bound and default of `GET /api/transactions?limit=`.
+pub const MAX_RECENT: usize = 100;
+pub const DEFAULT_RECENT: usize = 20;
+
+/// Reads `?limit=` of `GET /api/transactions`: absent means [`DEFAULT_RECENT`].
+pub fn parse_recent_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_RECENT);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=MAX_RECENT).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            "limit",
+            format!("{raw:?} is not a whole number from 1 to {MAX_RECENT}"),
+        )),
+    }
+}
+
+/// What a transaction id in a path may hold, as the OpenAPI document states it: no control
+/// characters (Rust's `char::is_control`, Unicode category Cc), 1 to [`MAX_ID_LEN`] characters.
+pub const TRANSACTION_ID_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
+
+/// Whether a transaction id from a path can name a transaction at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionIdCheck {
+    /// Within every bound: ask the fleet.
+    Plausible,
+    /// Within the document's bounds (characters) but longer than [`MAX_ID_LEN`] bytes of UTF-8,
+    /// which no event id can be: the transaction cannot exist (404), nobody needs asking.
+    CannotExist,
+}
+
+/// Checks a transaction id from a path: 400 when it breaks the document's bounds.
+pub fn check_transaction_id(id: &str) -> Result<TransactionIdCheck, ApiError> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(invalid(
+            "id",
+            format!("must be 1 to {MAX_ID_LEN} characters without control characters"),
+        ));
+    }
+    Ok(if id.len() > MAX_ID_LEN {
+        TransactionIdCheck::CannotExist
+    } else {
+        TransactionIdCheck::Plausible
+    })
 }
 
 /// The transaction (and event) id a key maps to. Deterministic, so a retry finds its first attempt.
@@ -254,7 +344,6 @@ mod tests {
             (order(&[(1, 0)]), "lines[0].quantity"),
             (order(&[(1, -3)]), "lines[0].quantity"),
             (order(&[(1, MAX_ORDER_QUANTITY + 1)]), "lines[0].quantity"),
-            (order(&[(1, 1), (1, 2)]), "lines[1].id"),
             (order(&[(MAX_PRODUCT_NUMBER + 1, 1)]), "lines[0].id"),
             (
                 order(&(0..=MAX_LINES as u64).map(|i| (i, 1)).collect::<Vec<_>>()),
@@ -265,6 +354,100 @@ mod tests {
                 Err(ApiError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{bad:?}: {other:?}"),
             }
+        }
+        // A product twice is well within the schema but cannot be carried out: 422, naming it.
+        match validate_order(&order(&[(1, 1), (2, 1), (1, 2)])) {
+            Err(e @ ApiError::DuplicateLine { .. }) => {
+                assert_eq!(e.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+                assert!(e.to_string().contains("lines[2].id"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A line out of bounds is reported before a duplicate: 400 wins over 422.
+        assert!(matches!(
+            validate_order(&order(&[(1, 1), (1, 0)])),
+            Err(ApiError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn whole_numbers_in_any_json_notation_are_read() {
+        let read = |s: &str| serde_json::from_str::<OrderRequest>(s);
+        for (json, id, quantity) in [
+            (r#"{"lines":[{"id":7,"quantity":2}]}"#, 7, 2),
+            (r#"{"lines":[{"id":7.0,"quantity":2.0}]}"#, 7, 2),
+            (r#"{"lines":[{"id":7e0,"quantity":-2e0}]}"#, 7, -2),
+            (
+                r#"{"lines":[{"id":9007199254740992.0,"quantity":1}]}"#,
+                1 << 53,
+                1,
+            ),
+        ] {
+            let o = read(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(
+                (o.lines[0].id, o.lines[0].quantity),
+                (id, quantity),
+                "{json}"
+            );
+        }
+        for json in [
+            r#"{"lines":[{"id":7.5,"quantity":2}]}"#,
+            r#"{"lines":[{"id":-1,"quantity":2}]}"#,
+            r#"{"lines":[{"id":-1.0,"quantity":2}]}"#,
+            r#"{"lines":[{"id":1e300,"quantity":2}]}"#,
+            r#"{"lines":[{"id":"7","quantity":2}]}"#,
+            r#"{"lines":[{"id":18446744073709551616,"quantity":2}]}"#,
+            r#"{"lines":[{"id":1,"quantity":0.5}]}"#,
+        ] {
+            assert!(read(json).is_err(), "{json}");
+        }
+        assert_eq!(
+            serde_json::from_str::<SetSaldoRequest>(r#"{"saldo": 4.0}"#)
+                .unwrap()
+                .saldo,
+            4
+        );
+    }
+
+    #[test]
+    fn recent_limits_are_whole_numbers_in_range() {
+        assert_eq!(parse_recent_limit(None).unwrap(), DEFAULT_RECENT);
+        assert_eq!(parse_recent_limit(Some("1")).unwrap(), 1);
+        assert_eq!(parse_recent_limit(Some("100")).unwrap(), MAX_RECENT);
+        for bad in [
+            "0",
+            "101",
+            "abc",
+            "",
+            "-1",
+            "1.5",
+            " 5",
+            "99999999999999999999999",
+        ] {
+            let e = parse_recent_limit(Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("limit"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn transaction_ids_are_bounded_in_characters() {
+        use TransactionIdCheck::*;
+        assert_eq!(check_transaction_id("t-1").unwrap(), Plausible);
+        assert_eq!(
+            check_transaction_id(&"a".repeat(MAX_ID_LEN)).unwrap(),
+            Plausible
+        );
+        assert_eq!(
+            check_transaction_id(&"ÿ".repeat(MAX_ID_LEN)).unwrap(),
+            CannotExist
+        );
+        for bad in [
+            String::new(),
+            "a".repeat(MAX_ID_LEN + 1),
+            "a\nb".into(),
+            "\u{85}".into(),
+        ] {
+            assert!(check_transaction_id(&bad).is_err(), "{bad:?}");
         }
     }
 

@@ -14,6 +14,10 @@ pub enum ApiError {
     /// A value is out of range or inconsistent (zero quantity, duplicate line, bad id...).
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// Two lines name one product. The order conforms to the OpenAPI document (which cannot say
+    /// "unique by id"), so this is 422, like every refusal of a schema-valid request.
+    #[error("invalid {field}: product {id} appears twice; give one line per product")]
+    DuplicateLine { field: String, id: u64 },
     #[error("the Idempotency-Key header is required")]
     MissingIdempotencyKey,
     /// The key was used before for a different request (draft-ietf-httpapi-idempotency-key-header
@@ -80,14 +84,15 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MalformedJson(_) | Invalid { .. } | MissingIdempotencyKey | MalformedPrincipal(_) => {
-                StatusCode::BAD_REQUEST
+            MalformedJson(_) | Invalid { .. } | MissingIdempotencyKey => StatusCode::BAD_REQUEST,
+            IdempotencyKeyReused(_) | UnknownProducts(_) | DuplicateLine { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
             }
-            IdempotencyKeyReused(_) | UnknownProducts(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ProductNotFound(_) | TransactionNotFound(_) | RouteNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            // Credentials that cannot be read are no credentials: 401, as for a bad token.
+            Unauthenticated(_) | MalformedPrincipal(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
             NoNodeAvailable(_) | TopicUnavailable(_) | DatabaseUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -102,6 +107,7 @@ impl ApiError {
         match self {
             MalformedJson(_) => "malformed_json",
             Invalid { .. } => "invalid_request",
+            DuplicateLine { .. } => "duplicate_line",
             MissingIdempotencyKey => "idempotency_key_missing",
             IdempotencyKeyReused(_) => "idempotency_key_reused",
             ProductNotFound(_) => "product_not_found",

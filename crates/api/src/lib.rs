@@ -10,6 +10,7 @@
 
 pub mod aggregate;
 pub mod commands;
+pub mod contract;
 pub mod error;
 pub mod fleet;
 pub mod idempotency;

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, body::Bytes};
 use chrono::Utc;
-use saldo_core::events::{EventGridEvent, MAX_ID_LEN, ProductLine, RecordUpdated};
+use saldo_core::events::{EventGridEvent, ProductLine, RecordUpdated};
 use saldo_core::views::{LedgerEntryView, LedgerPage, NodeStatusView, ProductView};
 use saldo_publish::PublishError;
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
 use crate::aggregate::{self, Accepted, FleetView, RecentView, Status, TransactionView};
-use crate::commands::{self, Intent, OrderRequest, SetSaldoRequest};
+use crate::commands::{self, Intent, OrderRequest, SetSaldoRequest, TransactionIdCheck};
+use crate::contract::{OrderHeaders, ProductIdPath, RecentQuery, StockHeaders, TransactionIdPath};
 use crate::error::{ApiError, ErrorBody, invalid};
 use crate::fleet::{Answer, Auth, NodeError};
 use crate::idempotency::{Insert, Record};
@@ -39,8 +40,16 @@ pub const SERVED_BY: &str = "saldo-served-by";
         title = "Saldo shop API",
         description = "The webshop's API: live stock from the regional worker nodes, orders and \
             warehouse updates published as commands, transaction status and fleet health. Errors \
-            are `{\"error\": {\"code\", \"message\"}}`."
+            are `{\"error\": {\"code\", \"message\"}}`: 400 when a request breaks this \
+            document (types, bounds, patterns, required headers), 401/403 for the caller, 404 \
+            for a resource that does not exist, 422 when a request conforms but cannot be \
+            carried out (unknown products, a product on two lines, a key reused for a different \
+            request), 413 for a body over 64 KiB, 503 with `Retry-After` when a dependency is \
+            away. A method a route does not list is answered 404 with an empty body, as the \
+            Azure Functions host does."
     ),
+    // Referenced by name from `contract::order_lines`, so listed here.
+    components(schemas(commands::OrderLine)),
     tags(
         (name = "shop", description = "Catalogue and orders"),
         (name = "warehouse", description = "Stock updates (role `warehouse`)"),
@@ -99,8 +108,10 @@ async fn no_store(mut resp: Response) -> Response {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct Product {
+    #[schema(schema_with = crate::contract::product_id)]
     id: u64,
     /// EAN-13 code.
+    #[schema(schema_with = crate::contract::product_id)]
     ean: u64,
     name: String,
     /// Units in stock.
@@ -134,7 +145,7 @@ fn served_by(url: &str) -> [(&'static str, HeaderValue); 1] {
 #[utoipa::path(get, path = "/api/products", tag = "shop",
     responses(
         (status = 200, description = "Every product", body = Vec<Product>),
-        (status = 503, description = "No worker node answered", body = ErrorBody)))]
+        (status = 503, description = "No worker node answered", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn list_products(State(s): State<AppState>) -> Result<Response, ApiError> {
     // A 404 for the whole list is not an answer: that node is misconfigured, so fail over.
     let (url, answer) = s
@@ -150,17 +161,17 @@ async fn list_products(State(s): State<AppState>) -> Result<Response, ApiError> 
 
 /// One product with live stock.
 #[utoipa::path(get, path = "/api/products/{id}", tag = "shop",
-    params(("id" = u64, Path, description = "Product id")),
+    params(ProductIdPath),
     responses(
         (status = 200, description = "The product", body = Product),
-        (status = 400, description = "Not a product id", body = ErrorBody),
+        (status = 400, description = "Not a product id (a whole number in the documented range)", body = ErrorBody),
         (status = 404, description = "No such product", body = ErrorBody),
-        (status = 503, description = "No worker node answered", body = ErrorBody)))]
+        (status = 503, description = "No worker node answered", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn get_product(
     State(s): State<AppState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = commands::parse_product_id(&raw)?;
+    let id = commands::parse_product_id(&path_id(raw)?)?;
     let (url, answer) = s
         .fleet
         .read::<ProductView>(&format!("/api/products/{id}"), true)
@@ -174,30 +185,28 @@ async fn get_product(
 
 /// Set a product's quantity (role `warehouse`). Publishes a command; answers at once.
 #[utoipa::path(put, path = "/api/products/{id}", tag = "warehouse",
-    params(
-        ("id" = u64, Path, description = "Product id"),
-        ("x-ms-client-principal" = String, Header, description = "Static Web Apps principal (base64 JSON) with role `warehouse`"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Optional; a retry with the same key and body gets the same transaction")),
+    params(ProductIdPath, StockHeaders),
     request_body = SetSaldoRequest,
     responses(
         (status = 202, description = "Accepted; `Location` is the transaction's status", body = AcceptedView,
             headers(("Location" = String, description = "/api/transactions/{id}"))),
-        (status = 400, description = "Bad id, body, key or principal", body = ErrorBody),
-        (status = 401, description = "Not signed in", body = ErrorBody),
+        (status = 400, description = "Bad id, body or key", body = ErrorBody),
+        (status = 401, description = "Not signed in, or a principal that cannot be read", body = ErrorBody),
         (status = 403, description = "Not in role `warehouse`", body = ErrorBody),
         (status = 404, description = "No such product", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Key reused for a different request", body = ErrorBody),
-        (status = 503, description = "Nodes, topic or database unavailable", body = ErrorBody)))]
+        (status = 502, description = "The topic refused the command (a configuration fault, logged)", body = ErrorBody),
+        (status = 503, description = "Nodes, topic or database unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn put_product(
     State(s): State<AppState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     // Who first: a shopper learns nothing about products or keys from this endpoint.
     let user = principal::require_role(&headers, principal::WAREHOUSE)?;
-    let id = commands::parse_product_id(&raw)?;
+    let id = commands::parse_product_id(&path_id(raw)?)?;
     let req: SetSaldoRequest = parse_json(body)?;
     commands::validate_saldo(&req)?;
     let key = match idempotency_key(&headers)? {
@@ -229,15 +238,17 @@ async fn put_product(
 
 /// Place an order. Publishes one command; answers at once with the transaction to follow.
 #[utoipa::path(post, path = "/api/orders", tag = "shop",
-    params(("Idempotency-Key" = String, Header, description = "Required; the same key always maps to the same transaction")),
+    params(OrderHeaders),
     request_body = OrderRequest,
     responses(
         (status = 202, description = "Accepted; `Location` is the transaction's status", body = AcceptedView,
             headers(("Location" = String, description = "/api/transactions/{id}"))),
-        (status = 400, description = "Missing key, malformed JSON, bad quantities or lines", body = ErrorBody),
+        (status = 400, description = "Missing or bad key, malformed JSON, quantities or lines out of bounds", body = ErrorBody),
+        (status = 401, description = "A principal header that cannot be read", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Unknown products, or key reused for a different order", body = ErrorBody),
-        (status = 503, description = "Nodes, topic or database unavailable; retry with the same key", body = ErrorBody)))]
+        (status = 422, description = "Unknown products, a product on two lines, or key reused for a different order", body = ErrorBody),
+        (status = 502, description = "The topic refused the command (a configuration fault, logged)", body = ErrorBody),
+        (status = 503, description = "Nodes, topic or database unavailable; retry with the same key", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn post_order(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -263,6 +274,12 @@ async fn post_order(
         ))
     })
     .await
+}
+
+/// A path segment, or a 400 in the API's error shape when it does not decode (`%FF` is no UTF-8).
+fn path_id(raw: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    raw.map(|Path(id)| id)
+        .map_err(|e| invalid("id", format!("cannot be read: {}", e.body_text())))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(
@@ -374,36 +391,24 @@ where
     Ok(resp)
 }
 
-/// Upper bound on `GET /api/transactions?limit=`.
-const MAX_RECENT: usize = 100;
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-struct RecentQuery {
-    /// How many transactions (1 to 100, default 20).
-    limit: Option<usize>,
-}
-
 /// The newest transactions across the fleet: who recorded each, who executed it, takeovers.
 #[utoipa::path(get, path = "/api/transactions", tag = "fleet",
     params(RecentQuery),
     responses(
         (status = 200, description = "Newest first", body = RecentView),
-        (status = 400, description = "A bad limit", body = ErrorBody),
-        (status = 503, description = "No node could be asked", body = ErrorBody)))]
+        (status = 400, description = "A limit that is not a whole number in range, or given twice", body = ErrorBody),
+        (status = 503, description = "No node could be asked", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn list_transactions(
     State(s): State<AppState>,
-    query: Result<axum::extract::Query<RecentQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Ok(axum::extract::Query(q)) = query else {
-        return Err(invalid(
-            "limit",
-            format!("must be a whole number from 1 to {MAX_RECENT}"),
-        ));
-    };
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=MAX_RECENT).contains(&limit) {
-        return Err(invalid("limit", format!("must be from 1 to {MAX_RECENT}")));
+    let Query(pairs) = query.map_err(|e| invalid("query", e.body_text()))?;
+    let mut limits = pairs.iter().filter(|(k, _)| k == "limit").map(|(_, v)| v);
+    let raw = limits.next();
+    if limits.next().is_some() {
+        return Err(invalid("limit", "give it once"));
     }
+    let limit = commands::parse_recent_limit(raw.map(String::as_str))?;
     let path = format!("/api/ledger?recent={limit}");
     let pages: Vec<(String, Result<Vec<LedgerEntryView>, String>)> = s
         .fleet
@@ -433,21 +438,19 @@ async fn list_transactions(
 
 /// A transaction's status across the fleet.
 #[utoipa::path(get, path = "/api/transactions/{id}", tag = "fleet",
-    params(("id" = String, Path, description = "Transaction id (from the 202 answer)")),
+    params(TransactionIdPath),
     responses(
         (status = 200, description = "pending, completed or rejected, with each node's view", body = TransactionView),
-        (status = 400, description = "Not a transaction id", body = ErrorBody),
+        (status = 400, description = "Not a transaction id (empty, too long, control characters)", body = ErrorBody),
         (status = 404, description = "Neither this API nor any node knows it", body = ErrorBody),
-        (status = 503, description = "Nobody could be asked", body = ErrorBody)))]
+        (status = 503, description = "Nobody could be asked", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn get_transaction(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
-        return Err(invalid(
-            "id",
-            format!("must be 1 to {MAX_ID_LEN} bytes without control characters"),
-        ));
+    let id = path_id(id)?;
+    if commands::check_transaction_id(&id)? == TransactionIdCheck::CannotExist {
+        return Err(ApiError::TransactionNotFound(id));
     }
     let path = format!("/api/ledger/{}", urlencoding::encode(&id));
     let (answers, record) = tokio::join!(

@@ -263,8 +263,8 @@ async fn bad_orders_are_refused_and_publish_nothing() {
         (
             Some("k-dup"),
             json!({"lines": [line(1, 1), line(1, 2)]}).to_string(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "duplicate_line",
         ),
         (
             Some("k-unknown"),
@@ -298,7 +298,8 @@ async fn bad_orders_are_refused_and_publish_nothing() {
             assert_eq!(status, StatusCode::NOT_FOUND, "key {k} left a record");
         }
     }
-    // A principal that cannot be read is refused even where signing in is optional.
+    // A principal that cannot be read is refused even where signing in is optional: 401, as for
+    // any credentials that cannot be read.
     let resp = h
         .http
         .post(h.url("/api/orders"))
@@ -311,7 +312,7 @@ async fn bad_orders_are_refused_and_publish_nothing() {
     let (status, body) = read(resp).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
-        (StatusCode::BAD_REQUEST, "malformed_principal")
+        (StatusCode::UNAUTHORIZED, "malformed_principal")
     );
     assert!(h.topic.published().is_empty());
     // Unknown routes and methods answer in the same error shape.
@@ -367,7 +368,7 @@ async fn warehouse_updates_need_the_role() {
         ),
         (
             put("/api/products/1", Some("%%%".into()), None, ok).await,
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNAUTHORIZED,
             "malformed_principal",
         ),
         (
@@ -762,4 +763,50 @@ async fn the_openapi_document_lists_every_route() {
         );
     }
     assert_eq!(saldo_api::openapi().paths.paths.len(), 7);
+}
+
+/// The edges the OpenAPI document now states, over HTTP (each answered differently before: a
+/// plain-text 400 from the framework, a 400 for a float-notation integer, a 400 for an id that
+/// merely cannot exist).
+#[tokio::test]
+async fn the_documented_edges_answer_as_the_document_says() {
+    let h = Harness::start(&[Mode::Healthy]).await;
+    for path in ["/api/products/%FF", "/api/transactions/%FF"] {
+        let (status, body) = h.get(path).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{path}"
+        );
+    }
+    // 128 characters (the documented maxLength) but 256 bytes: no event id can be that long.
+    let long = urlencoding::encode(&"ÿ".repeat(128)).into_owned();
+    let (status, body) = h.get(&format!("/api/transactions/{long}")).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::NOT_FOUND, "transaction_not_found")
+    );
+    for query in [
+        "limit=abc",
+        "limit=1&limit=2",
+        "limit=0",
+        "limit=101",
+        "limit=",
+    ] {
+        let (status, body) = h.get(&format!("/api/transactions?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("limit"),
+            "{query}: {body}"
+        );
+    }
+    let (status, _, body) = h
+        .order(
+            Some("k-floats"),
+            r#"{"lines": [{"id": 1.0, "quantity": 2e0}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let published = h.topic.published();
+    assert_eq!(published[0]["data"]["products"][0]["change"], -2);
 }
