@@ -19,6 +19,8 @@ struct Row {
     restarts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_exit: Option<saldo_stack::supervisor::Exit>,
+    /// Events this node quarantined (workers only).
+    quarantined: usize,
 }
 
 async fn probe(health: Health) -> (String, String) {
@@ -37,6 +39,7 @@ async fn row(component: impl Into<String>, endpoint: &str, health: Health) -> Ro
         detail,
         restarts: 0,
         last_exit: None,
+        quarantined: 0,
     }
 }
 
@@ -74,6 +77,7 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
                 detail: e.to_string(),
                 restarts: 0,
                 last_exit: None,
+                quarantined: 0,
             },
             Ok(v) if v["state"] == "Stopped" => Row {
                 component,
@@ -82,6 +86,7 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
                 detail: "region stopped".into(),
                 restarts: 0,
                 last_exit: None,
+                quarantined: 0,
             },
             Ok(_) => row(component, &n.url, Health::worker(&n.url)).await,
         });
@@ -96,6 +101,27 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
         if let Some(p) = m.processes.iter().find(|p| p.name == r.component) {
             r.restarts = p.restarts;
             r.last_exit = p.last_exit.clone();
+        }
+    }
+    // What each node quarantined (durable, in the database): a count, `saldo quarantine` lists.
+    if m.mongodb.is_some()
+        && let Ok(q) = crate::quarantine::entries(&m, saldo_store::MAX_PAGE).await
+    {
+        for (node, entries) in q {
+            if let Some(r) = rows
+                .iter_mut()
+                .find(|r| r.component == format!("worker-{node}"))
+            {
+                r.quarantined = entries.len();
+                if !entries.is_empty() {
+                    let sep = if r.detail.is_empty() { "" } else { "; " };
+                    r.detail = format!(
+                        "{}{sep}{} quarantined (saldo quarantine)",
+                        r.detail,
+                        entries.len()
+                    );
+                }
+            }
         }
     }
     let healthy = rows.iter().all(|r| r.state != "down");
