@@ -12,7 +12,7 @@ use mongodb::bson::{Document, doc};
 use saldo_core::events::ProductLine;
 use saldo_stack::config::Component;
 use saldo_store::{MongoStore, Store};
-use saldo_tests::{Options, TestStack};
+use saldo_tests::{Options, TestStack, wait_for};
 
 /// A product of its own, so the counter check sees only this test's transactions.
 const PRODUCT: u64 = 900;
@@ -177,4 +177,192 @@ async fn sync_on_commit_cost_and_what_is_lost_without_it() {
             );
         }
     }
+}
+
+/// Places orders of one orange from `clients` concurrent shoppers until `stop`, retrying each
+/// order's own Idempotency-Key while the stack is disturbed; returns the transactions whose
+/// order was acknowledged (202).
+fn shoppers(
+    s: &TestStack,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let api = s.api();
+    let http = s.http.clone();
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (api, http, stop) = (api.clone(), http.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let key = uuid::Uuid::new_v4().to_string();
+                    // A shopper retries the same key a few times, as the SPA does.
+                    for _ in 0..20 {
+                        let r = http
+                            .post(format!("{api}/api/orders"))
+                            .header("Idempotency-Key", &key)
+                            .json(&serde_json::json!({"lines": [{"id": 1, "quantity": 1}]}))
+                            .send()
+                            .await;
+                        if let Ok(r) = r
+                            && r.status().as_u16() == 202
+                            && let Ok(v) = r.json::<serde_json::Value>().await
+                            && let Some(tx) = v["transaction"].as_str()
+                        {
+                            acked.push(tx.to_string());
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                acked
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("shopper"));
+        }
+        all
+    })
+}
+
+/// Every acknowledged purchase is terminal, and the oranges sold are exactly the completed
+/// purchases (25 seeded).
+async fn every_acknowledged_purchase_settles(s: &TestStack, acked: &[String]) {
+    assert!(acked.len() >= 5, "the load placed orders ({})", acked.len());
+    let mut completed = 0;
+    for tx in acked {
+        let o = s.outcome(tx).await.unwrap();
+        if o["status"] == "completed" {
+            completed += 1;
+        }
+    }
+    assert_eq!(
+        s.stock(1).await.unwrap(),
+        25 - completed,
+        "stock moved once per completed purchase ({completed} of {})",
+        acked.len()
+    );
+}
+
+/// Shoppers running in the background while a test injects its fault.
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+/// Starts two shoppers and lets them buy for a while before the fault.
+async fn begin(s: &TestStack) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = shoppers(s, 2, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Load { stop, task }
+}
+
+/// Lets them buy a while longer after the fault, stops them, and checks every acknowledged
+/// order.
+async fn end(s: &TestStack, load: Load) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.stop.store(true, Ordering::Relaxed);
+    let acked = load.task.await.unwrap();
+    println!("{} purchases acknowledged under the fault", acked.len());
+    every_acknowledged_purchase_settles(s, &acked).await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_topic_loses_no_acknowledged_event() {
+    let mut s = TestStack::ready().await.unwrap();
+    // Published straight to the topic (no API record behind them: only the topic's log can
+    // keep these), each acknowledged one must reach every node.
+    let stop = Arc::new(AtomicBool::new(false));
+    let topic = s.manifest().topic.clone().unwrap();
+    let http = s.http.clone();
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let tx = format!("topic-kill-{i}");
+                let r = http
+                    .post(format!("{}?api-version=2018-01-01", topic.endpoint))
+                    .header("aeg-sas-key", &topic.key)
+                    .json(&serde_json::json!([saldo_tests::command(
+                        &tx,
+                        serde_json::json!([{"id": 1, "ean": 1111, "name": "Orange", "change": -1}])
+                    )]))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    acked.push(tx);
+                }
+                // About 20 events a second: enough to catch the kill mid-write, few to check.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            acked
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.sigkill("topic").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.stack.start_component("topic").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = load.await.unwrap();
+    println!("{} events acknowledged around the kill", acked.len());
+    every_acknowledged_purchase_settles(&s, &acked).await;
+    for tx in &acked {
+        for region in s.regions() {
+            wait_for(
+                Duration::from_secs(60),
+                &format!("{region} to record {tx}"),
+                || async { s.ledger(&region, tx).await.ok().flatten() },
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_sigkilled_host_loses_no_acknowledged_purchase() {
+    let mut s = TestStack::ready().await.unwrap();
+    let load = begin(&s).await;
+    // The region's whole app dies (host and, by its parent-death signal, its handler); the
+    // platform starts it again.
+    s.sigkill("worker-westeurope").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.stack.start_component("worker-westeurope").await.unwrap();
+    end(&s, load).await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_handler_instance_loses_no_acknowledged_purchase() {
+    let s = TestStack::ready().await.unwrap();
+    let load = begin(&s).await;
+    // Every region's handler instance dies mid-request; each host restarts its own.
+    for region in s.regions() {
+        let node = s.manifest().node(&region).unwrap().clone();
+        let v: serde_json::Value = s
+            .http
+            .get(format!("{}/admin/host/status", node.url))
+            .header("x-functions-key", &node.master_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let pid = v["handler"]["pid"]
+            .as_i64()
+            .expect("the host reports its handler's pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    end(&s, load).await;
 }
