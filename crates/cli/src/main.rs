@@ -4,6 +4,7 @@
 
 mod bench;
 mod deadletter;
+mod quarantine;
 mod status;
 
 use std::path::PathBuf;
@@ -51,6 +52,15 @@ enum Command {
     Deadletter {
         #[command(subcommand)]
         action: deadletter::Action,
+    },
+    /// List the events nodes quarantined (bad events of otherwise good deliveries).
+    Quarantine {
+        /// Newest entries per node, at most.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=500))]
+        limit: u16,
+        /// Print every entry, raw event included, as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop or start one regional worker, as Azure stops a Function App.
     Region {
@@ -145,6 +155,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Region { action } => region(&p.root, action).await,
         Command::Bench(args) => bench::bench(&p.root, args).await,
         Command::Deadletter { action } => deadletter::run(&p.root, action).await,
+        Command::Quarantine { limit, json } => {
+            quarantine::list(&p.root, limit as usize, json).await
+        }
     }
 }
 

@@ -134,6 +134,35 @@ pub trait Store: Send + Sync + 'static {
     /// All products, ordered by id.
     fn products(&self) -> impl Future<Output = Result<Vec<ProductView>>> + Send;
     fn product(&self, id: u64) -> impl Future<Output = Result<Option<ProductView>>> + Send;
+
+    // --- this node's quarantine (events it could not take, kept with the reason) ---
+
+    /// Stores bad events durably (majority, journaled) in `quarantine_<node>`; one already there
+    /// (same id: the same raw event delivered again) is left as it is.
+    fn quarantine(&self, events: &[Quarantined]) -> impl Future<Output = Result<()>> + Send;
+    /// The newest `limit` (at most [`MAX_PAGE`]) quarantined events, newest first.
+    fn quarantined(&self, limit: usize) -> impl Future<Output = Result<Vec<Quarantined>>> + Send;
+}
+
+/// An event a node quarantined: the raw event as delivered, why, and when (this node's clock,
+/// for people only: nothing compares it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quarantined {
+    /// Derived from the raw event, so a redelivery of the same event is one entry.
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(default)]
+    pub event_id: Option<String>,
+    #[serde(default)]
+    pub event_type: Option<String>,
+    #[serde(default)]
+    pub data_version: Option<String>,
+    pub reason: String,
+    /// The event's JSON exactly as delivered (a string: any key is safe in it).
+    pub raw: String,
+    /// Milliseconds since the epoch on this node's clock.
+    pub at_ms: i64,
 }
 
 /// Node names become collection names: keep them to what every MongoDB flavour accepts.

@@ -13,7 +13,7 @@ use saldo_core::stock::StockDecision;
 use saldo_core::views::ProductView;
 
 use crate::model::*;
-use crate::{MAX_PAGE, Result, Store, StoreError, decide};
+use crate::{MAX_PAGE, Quarantined, Result, Store, StoreError, decide};
 
 /// What an injected fault does to one operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,7 @@ struct Inner {
     products: BTreeMap<u64, ProductView>,
     markers: BTreeMap<String, OutcomeRecord>,
     applied: Vec<Applied>,
+    quarantine: BTreeMap<String, BTreeMap<String, Quarantined>>,
     down: bool,
 }
 
@@ -161,6 +162,29 @@ impl Ledger {
 }
 
 impl Store for MemStore {
+    async fn quarantine(&self, events: &[Quarantined]) -> Result<()> {
+        self.op("quarantine", |db, node| {
+            let q = db.quarantine.entry(node.to_string()).or_default();
+            for e in events {
+                q.entry(e.id.clone()).or_insert_with(|| e.clone());
+            }
+            Ok(())
+        })
+    }
+
+    async fn quarantined(&self, limit: usize) -> Result<Vec<Quarantined>> {
+        self.op("quarantined", |db, node| {
+            let mut all: Vec<Quarantined> = db
+                .quarantine
+                .get(node)
+                .map(|q| q.values().cloned().collect())
+                .unwrap_or_default();
+            all.sort_by_key(|q| std::cmp::Reverse(q.at_ms));
+            all.truncate(limit.clamp(1, crate::MAX_PAGE));
+            Ok(all)
+        })
+    }
+
     fn node(&self) -> &str {
         &self.node
     }

@@ -44,7 +44,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::model::*;
-use crate::{MAX_PAGE, MAX_PRODUCTS, Result, Store, StoreError, decide, valid_node_name};
+use crate::{
+    MAX_PAGE, MAX_PRODUCTS, Quarantined, Result, Store, StoreError, decide, valid_node_name,
+};
 
 /// Attempts per operation for retryable server errors (16500, 112, transient transaction errors).
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -512,7 +514,68 @@ fn parse_ledger(d: Document) -> Result<LedgerEntry> {
     doc.into_entry()
 }
 
+impl MongoStore {
+    /// `quarantine_<node>`, in the ledger's database, with the same durable write concern.
+    fn quarantine_collection(&self) -> Collection<Document> {
+        let db = self.client.database(&self.ledger.namespace().db);
+        db.collection_with_options(
+            &format!("quarantine_{}", self.node),
+            CollectionOptions::builder()
+                .write_concern(durable_write_concern())
+                .build(),
+        )
+    }
+}
+
 impl Store for MongoStore {
+    async fn quarantine(&self, events: &[Quarantined]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let docs = events
+            .iter()
+            .map(|q| {
+                bson::to_document(q)
+                    .map_err(|e| StoreError::Failed(format!("encode quarantined event: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let coll = self.quarantine_collection();
+        match self
+            .retry_raw("quarantine", || {
+                coll.insert_many(docs.clone()).ordered(false)
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let ErrorKind::InsertMany(im) = e.kind.as_ref()
+                    && im.write_concern_error.is_none()
+                    && let Some(errors) = &im.write_errors
+                    && errors.iter().all(|w| w.code == DUPLICATE_KEY)
+                {
+                    return Ok(()); // already quarantined: the same event delivered again
+                }
+                Err(classify("quarantine", e))
+            }
+        }
+    }
+
+    async fn quarantined(&self, limit: usize) -> Result<Vec<Quarantined>> {
+        let coll = self
+            .quarantine_collection()
+            .clone_with_type::<Quarantined>();
+        let limit = limit.clamp(1, crate::MAX_PAGE) as i64;
+        let cursor = self
+            .retry("read quarantine", || {
+                coll.find(doc! {}).sort(doc! {"atMs": -1}).limit(limit)
+            })
+            .await?;
+        cursor
+            .try_collect()
+            .await
+            .map_err(|e| classify("read quarantine", e))
+    }
+
     fn node(&self) -> &str {
         &self.node
     }

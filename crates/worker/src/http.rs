@@ -114,9 +114,10 @@ async fn eventgrid<S: Store, C: Clock, B: Bus, P: PeerClient>(
             outcomes,
             heartbeats,
             executed,
+            quarantined,
         }) => Json(json!({
             "newCommands": new_commands, "duplicates": duplicates, "outcomes": outcomes,
-            "heartbeats": heartbeats, "executed": executed,
+            "heartbeats": heartbeats, "executed": executed, "quarantined": quarantined,
         }))
         .into_response(),
         Err(e) => {

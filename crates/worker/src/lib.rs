@@ -3,12 +3,14 @@
 //! - [`node`]: the node's behaviour ([`Node`]: handle a delivery, sweep, heartbeat, catch up),
 //!   generic over the store, the clock, the outbound bus and the peer client, so that the HTTP
 //!   handlers and the deterministic simulation (`saldo-sim`) run the very same code.
+//! - [`intake`]: a delivery's events sorted into those taken and those quarantined.
 //! - [`http`]: the axum router (the Functions custom handler's routes).
 //! - [`settings`]: configuration from the environment.
 //! - [`adapters`]: the real clock, bus (Event Grid publisher) and peer client (HTTP).
 
 pub mod adapters;
 pub mod http;
+pub mod intake;
 pub mod node;
 pub mod settings;
 

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
 use saldo_core::events::{
-    self, DATA_VERSION, EventGridEvent, Heartbeat, NODE_HEARTBEAT, Outcome, RecordUpdated,
-    SaldoEvent, TRANSACTION_COMPLETED, TransactionCompleted,
+    DATA_VERSION, EventGridEvent, Heartbeat, NODE_HEARTBEAT, Outcome, RecordUpdated, SaldoEvent,
+    TRANSACTION_COMPLETED, TransactionCompleted,
 };
 use saldo_core::ledger::{is_live, may_execute, rank_of};
 use saldo_core::views::{
@@ -34,6 +34,8 @@ use saldo_store::{
 };
 use serde_json::Value;
 use tracing::Instrument;
+
+use crate::intake;
 
 /// Event Grid's limit on events per delivery (and per publish request).
 pub const MAX_EVENTS_PER_DELIVERY: usize = 5_000;
@@ -156,6 +158,8 @@ pub enum Delivery {
         outcomes: usize,
         heartbeats: usize,
         executed: usize,
+        /// Bad events of this delivery, now in the quarantine.
+        quarantined: usize,
     },
 }
 
@@ -357,10 +361,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         Ok(())
     }
 
-    /// Handles one Event Grid delivery (the JSON body). Validates every event first: one
-    /// invalid event fails the whole delivery with nothing written, because Event Grid treats a
-    /// batch as one unit (it succeeds or fails whole), so a partial write would be redelivered
-    /// or dead-lettered together anyway, and all-or-nothing is simpler to reason about.
+    /// Handles one Event Grid delivery (the JSON body). A malformed delivery (not an array of
+    /// 1..=5000 events, a validation event not alone) is refused whole with nothing written.
+    /// Otherwise its events are sorted ([`intake`]): the valid ones are taken, the bad ones
+    /// quarantined durably before the delivery is acknowledged; a delivery with nothing valid
+    /// in it is refused (400).
     pub async fn handle_delivery(&self, body: &Value) -> Result<Delivery, NodeError> {
         let Some(items) = body.as_array() else {
             inc(&self.counters.invalid, 1);
@@ -389,24 +394,31 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 )),
             };
         }
-        let mut parsed = Vec::with_capacity(items.len());
-        for (i, raw) in items.iter().enumerate() {
-            if raw.get("eventType").and_then(Value::as_str) == Some(SUBSCRIPTION_DELETED) {
-                continue; // Event Grid's notice; nothing to record.
+        // One bad event never takes good ones with it (see `intake`).
+        let mut sorted = intake::sort(items, self.clock.now());
+        inc(&self.counters.invalid, sorted.bad.len());
+        if sorted.taken.is_empty() && !sorted.bad.is_empty() {
+            // Nothing here can ever be taken: 400, so Event Grid dead-letters it. Quarantined
+            // as well when the database can be reached (the dead letter keeps it otherwise).
+            let why = sorted.summary();
+            if self.is_ready()
+                && let Err(e) = self.store.quarantine(&sorted.bad).await
+            {
+                tracing::warn!(error = %e, "could not quarantine an all-bad delivery; Event Grid dead-letters it");
             }
-            let id = raw.get("id").and_then(Value::as_str).unwrap_or("?");
-            match events::parse_event(raw) {
-                Ok(e) => parsed.push(e),
-                Err(e) => {
-                    inc(&self.counters.invalid, 1);
-                    return Err(NodeError::Invalid(format!("event {i} (id {id:?}): {e}")));
-                }
-            }
+            return Err(NodeError::Invalid(why));
         }
+        let parsed = std::mem::take(&mut sorted.taken);
         if !self.is_ready() {
             return Err(NodeError::NotReady(
                 "the ledger is not initialised yet".into(),
             ));
+        }
+        // The bad ones are durable before anything is acknowledged; if that fails, the whole
+        // delivery is retried (503), and the valid ones are then recognised as duplicates.
+        if !sorted.bad.is_empty() {
+            self.store.quarantine(&sorted.bad).await?;
+            tracing::warn!(quarantined = sorted.bad.len(), reason = %sorted.summary(), "quarantined bad events; taking the rest of the delivery");
         }
         let now = self.clock.now();
         let mut commands = Vec::new();
@@ -536,6 +548,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             outcomes,
             heartbeats: heartbeats.len(),
             executed,
+            quarantined: sorted.bad.len(),
         })
     }
 

@@ -155,8 +155,10 @@ async fn bad_deliveries_are_400_and_write_nothing() {
     let cases = [
         (json!({"not": "an array"}), "array"),
         (json!([]), "1..="),
-        (json!([good.clone(), wrong_version]), "dataVersion"),
-        (json!([good.clone(), unknown_type]), "unknown event type"),
+        // Nothing valid in the delivery: it can never succeed (a mixed one is taken in part:
+        // `a_mixed_delivery_takes_the_good_events_and_quarantines_the_bad`).
+        (json!([wrong_version]), "dataVersion"),
+        (json!([unknown_type]), "unknown event type"),
         (
             json!([command(
                 "a",
@@ -203,6 +205,52 @@ async fn bad_deliveries_are_400_and_write_nothing() {
     assert_eq!(r.status(), 400);
     f.nothing_written().await;
     assert!(f.bus.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_delivery_takes_the_good_events_and_quarantines_the_bad() {
+    let f = fixture().await;
+    let good = |id: &str| {
+        command(
+            id,
+            json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}]),
+        )
+    };
+    let mut newer = good("newer-1");
+    newer["dataVersion"] = json!("2.0");
+    let mut unknown = good("unknown-1");
+    unknown["eventType"] = json!("recordDeleted");
+    let malformed = json!({"id": "broken-1", "eventType": "recordUpdated"});
+    let delivery = json!([good("mixed-1"), newer, good("mixed-2"), unknown, malformed]);
+    let (status, body) = f.post(&delivery).await;
+    assert_eq!(status, 200, "the valid commands are acknowledged: {body}");
+    assert_eq!(body["newCommands"], 2);
+    assert_eq!(body["quarantined"], 3);
+    for tx in ["mixed-1", "mixed-2"] {
+        let (status, entry) = f.get(&format!("/api/ledger/{tx}")).await;
+        assert_eq!(status, 200, "{tx} is recorded");
+        assert_eq!(entry["state"], "completed", "{tx} is executed: {entry}");
+    }
+    let q = f.node.store.quarantined(10).await.unwrap();
+    assert_eq!(q.len(), 3, "{q:?}");
+    let by_id = |id: &str| {
+        q.iter()
+            .find(|e| e.event_id.as_deref() == Some(id))
+            .unwrap()
+    };
+    assert!(by_id("newer-1").reason.contains("2.0"), "{q:?}");
+    assert!(by_id("unknown-1").reason.contains("recordDeleted"), "{q:?}");
+    assert!(by_id("broken-1").reason.contains("malformed"), "{q:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&by_id("newer-1").raw).unwrap(),
+        delivery[1],
+        "the raw event is kept"
+    );
+    // Redelivered (Event Grid retries at least once): the same entries, nothing new.
+    let (status, body) = f.post(&delivery).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["duplicates"], 2);
+    assert_eq!(f.node.store.quarantined(10).await.unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
