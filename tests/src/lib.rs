@@ -50,6 +50,8 @@ pub struct Options {
     pub time_scale: f64,
     pub seed: bool,
     pub env: BTreeMap<String, String>,
+    /// HTTP instances per region (plus one timer instance when 2 or more), as on Flex.
+    pub instances: usize,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             time_scale: 20.0,
             seed: true,
             env: BTreeMap::new(),
+            instances: 2,
         }
     }
 }
@@ -92,6 +95,7 @@ impl TestStack {
         config.time_scale = opts.time_scale;
         config.seed = opts.seed;
         config.env = opts.env;
+        config.instances = opts.instances;
         let stack = Stack::start(config).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -268,13 +272,16 @@ impl TestStack {
 
     /// The sum of one counter over every node that answers.
     pub async fn counter(&self, name: &str) -> Result<u64> {
+        // Every instance of every region: counters live in each process's memory.
         let mut sum = 0;
         for n in &self.manifest().nodes {
-            if let Ok(resp) = self.http.get(format!("{}/api/status", n.url)).send().await
-                && resp.status().is_success()
-            {
-                let v: serde_json::Value = resp.json().await?;
-                sum += v["counters"][name].as_u64().unwrap_or(0);
+            for url in saldo_stack::stack::instance_urls(n).await {
+                if let Ok(resp) = self.http.get(format!("{url}/api/status")).send().await
+                    && resp.status().is_success()
+                {
+                    let v: serde_json::Value = resp.json().await?;
+                    sum += v["counters"][name].as_u64().unwrap_or(0);
+                }
             }
         }
         Ok(sum)
