@@ -24,7 +24,7 @@ use saldo_core::events::{
     self, DATA_VERSION, EventGridEvent, Heartbeat, NODE_HEARTBEAT, Outcome, RecordUpdated,
     SaldoEvent, TRANSACTION_COMPLETED, TransactionCompleted,
 };
-use saldo_core::ledger::{is_live, may_execute, rank_of};
+use saldo_core::ledger::{is_live, rank_of, sweep_turn_at};
 use saldo_core::views::{
     LedgerEntryView, LedgerPage, LedgerState, NodeStatusView, PeerView, ProductView,
 };
@@ -717,7 +717,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             }
             let Some(command) = &e.command else { continue };
             let rank = self.rank(&e.transaction, &live);
-            if !may_execute(seen_at[&e.transaction], rank, self.cfg.takeover, now) {
+            if now < sweep_turn_at(seen_at[&e.transaction], rank, self.cfg.takeover) {
                 continue;
             }
             match self.execute_one(&e.transaction, command, rank).await {
