@@ -40,8 +40,6 @@ pub fn fast_worker_settings() -> BTreeMap<String, String> {
         ("SALDO_LIVENESS_MS".into(), "4000".into()),
         ("SALDO_HEARTBEAT_SCHEDULE".into(), "* * * * * *".into()),
         ("SALDO_SWEEP_SCHEDULE".into(), "* * * * * *".into()),
-        // One process per region locally: the feed need not wait for other instances' commits.
-        ("SALDO_FEED_LAG_MS".into(), "500".into()),
         ("SALDO_CATCHUP_EVERY".into(), "2".into()),
     ])
 }
@@ -56,6 +54,8 @@ pub struct Options {
     pub mongodb_sync_on_commit: bool,
     /// App settings of the API, on top of the stack's.
     pub api_settings: BTreeMap<String, String>,
+    /// HTTP instances per region (plus one timer instance when 2 or more), as on Flex.
+    pub instances: usize,
 }
 
 impl Default for Options {
@@ -74,6 +74,7 @@ impl Default for Options {
             env: BTreeMap::new(),
             mongodb_sync_on_commit: true,
             api_settings: BTreeMap::new(),
+            instances: 2,
         }
     }
 }
@@ -102,6 +103,7 @@ impl TestStack {
         config.env = opts.env;
         config.mongodb_sync_on_commit = opts.mongodb_sync_on_commit;
         config.api_settings = opts.api_settings;
+        config.instances = opts.instances;
         let stack = Stack::start(config).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -293,13 +295,16 @@ impl TestStack {
 
     /// The sum of one counter over every node that answers.
     pub async fn counter(&self, name: &str) -> Result<u64> {
+        // Every instance of every region: counters live in each process's memory.
         let mut sum = 0;
         for n in &self.manifest().nodes {
-            if let Ok(resp) = self.http.get(format!("{}/api/status", n.url)).send().await
-                && resp.status().is_success()
-            {
-                let v: serde_json::Value = resp.json().await?;
-                sum += v["counters"][name].as_u64().unwrap_or(0);
+            for url in saldo_stack::stack::instance_urls(n).await {
+                if let Ok(resp) = self.http.get(format!("{url}/api/status")).send().await
+                    && resp.status().is_success()
+                {
+                    let v: serde_json::Value = resp.json().await?;
+                    sum += v["counters"][name].as_u64().unwrap_or(0);
+                }
             }
         }
         Ok(sum)

@@ -255,3 +255,66 @@ async fn the_database_down_then_up_loses_nothing() {
     );
     assert_eq!(s.counter("executed").await.unwrap(), executed + 3);
 }
+
+/// Several instances per region (two HTTP instances and a timer instance each, as on Flex): the
+/// instance that sweeps never receives a heartbeat, yet it ranks from the region's stored
+/// records, so in a healthy fleet no region takes over or re-attempts a purchase its owner
+/// executes. (With liveness kept per process, every sweeping instance saw all peers dead and
+/// attempted every purchase at once: adoptions by the dozen.) The takeover wait is long here so
+/// that a slow machine cannot make a legitimate takeover.
+#[tokio::test]
+async fn many_instances_per_region_attempt_each_purchase_once() {
+    let mut opts = saldo_tests::Options::default();
+    opts.worker_settings
+        .insert("SALDO_TAKEOVER_MS".into(), "20000".into());
+    opts.worker_settings
+        .insert("SALDO_LIVENESS_MS".into(), "6000".into());
+    assert!(opts.instances >= 2);
+    let s = TestStack::start(opts).await.unwrap();
+    s.wait_for_catalogue().await.unwrap();
+    s.wait_for_fleet().await.unwrap();
+    for n in &s.manifest().nodes {
+        let roles: Vec<&str> = n.instances.iter().map(|i| i.role.as_str()).collect();
+        assert_eq!(roles, ["http", "http", "timers"], "{}", n.name);
+    }
+    // Every region on a loopback address of its own.
+    let hosts: std::collections::BTreeSet<String> = s
+        .manifest()
+        .nodes
+        .iter()
+        .map(|n| n.url.rsplit_once(':').unwrap().0.to_string())
+        .collect();
+    assert_eq!(hosts.len(), s.manifest().nodes.len(), "{hosts:?}");
+    // Let every sweeping instance read its region's records at least once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = (
+        s.counter("executed").await.unwrap(),
+        s.counter("adopted").await.unwrap(),
+        s.counter("takenOver").await.unwrap(),
+    );
+    let mut txs = Vec::new();
+    for _ in 0..8 {
+        txs.push(
+            s.order(json!([{"id": ORANGE, "quantity": 1}]))
+                .await
+                .unwrap(),
+        );
+    }
+    for tx in &txs {
+        assert_eq!(everyone_agrees(&s, tx).await["status"], "completed");
+    }
+    // Sweeps run every second: give them time to make any wasted attempt.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = (
+        s.counter("executed").await.unwrap(),
+        s.counter("adopted").await.unwrap(),
+        s.counter("takenOver").await.unwrap(),
+    );
+    assert_eq!(after.0 - before.0, 8, "each purchase executed once");
+    assert_eq!(
+        (after.1 - before.1, after.2 - before.2),
+        (0, 0),
+        "no region re-attempted or took over a purchase of a live owner"
+    );
+    assert_eq!(s.stock(ORANGE).await.unwrap(), 25 - 8);
+}

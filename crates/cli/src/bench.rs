@@ -145,19 +145,21 @@ async fn restock(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Sums every reachable node's counters.
+/// Sums the counters of every reachable instance of every node (each instance keeps its own).
 async fn counters(ctx: &Ctx) -> Result<BTreeMap<String, u64>> {
     let mut sum = BTreeMap::new();
     for n in &ctx.m.nodes {
-        let Ok(resp) = ctx.http.get(format!("{}/api/status", n.url)).send().await else {
-            continue;
-        };
-        let Ok(v) = resp.json::<Value>().await else {
-            continue;
-        };
-        if let Some(c) = v["counters"].as_object() {
-            for (k, val) in c {
-                *sum.entry(k.clone()).or_insert(0) += val.as_u64().unwrap_or(0);
+        for url in saldo_stack::stack::instance_urls(n).await {
+            let Ok(resp) = ctx.http.get(format!("{url}/api/status")).send().await else {
+                continue;
+            };
+            let Ok(v) = resp.json::<Value>().await else {
+                continue;
+            };
+            if let Some(c) = v["counters"].as_object() {
+                for (k, val) in c {
+                    *sum.entry(k.clone()).or_insert(0) += val.as_u64().unwrap_or(0);
+                }
             }
         }
     }

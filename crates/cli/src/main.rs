@@ -102,6 +102,10 @@ struct UpArgs {
     /// Do not publish the demo catalogue.
     #[arg(long)]
     no_seed: bool,
+    /// HTTP instances (handler processes) per region; with 2 or more the timers run on one more
+    /// instance of their own, as on Flex Consumption.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    instances: u16,
 }
 
 fn main() -> ExitCode {
@@ -175,6 +179,7 @@ async fn up(p: Paths, args: UpArgs) -> Result<ExitCode> {
     config.regions = args.regions;
     config.time_scale = args.time_scale;
     config.seed = !args.no_seed;
+    config.instances = usize::from(args.instances);
     config.ports = Ports {
         mongodb: args.mongodb_port,
         topic: args.topic_port,

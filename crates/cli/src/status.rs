@@ -44,7 +44,7 @@ async fn row(component: impl Into<String>, endpoint: &str, health: Health) -> Ro
 }
 
 pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
-    let m = Manifest::load(root)?;
+    let mut m = Manifest::load(root)?;
     let mut rows = Vec::new();
     if let Some(db) = &m.mongodb {
         rows.push(row("mongodb", &db.uri, Health::mongodb(&db.uri)).await);
@@ -88,8 +88,29 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
                 last_exit: None,
                 quarantined: 0,
             },
-            Ok(_) => row(component, &n.url, Health::worker(&n.url)).await,
+            Ok(v) => {
+                let mut r = row(component, &n.url, Health::worker(&n.url)).await;
+                let instances = saldo_stack::manifest::InstanceEntry::from_host_status(&v);
+                let list: Vec<String> = instances
+                    .iter()
+                    .map(|i| {
+                        let pid = i.pid.map(|p| p.to_string()).unwrap_or("-".into());
+                        format!("{} pid {pid}", i.role)
+                    })
+                    .collect();
+                if !list.is_empty() {
+                    r.detail = format!("{}{}", r.detail, list.join(", "));
+                }
+                r
+            }
         });
+    }
+    // The instances as the hosts report them now (pids change when an instance restarts).
+    for n in &mut m.nodes {
+        let now = saldo_stack::stack::host_instances(&n.url, &n.master_key).await;
+        if !now.is_empty() {
+            n.instances = now;
+        }
     }
     if let Some(a) = &m.api {
         rows.push(row("api", &a.url, Health::api(&a.url)).await);

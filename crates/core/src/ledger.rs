@@ -70,6 +70,20 @@ pub fn turn_at(received_at: DateTime<Utc>, rank: usize, takeover: Duration) -> D
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// The earliest moment a region's sweep may execute a pending transaction it first saw at
+/// `first_seen`. Ranks r ≥ 1 as [`turn_at`]; rank 0 executes on delivery, so its sweep is a
+/// retry and waits half a takeover: long enough not to race the instance still executing it
+/// inline (another instance of the same region, on Flex), short enough to come before rank 1.
+pub fn sweep_turn_at(first_seen: DateTime<Utc>, rank: usize, takeover: Duration) -> DateTime<Utc> {
+    if rank == 0 {
+        first_seen
+            .checked_add_signed(takeover / 2)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    } else {
+        turn_at(first_seen, rank, takeover)
+    }
+}
+
 /// Whether a node of rank `rank` may execute now (only relevant while no outcome is known).
 pub fn may_execute(
     received_at: DateTime<Utc>,

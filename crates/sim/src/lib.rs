@@ -121,7 +121,7 @@ pub struct SimBus {
 impl Bus for SimBus {
     async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
         match self.faults.lock().unwrap().publish() {
-            Fault::Before => Err("simulated: topic unreachable".into()),
+            Fault::Before | Fault::Contended => Err("simulated: topic unreachable".into()),
             Fault::After => {
                 self.topic.0.lock().unwrap().extend(events);
                 Err("simulated: reply lost".into())
@@ -160,7 +160,7 @@ impl SimPeers {
 
 impl PeerClient for SimPeers {
     async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
-        Ok(self.reach(url)?.status())
+        Ok(self.reach(url)?.status().await)
     }
     async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, String> {
         self.reach(url)?
@@ -272,7 +272,12 @@ impl World {
             // Reads failing "after" is the same as before; keep the distinction for writes.
             let p = f.db_p;
             let _ = op;
-            f.pick(p)
+            match f.pick(p) {
+                // A third of the failures before the effect are contention (conflict retries
+                // spent) rather than an outage: the node must go on with its other work.
+                Fault::Before if f.rng.random_bool(1.0 / 3.0) => Fault::Contended,
+                other => other,
+            }
         })));
         let names: Vec<String> = [
             "westeurope",
@@ -333,6 +338,7 @@ impl World {
                 .collect(),
             takeover: Duration::milliseconds(self.cfg.takeover_ms),
             liveness: Duration::milliseconds(self.cfg.liveness_ms),
+            peers_cache: Duration::milliseconds(500),
             catch_up_every: self.cfg.catch_up_every,
         };
         Arc::new(Node::new(

@@ -72,6 +72,9 @@ pub struct StackConfig {
     /// disk (without it a SIGKILL of the database loses acknowledged commits). Only a
     /// measurement turns it off.
     pub mongodb_sync_on_commit: bool,
+    /// HTTP instances (handler processes) per region; with 2 or more each region also runs its
+    /// timers on an instance of their own, as Flex Consumption does.
+    pub instances: usize,
 }
 
 impl StackConfig {
@@ -93,6 +96,18 @@ impl StackConfig {
             env: BTreeMap::new(),
             restart: crate::supervisor::Policy::default(),
             mongodb_sync_on_commit: true,
+            instances: 2,
+        }
+    }
+
+    /// The address region `i`'s host binds: a loopback address of its own (127.0.0.2, .3, ...)
+    /// when the stack is on 127.0.0.1, as every node of the plan has its own IP (Linux routes
+    /// all of 127/8 to `lo`); otherwise the stack's host.
+    pub fn node_host(&self, i: usize) -> String {
+        if self.host == "127.0.0.1" && i < 250 {
+            format!("127.0.0.{}", i + 2)
+        } else {
+            self.host.clone()
         }
     }
 

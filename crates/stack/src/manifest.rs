@@ -67,6 +67,37 @@ pub struct NodeEntry {
     pub url: String,
     pub function_key: String,
     pub master_key: String,
+    /// The region's handler processes, as its host reported them at start (`saldo status` asks
+    /// the host again for the current ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceEntry>,
+}
+
+/// One handler process of a region's app.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceEntry {
+    /// `http` or `timers`.
+    pub role: String,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+}
+
+impl InstanceEntry {
+    /// The instances listed by a host's `GET /admin/host/status`.
+    pub fn from_host_status(status: &serde_json::Value) -> Vec<InstanceEntry> {
+        status["instances"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|i| InstanceEntry {
+                        role: i["role"].as_str().unwrap_or("http").to_string(),
+                        pid: i["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+                        port: i["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -173,14 +173,17 @@ impl Stack {
             ("the API", p.api),
             ("the SPA", p.spa),
         ];
-        let node_ports = c
-            .regions
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.as_str(), p.first_node.map(|f| f + i as u16)));
-        for (what, port) in fixed.into_iter().chain(node_ports) {
+        let node_ports = c.regions.iter().enumerate().map(|(i, r)| {
+            (
+                c.node_host(i),
+                r.as_str(),
+                p.first_node.map(|f| f + i as u16),
+            )
+        });
+        let fixed = fixed.into_iter().map(|(w, p)| (host.clone(), w, p));
+        for (on, what, port) in fixed.chain(node_ports) {
             if let Some(port) = port {
-                ports::ensure_free(&host, port, what)?;
+                ports::ensure_free(&on, port, what)?;
             }
         }
 
@@ -265,18 +268,23 @@ impl Stack {
             let mut nodes = Vec::new();
             for (i, region) in c.regions.iter().enumerate() {
                 let fixed = c.ports.first_node.map(|p| p + i as u16);
-                let port = self.port(&format!("worker-{region}"), fixed)?;
+                let on = c.node_host(i);
+                let port = self.port_on(&on, &format!("worker-{region}"), fixed)?;
                 nodes.push(NodeEntry {
                     name: region.clone(),
                     region: region.clone(),
-                    url: format!("http://{host}:{port}"),
+                    url: format!("http://{on}:{port}"),
                     function_key: self.keys.fleet_function_key.clone(),
                     master_key: self.keys.master_key.clone(),
+                    instances: Vec::new(),
                 });
             }
             for node in &nodes {
                 let spec = self.worker_spec(node, &nodes)?;
                 self.launch(spec).await?;
+            }
+            for node in &mut nodes {
+                node.instances = host_instances(&node.url, &node.master_key).await;
             }
             self.manifest.nodes = nodes;
             if self.manifest.topic.is_some() {
@@ -362,9 +370,6 @@ impl Stack {
             ("SALDO_LIVENESS_MS".into(), "6000".into()),
             ("SALDO_HEARTBEAT_SCHEDULE".into(), "*/2 * * * * *".into()),
             ("SALDO_SWEEP_SCHEDULE".into(), "* * * * * *".into()),
-            // One process per region locally (Azure may run several instances of one app, hence
-            // its longer default): a returning region catches up within seconds.
-            ("SALDO_FEED_LAG_MS".into(), "1000".into()),
             ("SALDO_CATCHUP_EVERY".into(), "3".into()),
         ]);
         if let Some(topic) = &self.manifest.topic {
@@ -377,7 +382,19 @@ impl Stack {
         Ok(Spec {
             name: format!("worker-{}", node.region),
             program: c.bin("saldo-funchost"),
-            args: self.host_args(&c.repo.join("functions-host/worker"), &port, "saldo-worker"),
+            args: {
+                let mut a =
+                    self.host_args(&c.repo.join("functions-host/worker"), &port, "saldo-worker");
+                let on = node
+                    .url
+                    .trim_start_matches("http://")
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_else(|| c.host.clone());
+                set_arg(&mut a, "--host", on);
+                a.extend(["--instances".into(), c.instances.clamp(1, 16).to_string()]);
+                a
+            },
             env,
             cwd: None,
             health: Health::worker(&node.url),
@@ -435,6 +452,7 @@ impl Stack {
     }
 
     fn host_args(&self, app_dir: &Path, port: &str, handler: &str) -> Vec<String> {
+        // (`worker_spec` replaces `--host` with the region's own address.)
         vec![
             "--app-dir".into(),
             app_dir.display().to_string(),
@@ -563,6 +581,12 @@ impl Stack {
     /// A configured port (must be free), else the one used last time (if free), else a new one.
     fn port(&mut self, name: &str, fixed: Option<u16>) -> Result<u16> {
         let host = self.config.host.clone();
+        self.port_on(&host, name, fixed)
+    }
+
+    /// [`Stack::port`] on a given address.
+    fn port_on(&mut self, host: &str, name: &str, fixed: Option<u16>) -> Result<u16> {
+        let host = host.to_string();
         let port = match fixed {
             Some(p) => {
                 ports::ensure_free(&host, p, name)?;
@@ -705,4 +729,55 @@ impl Drop for Stack {
             let _ = std::fs::remove_file(lock);
         }
     }
+}
+
+/// Replaces the value of `flag` in `args`.
+fn set_arg(args: &mut [String], flag: &str, value: String) {
+    if let Some(i) = args.iter().position(|a| a == flag)
+        && let Some(v) = args.get_mut(i + 1)
+    {
+        *v = value;
+    }
+}
+
+/// The handler processes a host reports (empty if it cannot be asked; bounded by a timeout).
+pub async fn host_instances(url: &str, master_key: &str) -> Vec<crate::manifest::InstanceEntry> {
+    let Ok(client) = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+    else {
+        return Vec::new();
+    };
+    let status = client
+        .get(format!("{url}/admin/host/status"))
+        .header("x-functions-key", master_key)
+        .send()
+        .await;
+    match status {
+        Ok(r) => match r.json::<serde_json::Value>().await {
+            Ok(v) => crate::manifest::InstanceEntry::from_host_status(&v),
+            Err(_) => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Base URLs of every handler process of a region (each instance answers `/api/status` with
+/// its own counters, which live in its memory): the instances' own loopback ports as the host
+/// reports them now, or the region's URL if the host reports none.
+pub async fn instance_urls(node: &NodeEntry) -> Vec<String> {
+    let ports: Vec<u16> = host_instances(&node.url, &node.master_key)
+        .await
+        .into_iter()
+        .filter_map(|i| i.port)
+        .collect();
+    if ports.is_empty() {
+        return vec![node.url.clone()];
+    }
+    // Handlers listen on 127.0.0.1 inside their host (as an instance's worker process does).
+    ports
+        .into_iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect()
 }

@@ -43,6 +43,12 @@ pub enum StoreError {
     /// (a webhook answers 503 so that Event Grid retries).
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database is up but the write kept conflicting with other writers of the same
+    /// documents through every retry (a hot product, many instances writing one ledger). Not an
+    /// outage: try again soon (a webhook answers 503 with `Retry-After`, a sweep goes on with
+    /// the next transaction).
+    #[error("database contended: {0}")]
+    Contended(String),
     /// The database answered something unexpected (a bug, corrupt data, a broken invariant).
     #[error("database error: {0}")]
     Failed(String),
@@ -107,7 +113,14 @@ pub trait Store: Send + Sync + 'static {
 
     // --- this node's view of its peers ---
 
-    fn upsert_peer(&self, peer: &PeerRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Stores what was heard of a peer if it is newer than what is stored ([`PeerRecord::stamp`]:
+    /// incarnation, then the peer's timestamp), atomically, so that every instance of this
+    /// region sees one history. Returns whether it was newer (a late or redelivered heartbeat is
+    /// not). Only a stored heartbeat counts as heard.
+    fn record_peer(&self, peer: &PeerRecord) -> impl Future<Output = Result<bool>> + Send;
+    /// Allocates this node's next incarnation (1, 2, ...): every process of this region takes
+    /// one at start-up and sends it in its heartbeats.
+    fn next_incarnation(&self) -> impl Future<Output = Result<u64>> + Send;
     fn peers(&self) -> impl Future<Output = Result<Vec<PeerRecord>>> + Send;
     /// The last feed position read from the peer at `url` (0 if never).
     fn cursor(&self, url: &str) -> impl Future<Output = Result<u64>> + Send;

@@ -17,14 +17,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use saldo_core::events::{
     DATA_VERSION, EventGridEvent, Heartbeat, NODE_HEARTBEAT, Outcome, RecordUpdated, SaldoEvent,
     TRANSACTION_COMPLETED, TransactionCompleted,
 };
-use saldo_core::ledger::{is_live, may_execute, rank_of};
+use saldo_core::ledger::{is_live, rank_of, sweep_turn_at};
 use saldo_core::views::{
     LedgerEntryView, LedgerPage, LedgerState, NodeStatusView, PeerView, ProductView,
 };
@@ -121,8 +121,11 @@ pub struct Config {
     pub peers: Vec<String>,
     /// How long each rank waits after the one before it (`SALDO_TAKEOVER_MS`).
     pub takeover: Duration,
-    /// A peer is live if heard from within this (`SALDO_LIVENESS_MS`).
+    /// A peer is live if its stored heartbeat changed within this (`SALDO_LIVENESS_MS`).
     pub liveness: Duration,
+    /// How stale this instance's copy of the region's peer records may be before ranking reads
+    /// them again (`SALDO_PEERS_CACHE_MS`).
+    pub peers_cache: Duration,
     /// Catch up with peers every this many sweeps (and at start).
     pub catch_up_every: u64,
 }
@@ -197,6 +200,7 @@ counters! {
     publish_retries => "publishRetries",
     conflicts => "conflicts",
     invalid => "invalid",
+    contended => "contended",
 }
 
 fn inc(c: &AtomicU64, n: usize) {
@@ -247,8 +251,47 @@ pub fn completion_event(
     }
 }
 
-/// A heartbeat's place in its sender's history: (the sender's `started_at`, its `timestamp`).
-type HeartbeatStamp = (DateTime<Utc>, DateTime<Utc>);
+/// A heartbeat's place in its sender's history: (its incarnation, its timestamp).
+type HeartbeatStamp = (u64, DateTime<Utc>);
+
+/// This instance's copy of the region's peer records (`peers_<node>`, the one truth every
+/// instance of the region reads), and when, on this instance's own clock, it saw each peer's
+/// stored heartbeat change. A peer is live while that change is recent: no clock but this
+/// instance's is ever compared, and any instance reading the same records reaches the same
+/// verdict within `peers_cache` + `liveness`.
+#[derive(Default)]
+struct PeerCache {
+    loaded_at: Option<DateTime<Utc>>,
+    records: BTreeMap<String, PeerRecord>,
+    changed_at: BTreeMap<String, (HeartbeatStamp, DateTime<Utc>)>,
+}
+
+impl PeerCache {
+    fn observe(&mut self, rec: PeerRecord, now: DateTime<Utc>) {
+        let stamp = rec.stamp();
+        match self.changed_at.get(&rec.node) {
+            Some((seen, _)) if *seen >= stamp => {}
+            _ => {
+                self.changed_at.insert(rec.node.clone(), (stamp, now));
+            }
+        }
+        let newer = self
+            .records
+            .get(&rec.node)
+            .is_none_or(|known| known.stamp() <= stamp);
+        if newer {
+            self.records.insert(rec.node.clone(), rec);
+        }
+    }
+
+    fn is_live(&self, p: &PeerRecord, now: DateTime<Utc>, liveness: Duration) -> bool {
+        p.ready
+            && self
+                .changed_at
+                .get(&p.node)
+                .is_some_and(|(_, at)| is_live(*at, now, liveness))
+    }
+}
 
 /// One regional worker node. `S`: store, `C`: clock, `B`: bus, `P`: peer client.
 pub struct Node<S, C, B, P> {
@@ -261,14 +304,15 @@ pub struct Node<S, C, B, P> {
     started_at: DateTime<Utc>,
     ready: AtomicBool,
     sweeps: AtomicU64,
-    /// Peers as last heard (write-through cache of `peers_<node>`), so ranking a delivery's
-    /// commands costs no database round trip.
-    peers: RwLock<BTreeMap<String, PeerRecord>>,
-    /// The newest heartbeat heard from each peer: (its `started_at`, its `timestamp`), both on
-    /// that peer's clock. Event Grid reorders and redelivers, so a heartbeat older than one
-    /// already heard is ignored: a late "not ready yet" from a peer's start-up must not hide a
-    /// live peer, and a late copy must not make a dead one look live.
-    newest_heartbeat: std::sync::Mutex<BTreeMap<String, HeartbeatStamp>>,
+    /// This process's incarnation (allocated in the database by [`Node::start`]; 0 before).
+    incarnation: AtomicU64,
+    /// The region's peer records as last read (see [`PeerCache`]).
+    peers: Mutex<PeerCache>,
+    /// When this instance first saw each pending transaction, on its own clock: the base of
+    /// its takeover deadlines. (`received_at` was stamped by whichever instance of the region
+    /// recorded it, on that machine's clock; comparing it with ours would compare two clocks.)
+    /// Lost on restart, which only delays a takeover; bounded by [`SWEEP_SCAN`].
+    pending_seen: Mutex<BTreeMap<String, DateTime<Utc>>>,
 }
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
@@ -286,8 +330,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             started_at,
             ready: AtomicBool::new(false),
             sweeps: AtomicU64::new(0),
-            peers: RwLock::new(BTreeMap::new()),
-            newest_heartbeat: std::sync::Mutex::new(BTreeMap::new()),
+            incarnation: AtomicU64::new(0),
+            peers: Mutex::new(PeerCache::default()),
+            pending_seen: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -300,31 +345,47 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// meanwhile, since merging is idempotent).
     pub async fn start(&self) -> Result<(), NodeError> {
         self.store.init().await?;
-        let peers = self.store.peers().await?;
-        {
-            let mut cache = self.peers.write().expect("peers lock");
-            for p in peers {
-                if p.node != self.cfg.node {
-                    cache.entry(p.node.clone()).or_insert(p);
-                }
-            }
+        if self.incarnation.load(Ordering::Acquire) == 0 {
+            let n = self.store.next_incarnation().await?;
+            self.incarnation.store(n, Ordering::Release);
         }
+        self.refresh_peers(self.clock.now()).await?;
         self.ready.store(true, Ordering::Release);
-        tracing::info!(node = %self.cfg.node, "ready");
+        tracing::info!(node = %self.cfg.node, incarnation = self.incarnation.load(Ordering::Relaxed), "ready");
         Ok(())
     }
 
-    /// Names of the peers believed live now (self excluded; [`rank_of`] adds it).
-    fn live_peers(&self, now: DateTime<Utc>) -> Vec<String> {
-        self.peers
-            .read()
-            .expect("peers lock")
+    /// Reads the region's peer records (`peers_<node>`) into this instance's cache.
+    async fn refresh_peers(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let records = self.store.peers().await?;
+        let mut cache = self.peers.lock().expect("peers lock");
+        for p in records {
+            if p.node != self.cfg.node {
+                cache.observe(p, now);
+            }
+        }
+        cache.loaded_at = Some(now);
+        Ok(())
+    }
+
+    /// Names of the peers believed live now (self excluded; [`rank_of`] adds it), from the
+    /// region's records, read again once the cached copy is `peers_cache` old. If they cannot
+    /// be read the cached copy serves (the ranking is an optimisation, never the safety).
+    async fn live_peers(&self, now: DateTime<Utc>) -> Vec<String> {
+        let stale = {
+            let cache = self.peers.lock().expect("peers lock");
+            cache
+                .loaded_at
+                .is_none_or(|at| now < at || now - at >= self.cfg.peers_cache)
+        };
+        if stale && let Err(e) = self.refresh_peers(now).await {
+            tracing::warn!(error = %e, "reading the region's peer records failed; ranking on the cached copy");
+        }
+        let cache = self.peers.lock().expect("peers lock");
+        cache
+            .records
             .values()
-            .filter(|p| {
-                p.node != self.cfg.node
-                    && p.ready
-                    && is_live(p.last_heartbeat, now, self.cfg.liveness)
-            })
+            .filter(|p| p.node != self.cfg.node && cache.is_live(p, now, self.cfg.liveness))
             .map(|p| p.node.clone())
             .collect()
     }
@@ -333,32 +394,19 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         rank_of(transaction, &self.cfg.node, live.iter().map(String::as_str))
     }
 
-    /// True (and remembered) when `h` is newer than every heartbeat heard from its node: a later
-    /// process (`started_at`), or a later beat of the same process. Both compared values come
-    /// from the sender's own clock.
-    fn is_newest_heartbeat(&self, h: &Heartbeat) -> bool {
-        let mut newest = self.newest_heartbeat.lock().expect("heartbeat lock");
-        let this = (h.started_at, h.timestamp);
-        match newest.get(&h.node) {
-            Some(seen) if *seen >= this => false,
-            _ => {
-                newest.insert(h.node.clone(), this);
-                true
-            }
-        }
-    }
-
-    async fn remember_peer(&self, peer: PeerRecord) -> Result<(), StoreError> {
+    /// Stores what was heard of a peer if it is newer than the region's record; only then does
+    /// it count as heard (a heartbeat whose store failed is redelivered and heard then).
+    async fn remember_peer(&self, peer: PeerRecord) -> Result<bool, StoreError> {
         if peer.node == self.cfg.node {
-            return Ok(());
+            return Ok(false);
         }
-        self.store.upsert_peer(&peer).await?;
-        self.peers
-            .write()
-            .expect("peers lock")
-            .insert(peer.node.clone(), peer);
-        inc(&self.counters.peers_recorded, 1);
-        Ok(())
+        let newer = self.store.record_peer(&peer).await?;
+        if newer {
+            let now = self.clock.now();
+            self.peers.lock().expect("peers lock").observe(peer, now);
+            inc(&self.counters.peers_recorded, 1);
+        }
+        Ok(newer)
     }
 
     /// Handles one Event Grid delivery (the JSON body). A malformed delivery (not an array of
@@ -448,6 +496,12 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .map(|(c, _)| c)
             .collect();
         inc(&self.counters.received, new.len());
+        {
+            let mut seen = self.pending_seen.lock().expect("pending lock");
+            for c in new.iter().take(SWEEP_SCAN.saturating_sub(seen.len())) {
+                seen.insert(c.transaction.clone(), now);
+            }
+        }
         inc(&self.counters.duplicates, commands.len() - new.len());
         // One span per command, a child of the API's request (trace context from
         // `data.traceparent`), so that each region's receipt shows in the purchase's trace.
@@ -510,13 +564,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         // 3. Heartbeats: liveness on *our* clock.
         for h in &heartbeats {
-            if self.is_newest_heartbeat(h) {
-                self.remember_peer(peer_from_heartbeat(h, now)).await?;
-            }
+            self.remember_peer(peer_from_heartbeat(h, now)).await?;
         }
         // 4. Acknowledged from here on. Execute what we own at rank 0; a failure here is not
         //    the delivery's failure (the sweep retries).
-        let live = self.live_peers(now);
+        let live = self.live_peers(now).await;
         let mine: Vec<&NewCommand> = new
             .into_iter()
             .filter(|c| !decided.contains(&c.transaction) && self.rank(&c.transaction, &live) == 0)
@@ -658,27 +710,40 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let mut report = SweepReport::default();
         // 1. Takeover (and retry of failed inline executions).
         let now = self.clock.now();
-        let live = self.live_peers(now);
+        let live = self.live_peers(now).await;
         let mut to_publish = Vec::new();
         let mut first_error = None;
-        for e in self.store.pending(SWEEP_SCAN).await? {
+        let pending = self.store.pending(SWEEP_SCAN).await?;
+        let seen_at: BTreeMap<String, DateTime<Utc>> = {
+            let mut seen = self.pending_seen.lock().expect("pending lock");
+            let mut next = BTreeMap::new();
+            for e in &pending {
+                let at = seen.get(&e.transaction).copied().unwrap_or(now);
+                next.insert(e.transaction.clone(), at);
+            }
+            *seen = next.clone();
+            next
+        };
+        for e in pending {
             if report.executed >= SWEEP_EXECUTIONS {
                 break;
             }
             let Some(command) = &e.command else { continue };
             let rank = self.rank(&e.transaction, &live);
-            if !may_execute(
-                e.received_at.unwrap_or(e.recorded_at),
-                rank,
-                self.cfg.takeover,
-                now,
-            ) {
+            if now < sweep_turn_at(seen_at[&e.transaction], rank, self.cfg.takeover) {
                 continue;
             }
             match self.execute_one(&e.transaction, command, rank).await {
                 Ok(p) => {
                     report.executed += 1;
                     to_publish.extend(p);
+                }
+                Err(err @ StoreError::Contended(_)) => {
+                    // Contention is not an outage: this transaction's documents are hot (its
+                    // products, or our ledger's counter). Go on with the others; the next sweep
+                    // tries this one again.
+                    inc(&self.counters.contended, 1);
+                    tracing::info!(transaction = %e.transaction, error = %err, "sweep execution contended; next sweep retries it");
                 }
                 Err(err @ StoreError::Unavailable(_)) => {
                     // Stop at the first outage: with the database down every further attempt
@@ -698,7 +763,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         if let Some(e @ StoreError::Unavailable(_)) = &first_error {
             // Publish what did execute; the outage fails this sweep.
-            let _ = self.publish_completions(to_publish).await;
+            if let Err(p) = self.publish_completions(to_publish).await {
+                tracing::warn!(error = %p, "publishing completions failed; the outbox retries");
+            }
             return Err(e.clone().into());
         }
         // A topic outage must not stop the outbox check or catch-up (which talks to peers,
@@ -750,11 +817,12 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             ready: self.is_ready(),
             started_at: self.started_at,
             timestamp: now,
+            incarnation: self.incarnation.load(Ordering::Acquire),
             counters: self.counters_snapshot(),
         };
         if self.is_ready() {
             self.store
-                .upsert_peer(&peer_from_heartbeat(&hb, now))
+                .record_peer(&peer_from_heartbeat(&hb, now))
                 .await?;
         }
         let event = EventGridEvent {
@@ -781,8 +849,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let mut urls: BTreeSet<String> = self.cfg.peers.iter().cloned().collect();
         urls.extend(
             self.peers
-                .read()
+                .lock()
                 .expect("peers lock")
+                .records
                 .values()
                 .map(|p| p.url.clone()),
         );
@@ -791,6 +860,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         for url in urls.into_iter().filter(|u| !u.is_empty()).take(MAX_PEERS) {
             match self.catch_up_from(&url).await {
                 Ok(n) => repairs += n,
+                Err(NodeError::Store(StoreError::Contended(e))) => {
+                    // Our ledger was busy through the retries: this peer's turn comes again.
+                    inc(&self.counters.contended, 1);
+                    tracing::info!(peer = %url, error = %e, "catch-up from a peer contended; next round");
+                }
                 Err(NodeError::Store(e)) => return Err(NodeError::Store(e)),
                 Err(e) => tracing::info!(peer = %url, error = %e, "catch-up skipped a peer"),
             }
@@ -809,7 +883,8 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             return Ok(0);
         }
         let now = self.clock.now();
-        // It answered just now: that is as good as a heartbeat.
+        // Known from now on (its URL and region), if it was not: a status answer carries no
+        // place in the peer's heartbeat history, so it never overrides a heartbeat.
         self.remember_peer(PeerRecord {
             node: status.node.clone(),
             region: status.region.clone(),
@@ -817,6 +892,8 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             ready: status.ready,
             started_at: status.started_at,
             last_heartbeat: now,
+            incarnation: 0,
+            beat_at: DateTime::<Utc>::UNIX_EPOCH,
             counters: status.counters.clone(),
         })
         .await?;
@@ -957,19 +1034,22 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         m
     }
 
-    pub fn status(&self) -> NodeStatusView {
+    /// This node's status; its peers as the region's records say (read again if stale).
+    pub async fn status(&self) -> NodeStatusView {
         let now = self.clock.now();
+        let live: BTreeSet<String> = self.live_peers(now).await.into_iter().collect();
         let peers = self
             .peers
-            .read()
+            .lock()
             .expect("peers lock")
+            .records
             .values()
             .map(|p| PeerView {
                 node: p.node.clone(),
                 region: p.region.clone(),
                 url: p.url.clone(),
                 last_heartbeat: p.last_heartbeat,
-                live: p.ready && is_live(p.last_heartbeat, now, self.cfg.liveness),
+                live: live.contains(&p.node),
             })
             .collect();
         NodeStatusView {
@@ -992,6 +1072,8 @@ fn peer_from_heartbeat(h: &Heartbeat, heard_at: DateTime<Utc>) -> PeerRecord {
         ready: h.ready,
         started_at: h.started_at,
         last_heartbeat: heard_at,
+        incarnation: h.incarnation,
+        beat_at: h.timestamp,
         counters: h.counters.clone(),
     }
 }
