@@ -121,6 +121,8 @@ async fn publish(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let events = schema::parse_body(&bytes, content_type, topic.input_schema(), topic.topic_id())?;
+    // 429 means one thing, as in Azure: the topic's publish rate was exceeded.
+    topic.check_rate(events.len(), bytes.len())?;
     topic.publish(events).await?;
     Ok(StatusCode::OK)
 }

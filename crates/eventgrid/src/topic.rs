@@ -22,7 +22,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use crate::deadletter;
 use crate::error::ApiError;
 use crate::policy::{self, Next, Outcome};
+use crate::rate::RateLimit;
 use crate::schema::{Accepted, InputSchema};
+use crate::spill::{SpillFile, Spilled};
 use crate::subscription::{MAX_SUBSCRIPTIONS, Properties, Subscription};
 use crate::wal::{PubItem, Record, Replay, Target, Wal};
 
@@ -52,8 +54,12 @@ pub struct Config {
     pub time_scale: f64,
     /// Subscriptions to create at start (no handshake: they describe subscriptions that exist).
     pub subscriptions_file: Option<PathBuf>,
-    /// Bound on the events pending for one subscription; beyond it publishing answers 429.
-    pub max_pending: usize,
+    /// Events one subscription keeps in memory; the rest of its backlog waits in its spill file
+    /// (see `spill.rs`). Never a reason to refuse publishing.
+    pub max_in_memory: usize,
+    /// The topic's publish rate limits (0: unlimited); beyond them publishing answers 429.
+    pub max_events_per_second: u64,
+    pub max_bytes_per_second: u64,
     /// Concurrent in-flight deliveries per subscription.
     pub max_in_flight: usize,
     /// The event log is compacted when it is larger than this (and has doubled since the last time).
@@ -74,7 +80,9 @@ impl Config {
             input_schema: InputSchema::EventGrid,
             time_scale: 1.0,
             subscriptions_file: None,
-            max_pending: 100_000,
+            max_in_memory: 10_000,
+            max_events_per_second: crate::rate::AZURE_EVENTS_PER_SECOND,
+            max_bytes_per_second: crate::rate::AZURE_BYTES_PER_SECOND,
             max_in_flight: 8,
             compact_bytes: 64 * 1024 * 1024,
         }
@@ -97,6 +105,23 @@ pub struct Event {
     pub id: String,
     pub data_version: String,
     pub json: Box<RawValue>,
+}
+
+impl Event {
+    /// An event as stored (log or spill file): its id and dataVersion are read from the JSON.
+    fn from_raw(seq: u64, publish_ms: i64, json: Box<RawValue>) -> Self {
+        let head: Head = serde_json::from_str(json.get()).unwrap_or(Head {
+            id: None,
+            data_version: None,
+        });
+        Self {
+            seq,
+            publish_ms,
+            id: head.id.unwrap_or_default(),
+            data_version: head.data_version.unwrap_or_default(),
+            json,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +169,7 @@ pub struct Counters {
     pub pending: AtomicU64,
     pub attempts: AtomicU64,
     pub failed_attempts: AtomicU64,
+    pub spill_errors: AtomicU64,
 }
 
 impl Counters {
@@ -156,6 +182,7 @@ impl Counters {
             "pending": self.pending.load(SeqCst),
             "attempts": self.attempts.load(SeqCst),
             "failedAttempts": self.failed_attempts.load(SeqCst),
+            "spillErrors": self.spill_errors.load(SeqCst),
         })
     }
 }
@@ -171,11 +198,24 @@ struct SubState {
     /// Until when (ms since the epoch) the endpoint is on probation.
     probation_until: AtomicI64,
     failures_in_row: AtomicU32,
+    /// Events held in memory: queued, waiting for a retry or in flight. At most `max_resident`
+    /// (beyond it events are spilled), so a stopped subscriber costs bounded memory.
+    resident: AtomicU64,
+    max_resident: u64,
+    /// The backlog beyond `max_resident`. Lock order: `spill`, then `queue`.
+    spill: Mutex<SpillFile>,
+    /// Mirror of the spill file's count, read without its lock.
+    spilled: AtomicU64,
 }
 
 impl SubState {
-    fn new(sub: Subscription, slots: usize) -> Self {
+    fn new(sub: Subscription, slots: usize, max_resident: usize, spill_dir: &Path) -> Self {
+        let spill = SpillFile::new(spill_dir.join(format!("{}.jsonl", sub.name)));
         Self {
+            resident: AtomicU64::new(0),
+            max_resident: max_resident as u64,
+            spill: Mutex::new(spill),
+            spilled: AtomicU64::new(0),
             name: sub.name.clone(),
             cfg: RwLock::new(Arc::new(sub)),
             queue: Mutex::new(Queue::default()),
@@ -192,33 +232,114 @@ impl SubState {
         self.cfg.read().expect("lock poisoned").clone()
     }
 
-    /// Adds work; `fresh` says whether it is new (counts towards `pending`) or a retry.
-    fn enqueue(&self, item: Item, due: i64, fresh: bool) {
-        if fresh {
-            self.counters.pending.fetch_add(1, SeqCst);
+    /// Puts back an item already held in memory (a retry, or a dead-letter write to try again).
+    fn enqueue(&self, item: Item, due: i64) {
+        self.push_resident(vec![(item, due)]);
+    }
+
+    /// Queues items that are already counted as resident.
+    fn push_resident(&self, items: Vec<(Item, i64)>) {
+        if items.is_empty() {
+            return;
         }
+        let now = now_ms();
         let mut q = self.queue.lock().expect("lock poisoned");
-        if due <= now_ms() {
-            q.ready.push_back(item);
-        } else {
-            q.later.push(Reverse(Later { due, item }));
+        for (item, due) in items {
+            if due <= now {
+                q.ready.push_back(item);
+            } else {
+                q.later.push(Reverse(Later { due, item }));
+            }
         }
         drop(q);
         self.wake.notify_one();
     }
 
-    /// Adds newly published events, due now, all under one lock.
-    fn enqueue_fresh(&self, items: Vec<Item>) {
+    /// Admits new work (freshly published, or restored at start), in order: into memory while
+    /// there is room and nothing older waits on disk, into the spill file otherwise.
+    fn admit(&self, items: Vec<(Item, i64)>) {
+        if items.is_empty() {
+            return;
+        }
         self.counters.pending.fetch_add(items.len() as u64, SeqCst);
-        self.queue
-            .lock()
-            .expect("lock poisoned")
-            .ready
-            .extend(items);
-        self.wake.notify_one();
+        let mut spill = self.spill.lock().expect("lock poisoned");
+        let room = if spill.count() == 0 {
+            self.max_resident.saturating_sub(self.resident.load(SeqCst)) as usize
+        } else {
+            0 // keep arrival order: older events are waiting on disk
+        };
+        let mut memory = items;
+        let disk = memory.split_off(room.min(memory.len()));
+        if !disk.is_empty() {
+            let lines: Vec<Spilled> = disk
+                .iter()
+                .map(|(i, due)| Spilled {
+                    seq: i.ev.seq,
+                    pt: i.ev.publish_ms,
+                    n: i.attempts,
+                    due: *due,
+                    ev: i.ev.json.clone(),
+                })
+                .collect();
+            match spill.push(&lines) {
+                Ok(()) => {}
+                Err(e) => {
+                    // Keep them in memory rather than lose track of them (they are in the
+                    // event log either way).
+                    tracing::error!(subscription = %self.name, error = %e, events = disk.len(), "spilling failed; keeping the events in memory");
+                    self.counters.spill_errors.fetch_add(1, SeqCst);
+                    memory.extend(disk);
+                }
+            }
+        }
+        self.spilled.store(spill.count(), SeqCst);
+        self.resident.fetch_add(memory.len() as u64, SeqCst);
+        self.push_resident(memory);
+    }
+
+    /// Reads spilled events back once at most half of the in-memory room is used.
+    fn refill(&self) {
+        if self.spilled.load(SeqCst) == 0 {
+            return;
+        }
+        let resident = self.resident.load(SeqCst);
+        if resident > self.max_resident / 2 {
+            return;
+        }
+        let mut spill = self.spill.lock().expect("lock poisoned");
+        // Bounded: at most the free room and at most 1,000 lines per call.
+        let want = (self.max_resident - resident).min(1000) as usize;
+        let loaded = match spill.take(want) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(subscription = %self.name, error = %e, "reading the spill file failed; the events come back from the event log at the next start");
+                self.counters.spill_errors.fetch_add(1, SeqCst);
+                Vec::new()
+            }
+        };
+        self.spilled.store(spill.count(), SeqCst);
+        let items: Vec<(Item, i64)> = loaded
+            .into_iter()
+            .map(|s| {
+                (
+                    Item {
+                        ev: Arc::new(Event::from_raw(s.seq, s.pt, s.ev)),
+                        attempts: s.n,
+                        last: None,
+                    },
+                    s.due,
+                )
+            })
+            .collect();
+        self.resident.fetch_add(items.len() as u64, SeqCst);
+        self.push_resident(items);
     }
 
     fn finished(&self, n: usize) {
+        self.resident.fetch_sub(n as u64, SeqCst);
+        if self.spilled.load(SeqCst) > 0 {
+            self.wake.notify_one(); // room freed: the dispatcher reads spilled events back
+        }
         let before = self.counters.pending.fetch_sub(n as u64, SeqCst);
         assert!(
             before >= n as u64,
@@ -270,6 +391,8 @@ impl SubState {
     fn metrics(&self) -> Value {
         let mut v = self.counters.json();
         v["name"] = json!(self.name);
+        v["inMemory"] = json!(self.resident.load(SeqCst));
+        v["spilled"] = json!(self.spilled.load(SeqCst));
         v
     }
 }
@@ -288,6 +411,7 @@ pub struct Topic {
     topic_id: String,
     subs: RwLock<BTreeMap<String, Arc<SubState>>>,
     wal: Wal,
+    rate: RateLimit,
     next_seq: AtomicU64,
     accepted: AtomicU64,
     http: reqwest::Client,
@@ -333,7 +457,7 @@ impl Topic {
             "--time-scale must be a positive number"
         );
         anyhow::ensure!(
-            config.max_in_flight >= 1 && config.max_pending >= 1,
+            config.max_in_flight >= 1 && config.max_in_memory >= 1,
             "queue bounds must be at least 1"
         );
         std::fs::create_dir_all(&config.data_dir)?;
@@ -346,6 +470,10 @@ impl Topic {
             )
         })?;
         std::fs::create_dir_all(&config.deadletter_dir)?;
+        let spill_dir = config.data_dir.join("spill");
+        // Spill files are rebuilt from the event log below; an earlier run's are stale.
+        let _ = std::fs::remove_dir_all(&spill_dir);
+        std::fs::create_dir_all(&spill_dir)?;
         if saldo_publish::sas::signature(&config.key, "probe").is_err() {
             tracing::warn!(
                 "the topic key is not base64: aeg-sas-key works, SAS tokens cannot be verified"
@@ -366,7 +494,12 @@ impl Topic {
                 .map_err(|e| anyhow::anyhow!("subscription {}: {}", np.name, e.message))?;
             subs.insert(
                 np.name.clone(),
-                Arc::new(SubState::new(sub, config.max_in_flight)),
+                Arc::new(SubState::new(
+                    sub,
+                    config.max_in_flight,
+                    config.max_in_memory,
+                    &spill_dir,
+                )),
             );
         }
         anyhow::ensure!(
@@ -385,29 +518,27 @@ impl Topic {
         let wal = Wal::start(wal_path, config.compact_bytes)?;
 
         let mut restored = 0usize;
-        for (seq, pe) in std::mem::take(&mut replay.events) {
-            let head: Head = serde_json::from_str(pe.json.get()).unwrap_or(Head {
-                id: None,
-                data_version: None,
-            });
-            let ev = Arc::new(Event {
-                seq,
-                publish_ms: pe.publish_ms,
-                id: head.id.unwrap_or_default(),
-                data_version: head.data_version.unwrap_or_default(),
-                json: pe.json,
-            });
+        // In chunks, so that what does not fit in memory goes to the spill files as it comes.
+        let mut per_sub: BTreeMap<String, Vec<(Item, i64)>> = BTreeMap::new();
+        let events = std::mem::take(&mut replay.events);
+        let total = events.len();
+        for (k, (seq, pe)) in events.into_iter().enumerate() {
+            let ev = Arc::new(Event::from_raw(seq, pe.publish_ms, pe.json));
             for (sub, (n, due)) in pe.targets {
-                subs[&sub].enqueue(
+                per_sub.entry(sub).or_default().push((
                     Item {
                         ev: ev.clone(),
                         attempts: n,
                         last: None,
                     },
                     due,
-                    true,
-                );
+                ));
                 restored += 1;
+            }
+            if k % 1024 == 1023 || k + 1 == total {
+                for (sub, items) in std::mem::take(&mut per_sub) {
+                    subs[&sub].admit(items);
+                }
             }
         }
         let http = reqwest::Client::builder()
@@ -418,6 +549,11 @@ impl Topic {
             topic_id: topic_resource_id(&config.topic_name),
             subs: RwLock::new(subs),
             wal,
+            rate: RateLimit::new(
+                config.max_events_per_second,
+                config.max_bytes_per_second,
+                Instant::now(),
+            ),
             next_seq: AtomicU64::new(replay.max_seq + 1),
             accepted: AtomicU64::new(0),
             http,
@@ -480,36 +616,25 @@ impl Topic {
             .collect()
     }
 
+    /// The publish rate limit: `Err` (429) when a request of `events` events and `bytes`
+    /// bytes would exceed the topic's rate.
+    pub fn check_rate(&self, events: usize, bytes: usize) -> Result<(), ApiError> {
+        self.rate.admit(events, bytes, Instant::now())
+    }
+
     /// Stores accepted events durably, then queues them for every matching subscription.
     /// Returns only once the events are on disk.
     pub async fn publish(&self, events: Vec<Accepted>) -> Result<(), ApiError> {
         let subs = self.all_subs();
         let cfgs: Vec<Arc<Subscription>> = subs.iter().map(|s| s.cfg()).collect();
-        let mut per_sub = vec![0u64; subs.len()];
         let targets: Vec<Vec<usize>> = events
             .iter()
             .map(|e| {
-                let t: Vec<usize> = (0..subs.len())
+                (0..subs.len())
                     .filter(|&i| cfgs[i].matches(&e.event_type, &e.subject))
-                    .collect();
-                t.iter().for_each(|&i| per_sub[i] += 1);
-                t
+                    .collect()
             })
             .collect();
-        for (i, n) in per_sub.iter().enumerate() {
-            let pending = subs[i].counters.pending.load(SeqCst);
-            if *n > 0 && pending + n > self.config.max_pending as u64 {
-                return Err(ApiError::new(
-                    429,
-                    "TooManyRequests",
-                    "TooManyRequests",
-                    format!(
-                        "subscription {} already has {pending} events pending; publish again later",
-                        subs[i].name
-                    ),
-                ));
-            }
-        }
         let now = now_ms();
         let first = self.next_seq.fetch_add(events.len() as u64, SeqCst);
         let mut items = Vec::new();
@@ -544,7 +669,7 @@ impl Topic {
                 .map_err(|e| ApiError::internal(format!("the events could not be stored: {e}")))?;
             // Each subscription gets the request's events in one go, so its dispatcher sees
             // them together and can batch them.
-            let mut per_sub_items: Vec<Vec<Item>> = vec![Vec::new(); subs.len()];
+            let mut per_sub_items: Vec<Vec<(Item, i64)>> = vec![Vec::new(); subs.len()];
             for (it, (id, data_version, t)) in record.items.into_iter().zip(heads) {
                 let ev = Arc::new(Event {
                     seq: it.seq,
@@ -554,17 +679,18 @@ impl Topic {
                     json: it.ev,
                 });
                 for &i in t {
-                    per_sub_items[i].push(Item {
-                        ev: ev.clone(),
-                        attempts: 0,
-                        last: None,
-                    });
+                    per_sub_items[i].push((
+                        Item {
+                            ev: ev.clone(),
+                            attempts: 0,
+                            last: None,
+                        },
+                        now,
+                    ));
                 }
             }
             for (i, items) in per_sub_items.into_iter().enumerate() {
-                if !items.is_empty() {
-                    subs[i].enqueue_fresh(items);
-                }
+                subs[i].admit(items);
             }
         }
         self.accepted.fetch_add(count, SeqCst);
@@ -608,7 +734,12 @@ impl Topic {
                 false
             }
             None => {
-                let state = Arc::new(SubState::new(sub, self.config.max_in_flight));
+                let state = Arc::new(SubState::new(
+                    sub,
+                    self.config.max_in_flight,
+                    self.config.max_in_memory,
+                    &self.config.data_dir.join("spill"),
+                ));
                 self.subs
                     .write()
                     .expect("lock poisoned")
@@ -651,6 +782,7 @@ impl Topic {
             .ok_or_else(|| ApiError::not_found(format!("no subscription {name:?}")))?;
         state.closed.store(true, SeqCst);
         state.slots.close();
+        state.spill.lock().expect("lock poisoned").remove();
         state.wake.notify_one();
         self.wal.append(&Record::unsubscribe(name)).await;
         self.save_subscriptions()
@@ -837,6 +969,7 @@ async fn dispatch(topic: Arc<Topic>, sub: Arc<SubState>) {
         let Ok(permit) = sub.slots.clone().acquire_owned().await else {
             return; // slots closed: the subscription was deleted
         };
+        sub.refill();
         let cfg = sub.cfg();
         let ttl_ms = topic.scaled(cfg.ttl).as_millis() as i64;
         let now = now_ms();
@@ -974,7 +1107,7 @@ async fn deliver(
             .await;
         sub.counters.retried.fetch_add(items.len() as u64, SeqCst);
         for item in items {
-            sub.enqueue(item, due, false);
+            sub.enqueue(item, due);
         }
     }
 }
@@ -1054,7 +1187,7 @@ async fn settle_dead(
                     tracing::error!(subscription = %cfg.name, result = ?other.map(|r| r.map(|_| ())), "dead-letter write failed; will retry");
                     let due = now_ms() + topic.scaled(Duration::from_secs(10)).as_millis() as i64;
                     for item in items {
-                        sub.enqueue(item, due, false);
+                        sub.enqueue(item, due);
                     }
                     return;
                 }

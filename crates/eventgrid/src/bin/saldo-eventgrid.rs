@@ -33,9 +33,17 @@ struct Args {
     /// The topic's input schema (ARM `inputSchema`); events are delivered in the same schema.
     #[arg(long, value_enum, default_value = "EventGridSchema")]
     input_schema: InputSchema,
-    /// Bound on the events pending per subscription (beyond it publishing answers 429).
-    #[arg(long, default_value_t = 100_000)]
-    max_pending: usize,
+    /// Events each subscription keeps in memory; the rest of its backlog waits on disk
+    /// (`--max-pending` is the old name). A slow subscriber never makes publishing fail.
+    #[arg(long, alias = "max-pending", default_value_t = 10_000)]
+    max_in_memory: usize,
+    /// The topic's publish rate limit in events per second (Azure: 5,000); beyond it
+    /// publishing answers 429. 0: unlimited.
+    #[arg(long, default_value_t = saldo_eventgrid::rate::AZURE_EVENTS_PER_SECOND)]
+    max_events_per_second: u64,
+    /// The topic's publish rate limit in bytes per second (Azure: 5 MB); 0: unlimited.
+    #[arg(long, default_value_t = saldo_eventgrid::rate::AZURE_BYTES_PER_SECOND)]
+    max_bytes_per_second: u64,
     /// Concurrent in-flight deliveries per subscription.
     #[arg(long, default_value_t = 8)]
     max_in_flight: usize,
@@ -53,7 +61,9 @@ async fn main() -> anyhow::Result<()> {
         time_scale: args.time_scale,
         topic_name: args.topic_name,
         input_schema: args.input_schema,
-        max_pending: args.max_pending,
+        max_in_memory: args.max_in_memory,
+        max_events_per_second: args.max_events_per_second,
+        max_bytes_per_second: args.max_bytes_per_second,
         max_in_flight: args.max_in_flight,
         compact_bytes: args.compact_bytes,
         ..Config::new(args.key, args.data_dir, args.deadletter_dir)
