@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod deadletter;
+pub mod entra;
 pub mod error;
 pub mod http;
 pub mod policy;

@@ -60,6 +60,10 @@ pub struct Config {
     /// The topic's publish rate limits (0: unlimited); beyond them publishing answers 429.
     pub max_events_per_second: u64,
     pub max_bytes_per_second: u64,
+    /// The identity stand-in's public key (base64 Ed25519): Bearer tokens it signed are accepted.
+    pub entra_public_key: Option<String>,
+    /// Azure's `disableLocalAuth`: publishing with keys or SAS tokens is refused.
+    pub disable_local_auth: bool,
     /// Concurrent in-flight deliveries per subscription.
     pub max_in_flight: usize,
     /// The event log is compacted when it is larger than this (and has doubled since the last time).
@@ -83,6 +87,8 @@ impl Config {
             max_in_memory: 10_000,
             max_events_per_second: crate::rate::AZURE_EVENTS_PER_SECOND,
             max_bytes_per_second: crate::rate::AZURE_BYTES_PER_SECOND,
+            entra_public_key: None,
+            disable_local_auth: false,
             max_in_flight: 8,
             compact_bytes: 64 * 1024 * 1024,
         }
@@ -412,6 +418,7 @@ pub struct Topic {
     subs: RwLock<BTreeMap<String, Arc<SubState>>>,
     wal: Wal,
     rate: RateLimit,
+    entra: Option<crate::entra::Verifier>,
     next_seq: AtomicU64,
     accepted: AtomicU64,
     http: reqwest::Client,
@@ -459,6 +466,14 @@ impl Topic {
         anyhow::ensure!(
             config.max_in_flight >= 1 && config.max_in_memory >= 1,
             "queue bounds must be at least 1"
+        );
+        let entra = match &config.entra_public_key {
+            Some(k) => Some(crate::entra::Verifier::from_public_key(k)?),
+            None => None,
+        };
+        anyhow::ensure!(
+            !config.disable_local_auth || entra.is_some(),
+            "with local auth disabled nobody could publish: give the identity stand-in's public key too"
         );
         std::fs::create_dir_all(&config.data_dir)?;
         // Two emulators appending to one log would corrupt it: the first one holds a lock.
@@ -543,12 +558,16 @@ impl Topic {
         }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            // Event Grid never follows a redirect: only 200-204 is a delivery, so a 3xx is a
+            // failed attempt (retried like any other status it does not name).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
         let topic = Arc::new(Topic {
             topic_id: topic_resource_id(&config.topic_name),
             subs: RwLock::new(subs),
             wal,
+            entra,
             rate: RateLimit::new(
                 config.max_events_per_second,
                 config.max_bytes_per_second,
@@ -575,6 +594,14 @@ impl Topic {
     }
     pub fn key(&self) -> &str {
         &self.config.key
+    }
+    /// What publishing accepts.
+    pub fn publish_policy(&self) -> crate::auth::Policy<'_> {
+        crate::auth::Policy {
+            key: &self.config.key,
+            entra: self.entra.as_ref(),
+            local_auth: !self.config.disable_local_auth,
+        }
     }
     pub fn input_schema(&self) -> InputSchema {
         self.config.input_schema
@@ -813,6 +840,7 @@ impl Topic {
         json!({
             "topic": self.topic_id,
             "accepted": self.accepted.load(SeqCst),
+            "walFsyncs": self.wal.fsyncs(),
             "delivered": total("delivered"),
             "retried": total("retried"),
             "deadLettered": total("deadLettered"),

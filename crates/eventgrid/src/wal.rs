@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::{mpsc, oneshot};
 
 /// One subscription an event still has to reach.
@@ -253,6 +256,8 @@ struct Append {
 #[derive(Clone)]
 pub struct Wal {
     tx: mpsc::Sender<Append>,
+    /// fsyncs done so far (the benchmark prints fsyncs per accepted event).
+    fsyncs: Arc<AtomicU64>,
 }
 
 /// Lines waiting for the writer. Bounded: a slow disk slows publishers down instead of
@@ -265,6 +270,8 @@ impl Wal {
     pub fn start(path: PathBuf, compact_bytes: u64) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let (tx, mut rx) = mpsc::channel::<Append>(QUEUE);
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let counted = fsyncs.clone();
         std::thread::Builder::new().name("eventgrid-wal".into()).spawn(move || {
             let mut file = file;
             let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -285,6 +292,7 @@ impl Wal {
                 result = result.and_then(|_| file.write_all(&buf));
                 if result.is_ok() && batch.iter().any(|a| a.synced.is_some()) {
                     result = file.sync_data();
+                    counted.fetch_add(1, Ordering::Relaxed);
                 }
                 size += buf.len() as u64;
                 if let Err(e) = &result {
@@ -311,7 +319,12 @@ impl Wal {
                 }
             }
         })?;
-        Ok(Self { tx })
+        Ok(Self { tx, fsyncs })
+    }
+
+    /// How many fsyncs the writer has done.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Appends and waits until the line is on disk.

@@ -44,6 +44,14 @@ struct Args {
     /// The topic's publish rate limit in bytes per second (Azure: 5 MB); 0: unlimited.
     #[arg(long, default_value_t = saldo_eventgrid::rate::AZURE_BYTES_PER_SECOND)]
     max_bytes_per_second: u64,
+    /// Accept Microsoft Entra (Bearer) tokens signed by the identity stand-in (`saldo-identity`)
+    /// whose public key is in this file.
+    #[arg(long)]
+    entra_public_key_file: Option<PathBuf>,
+    /// Azure's `disableLocalAuth`: refuse keys and SAS tokens for publishing (needs
+    /// --entra-public-key-file).
+    #[arg(long)]
+    disable_local_auth: bool,
     /// Concurrent in-flight deliveries per subscription.
     #[arg(long, default_value_t = 8)]
     max_in_flight: usize,
@@ -56,7 +64,16 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = saldo_telemetry::init("saldo-eventgrid", &args.topic_name);
+    let entra_public_key = match &args.entra_public_key_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     let config = Config {
+        entra_public_key,
+        disable_local_auth: args.disable_local_auth,
         subscriptions_file: args.subscriptions,
         time_scale: args.time_scale,
         topic_name: args.topic_name,
