@@ -52,6 +52,8 @@ pub struct Options {
     pub time_scale: f64,
     pub seed: bool,
     pub env: BTreeMap<String, String>,
+    /// `saldo up --keyless`: tokens from the managed-identity stand-in, no topic key.
+    pub keyless: bool,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             time_scale: 20.0,
             seed: true,
             env: BTreeMap::new(),
+            keyless: false,
         }
     }
 }
@@ -94,6 +97,7 @@ impl TestStack {
         config.time_scale = opts.time_scale;
         config.seed = opts.seed;
         config.env = opts.env;
+        config.keyless = opts.keyless;
         let stack = Stack::start(config).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

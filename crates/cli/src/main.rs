@@ -92,6 +92,10 @@ struct UpArgs {
     /// Do not publish the demo catalogue.
     #[arg(long)]
     no_seed: bool,
+    /// Run production's auth path: the topic refuses keys (local auth disabled) and every app
+    /// publishes with a token from a local managed-identity endpoint (`saldo-identity`).
+    #[arg(long)]
+    keyless: bool,
 }
 
 fn main() -> ExitCode {
@@ -162,6 +166,7 @@ async fn up(p: Paths, args: UpArgs) -> Result<ExitCode> {
     config.regions = args.regions;
     config.time_scale = args.time_scale;
     config.seed = !args.no_seed;
+    config.keyless = args.keyless;
     config.ports = Ports {
         mongodb: args.mongodb_port,
         topic: args.topic_port,

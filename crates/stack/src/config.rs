@@ -66,6 +66,9 @@ pub struct StackConfig {
     pub seed: bool,
     /// Extra environment for every process (e.g. `APPLICATIONINSIGHTS_CONNECTION_STRING`).
     pub env: BTreeMap<String, String>,
+    /// Production's auth path (`saldo up --keyless`): the topic refuses keys (local auth
+    /// disabled) and every app publishes with a token from a managed-identity stand-in.
+    pub keyless: bool,
 }
 
 impl StackConfig {
@@ -85,6 +88,7 @@ impl StackConfig {
             api_settings: BTreeMap::new(),
             seed: true,
             env: BTreeMap::new(),
+            keyless: false,
         }
     }
 
