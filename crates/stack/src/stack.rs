@@ -49,6 +49,33 @@ pub struct Stack {
     lock: Option<PathBuf>,
 }
 
+/// The `properties` of a region's event subscription, as `infra/modules/event-subscriptions.bicep`
+/// deploys it (the same batching, filter, retry policy and dead-lettering with the topic's
+/// identity; `tests/tests/infra_subscriptions.rs` checks that the two agree).
+pub fn worker_subscription(endpoint_url: &str) -> serde_json::Value {
+    json!({
+        "eventDeliverySchema": "EventGridSchema",
+        "destination": {"endpointType": "WebHook", "properties": {
+            "endpointUrl": endpoint_url,
+            "maxEventsPerBatch": 10,
+            "preferredBatchSizeInKilobytes": 64
+        }},
+        "filter": {"includedEventTypes": [
+            saldo_core::events::RECORD_UPDATED,
+            saldo_core::events::TRANSACTION_COMPLETED,
+            saldo_core::events::NODE_HEARTBEAT
+        ]},
+        "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
+        "deadLetterWithResourceIdentity": {
+            "identity": {"type": "SystemAssigned"},
+            "deadLetterDestination": {"endpointType": "StorageBlob", "properties": {
+                "resourceId": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/saldo-local/providers/Microsoft.Storage/storageAccounts/saldolocal",
+                "blobContainerName": DEADLETTER_CONTAINER
+            }}
+        }
+    })
+}
+
 /// The process id recorded in `<root>/saldo.pid`, if that process is alive.
 pub fn running_pid(root: &Path) -> Option<u32> {
     let pid: i32 = std::fs::read_to_string(root.join("saldo.pid"))
@@ -570,23 +597,10 @@ impl Stack {
             .build()?;
         for node in &self.manifest.nodes {
             let name = format!("worker-{}", node.region);
-            let body = json!({"properties": {
-                "destination": {"endpointType": "WebHook", "properties": {
-                    "endpointUrl": format!("{}/api/eventgrid?code={}", node.url, node.function_key),
-                    "maxEventsPerBatch": 20,
-                    "preferredBatchSizeInKilobytes": 64
-                }},
-                "filter": {"includedEventTypes": [
-                    saldo_core::events::RECORD_UPDATED,
-                    saldo_core::events::TRANSACTION_COMPLETED,
-                    saldo_core::events::NODE_HEARTBEAT
-                ]},
-                "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
-                "deadLetterDestination": {"endpointType": "StorageBlob", "properties": {
-                    "resourceId": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/saldo-local/providers/Microsoft.Storage/storageAccounts/saldolocal",
-                    "blobContainerName": DEADLETTER_CONTAINER
-                }}
-            }});
+            let body = json!({"properties": worker_subscription(&format!(
+                "{}/api/eventgrid?code={}",
+                node.url, node.function_key
+            ))});
             let resp = http
                 .put(format!("{}/subscriptions/{name}", topic.management))
                 .header("aeg-sas-key", &topic.key)
