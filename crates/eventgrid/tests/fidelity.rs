@@ -185,3 +185,41 @@ async fn subscription_fields_the_emulator_does_not_implement_are_refused_by_name
     let (s, v) = put_subscription(&emu, "with-identity", back).await;
     assert_eq!(s, 200, "{v}");
 }
+
+#[tokio::test]
+async fn changing_a_subscriptions_endpoint_validates_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(dir.path(), &[]);
+    let old = Receiver::start(200).await;
+    let bad = Receiver::start(200).await;
+    bad.set_handshake(Handshake::Status(403));
+    let new = Receiver::start(200).await;
+    assert_eq!(
+        put_subscription(&emu, "moving", json!({"destination": webhook(&old.url)}))
+            .await
+            .0,
+        201
+    );
+    // A new endpoint that fails the handshake is refused, and the subscription is unchanged.
+    let (s, v) = put_subscription(&emu, "moving", json!({"destination": webhook(&bad.url)})).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["error"]["details"][0]["code"], "SubscriptionValidationFailed",
+        "{v}"
+    );
+    assert_eq!(publish(&emu, &json!([event("m-1", "t", "s")])).await.0, 200);
+    wait_for(20, "the old endpoint still gets events", || {
+        old.event_count() == 1
+    })
+    .await;
+    assert_eq!(bad.event_count(), 0);
+    // One that passes takes over.
+    let (s, v) = put_subscription(&emu, "moving", json!({"destination": webhook(&new.url)})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(publish(&emu, &json!([event("m-2", "t", "s")])).await.0, 200);
+    wait_for(20, "the new endpoint gets the next event", || {
+        new.event_count() == 1
+    })
+    .await;
+    assert_eq!(old.event_count(), 1);
+}
