@@ -530,31 +530,36 @@ impl Topic {
             !ev.targets.is_empty()
         });
         replay.write_compacted(&wal_path)?;
-        let wal = Wal::start(wal_path, config.compact_bytes)?;
+        let wal = Wal::start(wal_path.clone(), config.compact_bytes)?;
 
         let mut restored = 0usize;
-        // In chunks, so that what does not fit in memory goes to the spill files as it comes.
+        // Streamed from the log in chunks, so that what does not fit in memory goes to the
+        // spill files as it comes.
         let mut per_sub: BTreeMap<String, Vec<(Item, i64)>> = BTreeMap::new();
-        let events = std::mem::take(&mut replay.events);
-        let total = events.len();
-        for (k, (seq, pe)) in events.into_iter().enumerate() {
-            let ev = Arc::new(Event::from_raw(seq, pe.publish_ms, pe.json));
-            for (sub, (n, due)) in pe.targets {
-                per_sub.entry(sub).or_default().push((
+        let mut k = 0usize;
+        replay.for_each_pending(&wal_path, |seq, pe, json| {
+            let ev = Arc::new(Event::from_raw(seq, pe.publish_ms, json));
+            for (sub, (n, due)) in &pe.targets {
+                per_sub.entry(sub.clone()).or_default().push((
                     Item {
                         ev: ev.clone(),
-                        attempts: n,
+                        attempts: *n,
                         last: None,
                     },
-                    due,
+                    *due,
                 ));
                 restored += 1;
             }
-            if k % 1024 == 1023 || k + 1 == total {
+            k += 1;
+            if k % 1024 == 0 {
                 for (sub, items) in std::mem::take(&mut per_sub) {
                     subs[&sub].admit(items);
                 }
             }
+            Ok(())
+        })?;
+        for (sub, items) in per_sub {
+            subs[&sub].admit(items);
         }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
