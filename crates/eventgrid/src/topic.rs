@@ -551,7 +551,7 @@ impl Topic {
                 restored += 1;
             }
             k += 1;
-            if k % 1024 == 0 {
+            if k.is_multiple_of(1024) {
                 for (sub, items) in std::mem::take(&mut per_sub) {
                     subs[&sub].admit(items);
                 }
