@@ -1,6 +1,6 @@
 //! The topic: accepting events (durably, at Azure's rate) and managing subscriptions. Its
-//! parts: [`crate::config`], [`crate::queue`] (a subscription's bounded queue and spill file),
-//! [`crate::dispatch`] (delivery, retries, dead-lettering), [`crate::handshake`].
+//! parts: [`crate::config`], `queue` (a subscription's bounded queue and spill file),
+//! `dispatch` (delivery, retries, dead-lettering), `handshake`.
 //!
 //! Delivery design: every subscription has its own bounded queue (events due now, plus a heap
 //! of retries ordered by due time), its own dispatcher task and a fixed number of delivery
