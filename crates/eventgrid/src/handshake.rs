@@ -1,5 +1,7 @@
 //! The validation handshake a new or moved webhook endpoint must pass (synchronous echo, the
-//! manual validationUrl, or the CloudEvents OPTIONS request).
+//! manual validationUrl, or the CloudEvents OPTIONS request). One attempt: Azure documents no
+//! retry (a handshake that does not complete fails the create; see ARCHITECTURE.md), so the
+//! caller that creates the subscription is the one that retries.
 
 use chrono::Utc;
 use serde_json::{Value, json};
