@@ -56,6 +56,8 @@ pub struct Options {
     pub api_settings: BTreeMap<String, String>,
     /// HTTP instances per region (plus one timer instance when 2 or more), as on Flex.
     pub instances: usize,
+    /// `saldo up --keyless`: tokens from the managed-identity stand-in, no topic key.
+    pub keyless: bool,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             mongodb_sync_on_commit: true,
             api_settings: BTreeMap::new(),
             instances: 2,
+            keyless: false,
         }
     }
 }
@@ -104,6 +107,7 @@ impl TestStack {
         config.mongodb_sync_on_commit = opts.mongodb_sync_on_commit;
         config.api_settings = opts.api_settings;
         config.instances = opts.instances;
+        config.keyless = opts.keyless;
         let stack = Stack::start(config).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

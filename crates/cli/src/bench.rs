@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use saldo_publish::{Auth, Publisher};
+use saldo_publish::Publisher;
 use saldo_stack::Manifest;
 use saldo_stack::manifest::HostAction;
 use serde_json::{Value, json};
@@ -136,7 +136,7 @@ async fn restock(ctx: &Ctx) -> Result<()> {
             .iter()
             .map(|&p| (p, 900_000 + p, format!("Bench item {p}"), BENCH_STOCK)),
     );
-    Publisher::new(topic.endpoint.clone(), Auth::Key(topic.key.clone()))
+    Publisher::new(topic.endpoint.clone(), topic.publish_auth())
         .publish(&[event])
         .await?;
     wait_done(ctx, &id)

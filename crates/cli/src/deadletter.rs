@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use saldo_core::events::EventGridEvent;
-use saldo_publish::{Auth, Publisher};
+use saldo_publish::Publisher;
 use saldo_stack::Manifest;
 use serde_json::Value;
 
@@ -84,7 +84,7 @@ pub async fn run(root: &Path, action: Action) -> Result<ExitCode> {
             println!("{n} dead-lettered events in {} files", found.len());
         }
         Action::Replay => {
-            let publisher = Publisher::new(topic.endpoint.clone(), Auth::Key(topic.key.clone()));
+            let publisher = Publisher::new(topic.endpoint.clone(), topic.publish_auth());
             let mut n = 0;
             for f in &found {
                 let mut events: Vec<EventGridEvent<Value>> = Vec::new();

@@ -106,6 +106,10 @@ struct UpArgs {
     /// instance of their own, as on Flex Consumption.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     instances: u16,
+    /// Run production's auth path: the topic refuses keys (local auth disabled) and every app
+    /// publishes with a token from a local managed-identity endpoint (`saldo-identity`).
+    #[arg(long)]
+    keyless: bool,
 }
 
 fn main() -> ExitCode {
@@ -180,6 +184,7 @@ async fn up(p: Paths, args: UpArgs) -> Result<ExitCode> {
     config.time_scale = args.time_scale;
     config.seed = !args.no_seed;
     config.instances = usize::from(args.instances);
+    config.keyless = args.keyless;
     config.ports = Ports {
         mongodb: args.mongodb_port,
         topic: args.topic_port,

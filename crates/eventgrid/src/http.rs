@@ -53,7 +53,16 @@ fn host(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-fn authorize(topic: &Topic, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
+/// Checks a request's credentials: `publishing` takes what the topic's publish policy allows
+/// (Entra tokens, and keys unless local auth is disabled); the management API stands for Azure
+/// Resource Manager, where the deployer is trusted, and takes the topic key (choice: keyless
+/// stacks still create their subscriptions with it, as a deployment does with its own identity).
+fn authorize(
+    topic: &Topic,
+    headers: &HeaderMap,
+    uri: &Uri,
+    publishing: bool,
+) -> Result<(), ApiError> {
     let full = format!(
         "http://{}{}",
         host(headers),
@@ -63,7 +72,11 @@ fn authorize(topic: &Topic, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiErr
         headers,
         uri.query().unwrap_or(""),
         &full,
-        topic.key(),
+        &if publishing {
+            topic.publish_policy()
+        } else {
+            auth::Policy::key_only(topic.key())
+        },
         chrono::Utc::now(),
     )
 }
@@ -73,7 +86,7 @@ async fn require_key(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, ApiError> {
-    authorize(&topic, req.headers(), req.uri())?;
+    authorize(&topic, req.headers(), req.uri(), false)?;
     Ok(next.run(req).await)
 }
 
@@ -114,13 +127,15 @@ async fn publish(
             "the api-version query parameter (2018-01-01) is required",
         ));
     }
-    authorize(&topic, &headers, &uri)?;
+    authorize(&topic, &headers, &uri, true)?;
     let bytes = read_body(body, &headers, MAX_BYTES).await?;
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let events = schema::parse_body(&bytes, content_type, topic.input_schema(), topic.topic_id())?;
+    // 429 means one thing, as in Azure: the topic's publish rate was exceeded.
+    topic.check_rate(events.len(), bytes.len())?;
     topic.publish(events).await?;
     Ok(StatusCode::OK)
 }

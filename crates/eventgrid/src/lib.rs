@@ -3,16 +3,26 @@
 //! validation handshake, webhook delivery with Azure's batching, retry schedule, probation,
 //! dead-lettering and TTL, and durability of accepted events across restarts.
 //!
-//! Modules: [`schema`] (validation of published events), [`auth`] (keys and SAS tokens),
-//! [`subscription`] (ARM resource, filters), [`policy`] (retry rules, pure), [`wal`]
-//! (persistence), [`deadletter`] (blob layout), [`topic`] (the engine), [`http`] (routes).
+//! Modules: [`schema`] (validation of published events), [`auth`] (keys, SAS and Entra tokens),
+//! [`entra`] (Bearer tokens of the identity stand-in), [`subscription`] (ARM resource, filters),
+//! [`policy`] (retry rules, pure), [`rate`] (the publish rate limit), [`wal`] (persistence),
+//! [`spill`] (a subscription's backlog beyond memory), [`deadletter`] (blob layout), [`config`],
+//! [`topic`] (accepting events, subscriptions), `queue` (a subscription's state), `dispatch`
+//! (delivery), `handshake`, [`http`] (routes).
 
 pub mod auth;
+pub mod config;
 pub mod deadletter;
+mod dispatch;
+pub mod entra;
 pub mod error;
+mod handshake;
 pub mod http;
 pub mod policy;
+mod queue;
+pub mod rate;
 pub mod schema;
+pub mod spill;
 pub mod subscription;
 pub mod topic;
 pub mod wal;
@@ -20,9 +30,10 @@ pub mod wal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use config::{Config, topic_resource_id};
 pub use http::app;
 pub use schema::InputSchema;
-pub use topic::{Config, Topic, topic_resource_id};
+pub use topic::Topic;
 
 /// A topic serving HTTP in the current runtime.
 pub struct Running {

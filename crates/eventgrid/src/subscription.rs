@@ -12,8 +12,11 @@ use crate::schema::InputSchema;
 /// Azure allows at most 500 subscriptions per topic.
 pub const MAX_SUBSCRIPTIONS: usize = 500;
 
+/// Every field Azure defines is either honoured, or accepted as the read-only part of our own
+/// answer (so a GET can be PUT back), or refused with a 400 that names it: nothing is silently
+/// ignored (`deny_unknown_fields` refuses anything else, naming the field).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Properties {
     pub destination: Destination,
     #[serde(default)]
@@ -22,29 +25,72 @@ pub struct Properties {
     pub retry_policy: RetryPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_destination: Option<DeadLetterDestination>,
+    /// Dead-lettering with the topic's managed identity (what `infra/` deploys). Honoured: the
+    /// destination is used; the identity is what Azure writes the blob with (locally, files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_with_resource_identity: Option<DeadLetterWithIdentity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_delivery_schema: Option<InputSchema>,
+    /// Honoured: kept and returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Read-only in ARM (our answers carry them): accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub topic: Option<Value>,
+    #[serde(default, skip_serializing)]
+    pub provisioning_state: Option<Value>,
+    /// Known to Azure, not implemented here: refused by [`Subscription::new`] with a 400.
+    #[serde(default, skip_serializing)]
+    pub delivery_with_resource_identity: Option<Value>,
+    #[serde(default, skip_serializing)]
+    pub expiration_time_utc: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetterWithIdentity {
+    pub identity: ResourceIdentity,
+    pub dead_letter_destination: DeadLetterDestination,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceIdentity {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_assigned_identity: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
     pub endpoint_type: String,
     pub properties: WebHook,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebHook {
     pub endpoint_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_events_per_batch: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_batch_size_in_kilobytes: Option<u32>,
+    /// Read-only in ARM: accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub endpoint_base_url: Option<Value>,
+    /// Known to Azure, not implemented here: refused with a 400.
+    #[serde(default, skip_serializing)]
+    pub delivery_attribute_mappings: Option<Value>,
+    #[serde(default, skip_serializing)]
+    pub azure_active_directory_tenant_id: Option<Value>,
+    #[serde(default, skip_serializing)]
+    pub azure_active_directory_application_id_or_uri: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Filter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub included_event_types: Option<Vec<String>>,
@@ -61,7 +107,7 @@ pub struct Filter {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delivery_attempts: Option<u32>,
@@ -70,14 +116,14 @@ pub struct RetryPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeadLetterDestination {
     pub endpoint_type: String,
     pub properties: BlobContainer,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BlobContainer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
@@ -153,6 +199,35 @@ impl Subscription {
                 schema.arm_name()
             )));
         }
+        let not_implemented = [
+            (
+                "deliveryWithResourceIdentity",
+                properties.delivery_with_resource_identity.is_some(),
+            ),
+            (
+                "expirationTimeUtc",
+                properties.expiration_time_utc.is_some(),
+            ),
+            (
+                "destination.properties.deliveryAttributeMappings",
+                dest.properties.delivery_attribute_mappings.is_some(),
+            ),
+            (
+                "destination.properties.azureActiveDirectoryTenantId",
+                dest.properties.azure_active_directory_tenant_id.is_some(),
+            ),
+            (
+                "destination.properties.azureActiveDirectoryApplicationIdOrUri",
+                dest.properties
+                    .azure_active_directory_application_id_or_uri
+                    .is_some(),
+            ),
+        ];
+        if let Some((field, _)) = not_implemented.iter().find(|(_, set)| *set) {
+            return Err(bad(format!(
+                "{field} is not implemented by the local emulator; remove it (the emulator refuses what it would otherwise silently ignore)"
+            )));
+        }
         if properties
             .filter
             .advanced_filters
@@ -186,7 +261,32 @@ impl Subscription {
             1440,
             1440,
         )?;
-        let dead_letter_container = match &properties.dead_letter_destination {
+        let with_identity = match &properties.dead_letter_with_resource_identity {
+            None => None,
+            Some(w) => {
+                let ok = match w.identity.kind.as_str() {
+                    "SystemAssigned" => w.identity.user_assigned_identity.is_none(),
+                    "UserAssigned" => w.identity.user_assigned_identity.is_some(),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(bad(
+                        "deadLetterWithResourceIdentity.identity must be {\"type\": \"SystemAssigned\"} or {\"type\": \"UserAssigned\", \"userAssignedIdentity\": ...}",
+                    ));
+                }
+                Some(&w.dead_letter_destination)
+            }
+        };
+        if with_identity.is_some() && properties.dead_letter_destination.is_some() {
+            return Err(bad(
+                "set deadLetterDestination or deadLetterWithResourceIdentity, not both",
+            ));
+        }
+        let dead_letter_container = match properties
+            .dead_letter_destination
+            .as_ref()
+            .or(with_identity)
+        {
             None => None,
             Some(d) => {
                 if !d.endpoint_type.eq_ignore_ascii_case("StorageBlob") {

@@ -21,7 +21,8 @@ type HmacSha256 = Hmac<Sha256>;
 /// (`quote(s, safe="~()*!.'")`). We encode the same way so tokens are byte-identical.
 const SAFE: &[u8] = b"-_~()*!.'";
 
-/// Why a token or key was refused. Every variant means HTTP 401 to the emulator.
+/// Why a token or key was refused. `Malformed` (a token that cannot be read) is HTTP 400 to
+/// the emulator, as in Azure; every other variant is 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SasError {
     #[error("the topic key is not valid base64")]
@@ -80,6 +81,13 @@ pub fn parse_expiry(s: &str) -> Option<DateTime<Utc>> {
     }
     // Python `str(datetime)` with an offset: "2026-11-24 22:00:00.123456+00:00".
     for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, f) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    // .NET's `DateTimeOffset.ToString()` in the invariant/US culture, as the SDK's
+    // `EventGridPublisherClient.BuildSharedAccessSignature` writes it: "6/15/2017 6:20:15 PM +00:00".
+    for f in ["%m/%d/%Y %I:%M:%S %p %:z", "%m/%d/%Y %H:%M:%S %:z"] {
         if let Ok(t) = DateTime::parse_from_str(s, f) {
             return Some(t.with_timezone(&Utc));
         }
@@ -244,6 +252,9 @@ mod tests {
             "2026-11-24 13:00:00.250000+00:00",
             "11/24/2026 1:00:00 PM",
             "11/24/2026 13:00:00",
+            // The .NET SDK (DateTimeOffset, with its offset).
+            "11/24/2026 1:00:00 PM +00:00",
+            "11/24/2026 3:00:00 PM +02:00",
         ] {
             assert_eq!(
                 parse_expiry(text).unwrap(),

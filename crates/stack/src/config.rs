@@ -66,6 +66,9 @@ pub struct StackConfig {
     pub seed: bool,
     /// Extra environment for every process (e.g. `APPLICATIONINSIGHTS_CONNECTION_STRING`).
     pub env: BTreeMap<String, String>,
+    /// Production's auth path (`saldo up --keyless`): the topic refuses keys (local auth
+    /// disabled) and every app publishes with a token from a managed-identity stand-in.
+    pub keyless: bool,
     /// How the supervisor of `saldo up` restarts a component that died.
     pub restart: crate::supervisor::Policy,
     /// Start SecantusDB with `--sync-on-commit`, so that an acknowledged transaction commit is on
@@ -94,6 +97,7 @@ impl StackConfig {
             api_settings: BTreeMap::new(),
             seed: true,
             env: BTreeMap::new(),
+            keyless: false,
             restart: crate::supervisor::Policy::default(),
             mongodb_sync_on_commit: true,
             instances: 2,

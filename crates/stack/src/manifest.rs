@@ -57,6 +57,32 @@ pub struct TopicEntry {
     pub management: String,
     /// Where dead-lettered events are written.
     pub deadletter: PathBuf,
+    /// Keyless stacks: the managed-identity stand-in that publishers get tokens from (the topic
+    /// refuses keys for publishing; the management API still takes the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityEntry>,
+}
+
+/// The local managed-identity endpoint (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityEntry {
+    pub endpoint: String,
+    pub header: String,
+}
+
+impl TopicEntry {
+    /// How a tool publishes to this topic: the key, or on a keyless stack a token from the
+    /// identity stand-in (as an operator with the EventGrid Data Sender role would in Azure).
+    pub fn publish_auth(&self) -> saldo_publish::Auth {
+        match &self.identity {
+            Some(i) => saldo_publish::Auth::Entra(saldo_publish::ManagedIdentity {
+                endpoint: i.endpoint.clone(),
+                header: i.header.clone(),
+            }),
+            None => saldo_publish::Auth::Key(self.key.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use chrono::Utc;
 use saldo_core::events::{
     DATA_VERSION, EventGridEvent, ProductLine, RECORD_UPDATED, RecordUpdated,
 };
-use saldo_publish::{Auth, Publisher};
+use saldo_publish::Publisher;
 
 use crate::manifest::Manifest;
 
@@ -74,7 +74,7 @@ pub async fn seed(manifest: &Manifest) -> Result<()> {
         .topic
         .as_ref()
         .context("no topic to publish the seed to")?;
-    Publisher::new(topic.endpoint.clone(), Auth::Key(topic.key.clone()))
+    Publisher::new(topic.endpoint.clone(), topic.publish_auth())
         .publish(&[seed_event()])
         .await
         .context("publishing the seed catalogue")?;

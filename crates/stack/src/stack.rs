@@ -22,7 +22,7 @@ use crate::component::{Health, Running, Spec};
 use crate::config::{Component, StackConfig};
 use crate::keys::Keys;
 use crate::manifest::{
-    ApiEntry, Manifest, MongoEntry, NodeEntry, ProcessEntry, SpaEntry, TopicEntry,
+    ApiEntry, IdentityEntry, Manifest, MongoEntry, NodeEntry, ProcessEntry, SpaEntry, TopicEntry,
 };
 use crate::ports;
 use crate::supervisor::Life;
@@ -50,6 +50,33 @@ pub struct Stack {
     keys: Keys,
     remembered: RememberedPorts,
     lock: Option<PathBuf>,
+}
+
+/// The `properties` of a region's event subscription, as `infra/modules/event-subscriptions.bicep`
+/// deploys it (the same batching, filter, retry policy and dead-lettering with the topic's
+/// identity; `tests/tests/infra_subscriptions.rs` checks that the two agree).
+pub fn worker_subscription(endpoint_url: &str) -> serde_json::Value {
+    json!({
+        "eventDeliverySchema": "EventGridSchema",
+        "destination": {"endpointType": "WebHook", "properties": {
+            "endpointUrl": endpoint_url,
+            "maxEventsPerBatch": 10,
+            "preferredBatchSizeInKilobytes": 64
+        }},
+        "filter": {"includedEventTypes": [
+            saldo_core::events::RECORD_UPDATED,
+            saldo_core::events::TRANSACTION_COMPLETED,
+            saldo_core::events::NODE_HEARTBEAT
+        ]},
+        "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
+        "deadLetterWithResourceIdentity": {
+            "identity": {"type": "SystemAssigned"},
+            "deadLetterDestination": {"endpointType": "StorageBlob", "properties": {
+                "resourceId": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/saldo-local/providers/Microsoft.Storage/storageAccounts/saldolocal",
+                "blobContainerName": DEADLETTER_CONTAINER
+            }}
+        }
+    })
 }
 
 /// The process id recorded in `<root>/saldo.pid`, if that process is alive.
@@ -225,26 +252,43 @@ impl Stack {
         }
 
         if c.wants(Component::Topic) && self.exists("saldo-eventgrid")? {
+            // Keyless: the managed-identity stand-in first, so the topic can trust its key.
+            let identity = if c.keyless {
+                Some(self.start_identity().await?)
+            } else {
+                None
+            };
             let port = self.port("topic", c.ports.topic)?;
             let base = format!("http://{host}:{port}");
             let deadletter = c.root.join("deadletter");
+            let mut args = vec![
+                "--host".into(),
+                host.clone(),
+                "--port".into(),
+                port.to_string(),
+                "--key".into(),
+                self.keys.topic_key.clone(),
+                "--data-dir".into(),
+                c.root.join("data").join("eventgrid").display().to_string(),
+                "--deadletter-dir".into(),
+                deadletter.display().to_string(),
+                "--time-scale".into(),
+                c.time_scale.to_string(),
+            ];
+            if identity.is_some() {
+                args.extend([
+                    "--entra-public-key-file".into(),
+                    self.identity_dir()
+                        .join("identity.pub")
+                        .display()
+                        .to_string(),
+                    "--disable-local-auth".into(),
+                ]);
+            }
             self.launch(Spec {
                 name: "topic".into(),
                 program: c.bin("saldo-eventgrid"),
-                args: vec![
-                    "--host".into(),
-                    host.clone(),
-                    "--port".into(),
-                    port.to_string(),
-                    "--key".into(),
-                    self.keys.topic_key.clone(),
-                    "--data-dir".into(),
-                    c.root.join("data").join("eventgrid").display().to_string(),
-                    "--deadletter-dir".into(),
-                    deadletter.display().to_string(),
-                    "--time-scale".into(),
-                    c.time_scale.to_string(),
-                ],
+                args,
                 env: self.common_env(),
                 cwd: None,
                 health: Health::topic(&base),
@@ -257,6 +301,7 @@ impl Stack {
                 key: self.keys.topic_key.clone(),
                 management: base,
                 deadletter,
+                identity,
             });
         }
 
@@ -336,6 +381,75 @@ impl Stack {
             .collect()
     }
 
+    fn identity_dir(&self) -> PathBuf {
+        self.config.root.join("data").join("identity")
+    }
+
+    /// The managed-identity endpoint stand-in (`saldo-identity`). Its signing key is generated
+    /// at first start under `<root>/data/identity/` (local only, never in the repository); the
+    /// `X-IDENTITY-HEADER` secret is new at every start, as the platform's is per instance.
+    async fn start_identity(&mut self) -> Result<IdentityEntry> {
+        let c = self.config.clone();
+        if !self.exists("saldo-identity")? {
+            bail!("--keyless needs saldo-identity: build it first (cargo build --bins)");
+        }
+        let dir = self.identity_dir();
+        std::fs::create_dir_all(&dir)?;
+        let port = self.port("identity", None)?;
+        let base = format!("http://{}:{port}", c.host);
+        use rand::Rng;
+        let header: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect();
+        self.launch(Spec {
+            name: "identity".into(),
+            program: c.bin("saldo-identity"),
+            args: vec![
+                "--host".into(),
+                c.host.clone(),
+                "--port".into(),
+                port.to_string(),
+                "--key-file".into(),
+                dir.join("identity.key").display().to_string(),
+                "--public-key-file".into(),
+                dir.join("identity.pub").display().to_string(),
+            ],
+            env: {
+                let mut env = self.common_env();
+                env.push(("SALDO_IDENTITY_HEADER".into(), header.clone()));
+                env
+            },
+            cwd: None,
+            health: Health::topic(&base),
+            ready_timeout: Duration::from_secs(30),
+            endpoint: format!("{base}/msi/token"),
+        })
+        .await?;
+        Ok(IdentityEntry {
+            endpoint: format!("{base}/msi/token"),
+            header,
+        })
+    }
+
+    /// How an app reaches the topic: the key, or (keyless) the managed identity's endpoint, as
+    /// App Service gives every app with an identity.
+    fn topic_settings(&self, settings: &mut BTreeMap<String, String>) {
+        if let Some(topic) = &self.manifest.topic {
+            settings.insert("SALDO_TOPIC_ENDPOINT".into(), topic.endpoint.clone());
+            match &topic.identity {
+                Some(i) => {
+                    settings.insert("IDENTITY_ENDPOINT".into(), i.endpoint.clone());
+                    settings.insert("IDENTITY_HEADER".into(), i.header.clone());
+                }
+                None => {
+                    settings.insert("SALDO_TOPIC_KEY".into(), topic.key.clone());
+                }
+            }
+        }
+    }
+
     fn worker_spec(&self, node: &NodeEntry, all: &[NodeEntry]) -> Result<Spec> {
         let c = &self.config;
         let port = node
@@ -372,10 +486,7 @@ impl Stack {
             ("SALDO_SWEEP_SCHEDULE".into(), "* * * * * *".into()),
             ("SALDO_CATCHUP_EVERY".into(), "3".into()),
         ]);
-        if let Some(topic) = &self.manifest.topic {
-            settings.insert("SALDO_TOPIC_ENDPOINT".into(), topic.endpoint.clone());
-            settings.insert("SALDO_TOPIC_KEY".into(), topic.key.clone());
-        }
+        self.topic_settings(&mut settings);
         settings.extend(c.worker_settings.clone());
         let mut env = self.common_env();
         env.extend(settings);
@@ -428,10 +539,7 @@ impl Stack {
             settings.insert("SALDO_MONGODB_URI".into(), m.uri.clone());
             settings.insert("SALDO_DATABASE".into(), m.database.clone());
         }
-        if let Some(topic) = &self.manifest.topic {
-            settings.insert("SALDO_TOPIC_ENDPOINT".into(), topic.endpoint.clone());
-            settings.insert("SALDO_TOPIC_KEY".into(), topic.key.clone());
-        }
+        self.topic_settings(&mut settings);
         settings.extend(c.api_settings.clone());
         let mut env = self.common_env();
         env.extend(settings);
@@ -525,23 +633,10 @@ impl Stack {
             .build()?;
         for node in &self.manifest.nodes {
             let name = format!("worker-{}", node.region);
-            let body = json!({"properties": {
-                "destination": {"endpointType": "WebHook", "properties": {
-                    "endpointUrl": format!("{}/api/eventgrid?code={}", node.url, node.function_key),
-                    "maxEventsPerBatch": 20,
-                    "preferredBatchSizeInKilobytes": 64
-                }},
-                "filter": {"includedEventTypes": [
-                    saldo_core::events::RECORD_UPDATED,
-                    saldo_core::events::TRANSACTION_COMPLETED,
-                    saldo_core::events::NODE_HEARTBEAT
-                ]},
-                "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
-                "deadLetterDestination": {"endpointType": "StorageBlob", "properties": {
-                    "resourceId": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/saldo-local/providers/Microsoft.Storage/storageAccounts/saldolocal",
-                    "blobContainerName": DEADLETTER_CONTAINER
-                }}
-            }});
+            let body = json!({"properties": worker_subscription(&format!(
+                "{}/api/eventgrid?code={}",
+                node.url, node.function_key
+            ))});
             let resp = http
                 .put(format!("{}/subscriptions/{name}", topic.management))
                 .header("aeg-sas-key", &topic.key)

@@ -33,9 +33,25 @@ struct Args {
     /// The topic's input schema (ARM `inputSchema`); events are delivered in the same schema.
     #[arg(long, value_enum, default_value = "EventGridSchema")]
     input_schema: InputSchema,
-    /// Bound on the events pending per subscription (beyond it publishing answers 429).
-    #[arg(long, default_value_t = 100_000)]
-    max_pending: usize,
+    /// Events each subscription keeps in memory; the rest of its backlog waits on disk
+    /// (`--max-pending` is the old name). A slow subscriber never makes publishing fail.
+    #[arg(long, alias = "max-pending", default_value_t = 10_000)]
+    max_in_memory: usize,
+    /// The topic's publish rate limit in events per second (Azure: 5,000); beyond it
+    /// publishing answers 429. 0: unlimited.
+    #[arg(long, default_value_t = saldo_eventgrid::rate::AZURE_EVENTS_PER_SECOND)]
+    max_events_per_second: u64,
+    /// The topic's publish rate limit in bytes per second (Azure: 5 MB); 0: unlimited.
+    #[arg(long, default_value_t = saldo_eventgrid::rate::AZURE_BYTES_PER_SECOND)]
+    max_bytes_per_second: u64,
+    /// Accept Microsoft Entra (Bearer) tokens signed by the identity stand-in (`saldo-identity`)
+    /// whose public key is in this file.
+    #[arg(long)]
+    entra_public_key_file: Option<PathBuf>,
+    /// Azure's `disableLocalAuth`: refuse keys and SAS tokens for publishing (needs
+    /// --entra-public-key-file).
+    #[arg(long)]
+    disable_local_auth: bool,
     /// Concurrent in-flight deliveries per subscription.
     #[arg(long, default_value_t = 8)]
     max_in_flight: usize,
@@ -48,12 +64,23 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = saldo_telemetry::init("saldo-eventgrid", &args.topic_name);
+    let entra_public_key = match &args.entra_public_key_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     let config = Config {
+        entra_public_key,
+        disable_local_auth: args.disable_local_auth,
         subscriptions_file: args.subscriptions,
         time_scale: args.time_scale,
         topic_name: args.topic_name,
         input_schema: args.input_schema,
-        max_pending: args.max_pending,
+        max_in_memory: args.max_in_memory,
+        max_events_per_second: args.max_events_per_second,
+        max_bytes_per_second: args.max_bytes_per_second,
         max_in_flight: args.max_in_flight,
         compact_bytes: args.compact_bytes,
         ..Config::new(args.key, args.data_dir, args.deadletter_dir)

@@ -149,6 +149,8 @@ struct Inner {
 pub struct Receiver {
     inner: Arc<Mutex<Inner>>,
     handshake: Arc<Mutex<Handshake>>,
+    /// While true, notifications are held (not answered) until it turns false again.
+    paused: Arc<tokio::sync::watch::Sender<bool>>,
     pub url: String,
 }
 
@@ -192,6 +194,8 @@ async fn handle(State(r): State<Receiver>, req: Request) -> Response {
             Handshake::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
         };
     }
+    let mut gate = r.paused.subscribe();
+    let _ = gate.wait_for(|p| !*p).await;
     let (status, delay) = {
         let mut inner = r.inner.lock().unwrap();
         inner.got.push(Got {
@@ -224,6 +228,7 @@ impl Receiver {
                 ..Default::default()
             })),
             handshake: Arc::new(Mutex::new(Handshake::Echo)),
+            paused: Arc::new(tokio::sync::watch::channel(false).0),
             url,
         };
         let app = Router::new().fallback(handle).with_state(r.clone());
@@ -241,6 +246,13 @@ impl Receiver {
             .unwrap()
             .script
             .extend(answers.iter().copied());
+    }
+    /// Holds every notification from now on (a stopped or hung subscriber) until [`resume`].
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
     }
     pub fn set_default(&self, status: u16) {
         self.inner.lock().unwrap().default_status = status;
