@@ -5,6 +5,7 @@
 mod bench;
 mod deadletter;
 mod status;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
         #[command(subcommand)]
         action: deadletter::Action,
     },
+    /// Audit the stack's database: markers, ledgers and stock agree; nothing applied twice or lost.
+    Verify(verify::VerifyArgs),
     /// Stop or start one regional worker, as Azure stops a Function App.
     Region {
         #[command(subcommand)]
@@ -145,6 +148,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Region { action } => region(&p.root, action).await,
         Command::Bench(args) => bench::bench(&p.root, args).await,
         Command::Deadletter { action } => deadletter::run(&p.root, action).await,
+        Command::Verify(args) => verify::verify(&p.root, args).await,
     }
 }
 
