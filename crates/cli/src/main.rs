@@ -3,7 +3,10 @@
 //! A thin front over `saldo-stack`: parsing arguments and printing tables is all that happens here.
 
 mod bench;
+mod chaos;
 mod deadletter;
+mod load;
+mod plot;
 mod status;
 mod verify;
 
@@ -53,6 +56,8 @@ enum Command {
         #[command(subcommand)]
         action: deadletter::Action,
     },
+    /// A Jepsen-style test: shoppers buy while a seeded nemesis kills, pauses and stops parts.
+    Chaos(chaos::ChaosArgs),
     /// Audit the stack's database: markers, ledgers and stock agree; nothing applied twice or lost.
     Verify(verify::VerifyArgs),
     /// Stop or start one regional worker, as Azure stops a Function App.
@@ -148,6 +153,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Region { action } => region(&p.root, action).await,
         Command::Bench(args) => bench::bench(&p.root, args).await,
         Command::Deadletter { action } => deadletter::run(&p.root, action).await,
+        Command::Chaos(args) => chaos::chaos(&p.root, args).await,
         Command::Verify(args) => verify::verify(&p.root, args).await,
     }
 }
