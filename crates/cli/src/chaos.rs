@@ -593,10 +593,7 @@ pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
     for p in &accepted {
         let tx = p.transaction.as_deref().unwrap_or_default();
         if p.status == "pending" {
-            anomalies.push(format!(
-                "purchase {} ({tx}) accepted but not terminal",
-                p.n
-            ));
+            anomalies.push(format!("purchase {} ({tx}) accepted but not terminal", p.n));
         }
         let marker = snap.markers.get(tx).map(|m| match m.status {
             saldo_core::events::Outcome::Completed => "completed",
@@ -688,7 +685,10 @@ pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
             .iter()
             .map(|p| p.attempts.saturating_sub(1) as u64)
             .sum(),
-        resubmitted: purchases.iter().filter(|p| p.resubmit_same.is_some()).count(),
+        resubmitted: purchases
+            .iter()
+            .filter(|p| p.resubmit_same.is_some())
+            .count(),
         faults: by_kind,
         settle_ms,
         latency_p50_ms: quantile(&lat, 0.5),
@@ -787,7 +787,11 @@ fn print_summary(
     for c in &report.checks {
         row(
             &format!("verify: {}", c.name),
-            if c.ok { "ok".into() } else { format!("FAIL ({})", c.problems.len()) },
+            if c.ok {
+                "ok".into()
+            } else {
+                format!("FAIL ({})", c.problems.len())
+            },
         );
     }
     row("anomalies", s.anomalies.len().to_string());

@@ -161,6 +161,9 @@ impl Shop {
     /// Polls until the transaction is terminal or `deadline` passes; the last status seen.
     pub async fn follow(&self, tx: &str, deadline: Instant) -> Option<TxStatus> {
         let mut last = None;
+        // Every poll costs each node a ledger read: start quick, then back off, so that the
+        // shoppers' own polling does not become the load.
+        let mut wait = Duration::from_millis(150);
         loop {
             if let Some(s) = self.status(tx).await {
                 if s.status != "pending" {
@@ -171,7 +174,8 @@ impl Shop {
             if Instant::now() > deadline {
                 return last;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 3 / 2).min(Duration::from_millis(1000));
         }
     }
 
@@ -242,7 +246,12 @@ impl Shop {
 
 /// Sets `products` (id, quantity) to absolute quantities through the topic, as the warehouse
 /// role does, and waits until the transaction is terminal. Returns its id.
-pub async fn restock(m: &Manifest, shop: &Shop, tag: &str, products: &[(u64, i64)]) -> Result<String> {
+pub async fn restock(
+    m: &Manifest,
+    shop: &Shop,
+    tag: &str,
+    products: &[(u64, i64)],
+) -> Result<String> {
     let topic = m.topic.as_ref().context("the stack runs no topic")?;
     let id = format!("{tag}-restock-{}", uuid::Uuid::new_v4());
     let event = saldo_stack::seed::set_quantities(

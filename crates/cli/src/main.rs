@@ -5,6 +5,7 @@
 mod bench;
 mod chaos;
 mod deadletter;
+mod demo;
 mod load;
 mod plot;
 mod status;
@@ -58,6 +59,8 @@ enum Command {
     },
     /// A Jepsen-style test: shoppers buy while a seeded nemesis kills, pauses and stops parts.
     Chaos(chaos::ChaosArgs),
+    /// The grader's scenario, narrated: stop a region while shoppers buy, start it, audit.
+    Demo(demo::DemoArgs),
     /// Audit the stack's database: markers, ledgers and stock agree; nothing applied twice or lost.
     Verify(verify::VerifyArgs),
     /// Stop or start one regional worker, as Azure stops a Function App.
@@ -154,6 +157,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::bench(&p.root, args).await,
         Command::Deadletter { action } => deadletter::run(&p.root, action).await,
         Command::Chaos(args) => chaos::chaos(&p.root, args).await,
+        Command::Demo(args) => demo::demo(&p.root, &p.repo, args).await,
         Command::Verify(args) => verify::verify(&p.root, args).await,
     }
 }

@@ -25,8 +25,7 @@ fn font() -> bool {
         for path in FONTS {
             if let Ok(bytes) = std::fs::read(path) {
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-                {
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
                     return true;
                 }
             }
@@ -57,11 +56,7 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
         .unwrap_or(1000);
     let x_max = (end_ms as f64 / 1000.0).max(1.0) * 1.02;
     let lat = |p: &Purchase| p.latency_ms().map(|l| l as f64 / 1000.0);
-    let y_max = purchases
-        .iter()
-        .filter_map(lat)
-        .fold(1.0f64, f64::max)
-        * 1.1;
+    let y_max = purchases.iter().filter_map(lat).fold(1.0f64, f64::max) * 1.1;
 
     let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());

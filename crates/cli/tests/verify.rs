@@ -100,13 +100,17 @@ async fn verify_passes_a_clean_history_and_names_each_corruption() {
             .unwrap();
         assert!(done.fresh);
         for s in &stores {
-            s.record_outcome(tx, &done.outcome, true, now).await.unwrap();
+            s.record_outcome(tx, &done.outcome, true, now)
+                .await
+                .unwrap();
         }
     }
     // One accepted command, still pending in one ledger (recent: not stuck).
     raw.collection::<Document>("idempotency")
-        .insert_one(doc! {"_id": "fresh", "key": "k", "requestHash": "h", "event": "{}",
-            "acceptedAt": Utc::now().to_rfc3339(), "published": true})
+        .insert_one(
+            doc! {"_id": "fresh", "key": "k", "requestHash": "h", "event": "{}",
+            "acceptedAt": Utc::now().to_rfc3339(), "published": true},
+        )
         .await
         .unwrap();
     stores[0]
@@ -217,7 +221,11 @@ async fn verify_passes_a_clean_history_and_names_each_corruption() {
         .delete_one(doc! {"_id": "buy-6"})
         .await
         .unwrap();
-    assert_caught(&uri, "every ledger holds every tx", "ledger_westeurope lacks buy-6");
+    assert_caught(
+        &uri,
+        "every ledger holds every tx",
+        "ledger_westeurope lacks buy-6",
+    );
     ledger("westeurope").insert_one(gone).await.unwrap();
     ledger("northeurope")
         .update_one(
