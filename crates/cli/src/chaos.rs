@@ -97,9 +97,10 @@ pub struct ChaosArgs {
     /// Fault kinds to inject (comma-separated); each occurs at least once when time allows.
     #[arg(long, value_delimiter = ',', default_values_t = Kind::ALL.to_vec(), value_enum)]
     pub faults: Vec<Kind>,
-    /// Stock of each chaos product at the start.
-    #[arg(long, default_value_t = 150)]
-    pub stock: i64,
+    /// Stock of each chaos product at the start (default: about three quarters of what the
+    /// shoppers will ask for, so that the last purchases are rejected for lack of stock).
+    #[arg(long)]
+    pub stock: Option<i64>,
     /// Longest a fault is held (a pause, a stopped region), in seconds.
     #[arg(long, default_value_t = 4.0)]
     pub max_hold: f64,
@@ -470,10 +471,15 @@ pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
     );
 
     start_all_regions(&m).await;
-    let initial: BTreeMap<u64, i64> = PRODUCTS.iter().map(|&p| (p, args.stock)).collect();
+    // Two units per purchase on average, spread over the products.
+    let asked = args.rate * args.seconds as f64 * 2.0 / PRODUCTS.len() as f64;
+    let per_product = args
+        .stock
+        .unwrap_or(((asked * 0.75) as i64).clamp(5, 100_000));
+    let initial: BTreeMap<u64, i64> = PRODUCTS.iter().map(|&p| (p, per_product)).collect();
     let stock: Vec<(u64, i64)> = initial.iter().map(|(&p, &q)| (p, q)).collect();
     load::restock(&m, &shop, "chaos", &stock).await?;
-    println!("saldo chaos: restocked {PRODUCTS:?} to {} each", args.stock);
+    println!("saldo chaos: restocked {PRODUCTS:?} to {per_product} each");
 
     let schedule = plan(seed, &args.faults, args.max_hold, 500);
     let run_start = Instant::now();
@@ -654,12 +660,16 @@ pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
 
     let mut lat: Vec<u64> = accepted.iter().filter_map(|p| p.latency_ms()).collect();
     lat.sort();
-    let last_heal = faults.iter().map(|f| f.healed_ms).max();
-    let last_terminal = accepted.iter().filter_map(|p| p.terminal_ms).max();
-    let settle_ms = match (last_heal, last_terminal) {
-        (Some(h), Some(t)) => Some(t.saturating_sub(h)),
-        _ => None,
-    };
+    // Settling: how long after the last fault ended every purchase accepted before then was
+    // terminal (purchases accepted later are the calm that follows, not the storm).
+    let settle_ms = faults.iter().map(|f| f.healed_ms).max().map(|heal| {
+        accepted
+            .iter()
+            .filter(|p| p.accepted_ms.is_some_and(|a| a <= heal))
+            .filter_map(|p| p.terminal_ms)
+            .max()
+            .map_or(0, |t| t.saturating_sub(heal))
+    });
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for f in &faults {
         *by_kind.entry(f.kind.name().to_string()).or_default() += 1;

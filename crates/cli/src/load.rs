@@ -70,6 +70,11 @@ pub struct Shop {
     pub http: reqwest::Client,
     pub api: String,
     pub start: Instant,
+    /// Status reads made (each costs every node a ledger read: the client's cost, not the
+    /// purchase's, which `saldo bench` reports apart).
+    pub polls: Arc<std::sync::atomic::AtomicU64>,
+    /// Longest wait between two polls of one transaction (bench polls fast for exact latency).
+    pub poll_cap: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +100,8 @@ impl Shop {
                 .build()?,
             api: api.trim_end_matches('/').to_string(),
             start: Instant::now(),
+            polls: Default::default(),
+            poll_cap: Duration::from_millis(1000),
         })
     }
 
@@ -144,6 +151,8 @@ impl Shop {
 
     /// One status read; `None` when the API did not answer usefully.
     pub async fn status(&self, tx: &str) -> Option<TxStatus> {
+        self.polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = self
             .http
             .get(format!("{}/api/transactions/{tx}", self.api))
@@ -163,7 +172,7 @@ impl Shop {
         let mut last = None;
         // Every poll costs each node a ledger read: start quick, then back off, so that the
         // shoppers' own polling does not become the load.
-        let mut wait = Duration::from_millis(150);
+        let mut wait = Duration::from_millis(150).min(self.poll_cap);
         loop {
             if let Some(s) = self.status(tx).await {
                 if s.status != "pending" {
@@ -175,7 +184,7 @@ impl Shop {
                 return last;
             }
             tokio::time::sleep(wait).await;
-            wait = (wait * 3 / 2).min(Duration::from_millis(1000));
+            wait = (wait * 3 / 2).min(self.poll_cap);
         }
     }
 
