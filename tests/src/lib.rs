@@ -52,6 +52,8 @@ pub struct Options {
     pub time_scale: f64,
     pub seed: bool,
     pub env: BTreeMap<String, String>,
+    /// SecantusDB's `--sync-on-commit` (on, as in `saldo up`; only a measurement turns it off).
+    pub mongodb_sync_on_commit: bool,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             time_scale: 20.0,
             seed: true,
             env: BTreeMap::new(),
+            mongodb_sync_on_commit: true,
         }
     }
 }
@@ -94,6 +97,7 @@ impl TestStack {
         config.time_scale = opts.time_scale;
         config.seed = opts.seed;
         config.env = opts.env;
+        config.mongodb_sync_on_commit = opts.mongodb_sync_on_commit;
         let stack = Stack::start(config).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -122,6 +126,21 @@ impl TestStack {
             .expect("the stack runs the API")
             .url
             .clone()
+    }
+
+    /// SIGKILLs a component's process (its group leader only, as a crash would: what it started
+    /// is left to notice on its own) and waits until it is gone.
+    pub async fn sigkill(&mut self, name: &str) -> Result<()> {
+        let r = self
+            .stack
+            .component(name)
+            .with_context(|| format!("no component {name}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(r.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await;
+        Ok(())
     }
 
     pub async fn database(&self) -> Result<mongodb::Database> {

@@ -15,6 +15,10 @@ struct Row {
     state: String,
     endpoint: String,
     detail: String,
+    /// From the manifest: how often `saldo up` restarted it, and how it last died.
+    restarts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_exit: Option<saldo_stack::supervisor::Exit>,
 }
 
 async fn probe(health: Health) -> (String, String) {
@@ -31,6 +35,8 @@ async fn row(component: impl Into<String>, endpoint: &str, health: Health) -> Ro
         state,
         endpoint: endpoint.to_string(),
         detail,
+        restarts: 0,
+        last_exit: None,
     }
 }
 
@@ -66,12 +72,16 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
                 state: "down".into(),
                 endpoint: n.url.clone(),
                 detail: e.to_string(),
+                restarts: 0,
+                last_exit: None,
             },
             Ok(v) if v["state"] == "Stopped" => Row {
                 component,
                 state: "stopped".into(),
                 endpoint: n.url.clone(),
                 detail: "region stopped".into(),
+                restarts: 0,
+                last_exit: None,
             },
             Ok(_) => row(component, &n.url, Health::worker(&n.url)).await,
         });
@@ -82,6 +92,12 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
     if let Some(s) = &m.spa {
         rows.push(row("spa", &s.url, Health::spa(&s.url)).await);
     }
+    for r in &mut rows {
+        if let Some(p) = m.processes.iter().find(|p| p.name == r.component) {
+            r.restarts = p.restarts;
+            r.last_exit = p.last_exit.clone();
+        }
+    }
     let healthy = rows.iter().all(|r| r.state != "down");
     if json {
         println!(
@@ -90,13 +106,18 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
         );
     } else {
         println!(
-            "{:<24} {:<8} {:<45} detail",
-            "component", "state", "endpoint"
+            "{:<24} {:<8} {:<45} {:>8}  {:<40} detail",
+            "component", "state", "endpoint", "restarts", "last exit"
         );
         for r in &rows {
+            let last_exit = r
+                .last_exit
+                .as_ref()
+                .map(|e| format!("{} at {}", e.status, e.at.format("%H:%M:%S")))
+                .unwrap_or_else(|| "-".into());
             println!(
-                "{:<24} {:<8} {:<45} {}",
-                r.component, r.state, r.endpoint, r.detail
+                "{:<24} {:<8} {:<45} {:>8}  {:<40} {}",
+                r.component, r.state, r.endpoint, r.restarts, last_exit, r.detail
             );
         }
     }

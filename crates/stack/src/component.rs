@@ -222,6 +222,16 @@ impl Running {
         }
     }
 
+    /// Was it stopped on purpose ([`Running::stop`] or [`Running::kill_now`])?
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// SIGKILL whatever is left in the process group (after the leader died on its own).
+    pub fn kill_group(&self) {
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+    }
+
     /// Has the process exited on its own?
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -66,6 +66,12 @@ pub struct StackConfig {
     pub seed: bool,
     /// Extra environment for every process (e.g. `APPLICATIONINSIGHTS_CONNECTION_STRING`).
     pub env: BTreeMap<String, String>,
+    /// How the supervisor of `saldo up` restarts a component that died.
+    pub restart: crate::supervisor::Policy,
+    /// Start SecantusDB with `--sync-on-commit`, so that an acknowledged transaction commit is on
+    /// disk (without it a SIGKILL of the database loses acknowledged commits). Only a
+    /// measurement turns it off.
+    pub mongodb_sync_on_commit: bool,
 }
 
 impl StackConfig {
@@ -85,6 +91,8 @@ impl StackConfig {
             api_settings: BTreeMap::new(),
             seed: true,
             env: BTreeMap::new(),
+            restart: crate::supervisor::Policy::default(),
+            mongodb_sync_on_commit: true,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod ports;
 pub mod seed;
 pub mod stack;
+pub mod supervisor;
 pub mod venv;
 
 pub use config::StackConfig;

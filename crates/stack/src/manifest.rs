@@ -33,6 +33,12 @@ pub struct ProcessEntry {
     pub name: String,
     pub pid: i32,
     pub log: PathBuf,
+    /// How often the supervisor of `saldo up` started it again after it died.
+    #[serde(default)]
+    pub restarts: u32,
+    /// How it last ended on its own, if it ever did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<crate::supervisor::Exit>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

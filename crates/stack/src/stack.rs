@@ -25,6 +25,7 @@ use crate::manifest::{
     ApiEntry, Manifest, MongoEntry, NodeEntry, ProcessEntry, SpaEntry, TopicEntry,
 };
 use crate::ports;
+use crate::supervisor::Life;
 use crate::venv::Venv;
 
 pub const DATABASE: &str = "saldo";
@@ -44,6 +45,8 @@ pub struct Stack {
     pub config: StackConfig,
     manifest: Manifest,
     running: Vec<Running>,
+    /// The supervision state of each component, by name.
+    lives: BTreeMap<String, Life>,
     keys: Keys,
     remembered: RememberedPorts,
     lock: Option<PathBuf>,
@@ -93,6 +96,7 @@ impl Stack {
             config,
             manifest,
             running: Vec::new(),
+            lives: BTreeMap::new(),
             keys,
             remembered,
             lock: Some(lock),
@@ -142,6 +146,9 @@ impl Stack {
         if let Some(p) = self.manifest.processes.iter_mut().find(|p| p.name == name) {
             p.pid = fresh.pid();
         }
+        if let Some(life) = self.lives.get_mut(name) {
+            life.started_on_purpose(std::time::Instant::now());
+        }
         self.running[i] = fresh;
         healthy
     }
@@ -183,17 +190,24 @@ impl Stack {
             let uri = format!("mongodb://{host}:{port}/?directConnection=true");
             let data = c.root.join("data").join("mongodb");
             std::fs::create_dir_all(&data)?;
+            let mut args = vec![
+                "--host".into(),
+                host.clone(),
+                "--port".into(),
+                port.to_string(),
+                "--storage-path".into(),
+                data.display().to_string(),
+            ];
+            // Without it SecantusDB acknowledges a transaction's commit before the commit is on
+            // disk, even with write concern {w: majority, j: true}: a SIGKILL loses acknowledged
+            // purchases (tests/tests/crash.rs).
+            if c.mongodb_sync_on_commit {
+                args.push("--sync-on-commit".into());
+            }
             self.launch(Spec {
                 name: "mongodb".into(),
                 program: venv.secantusd(),
-                args: vec![
-                    "--host".into(),
-                    host.clone(),
-                    "--port".into(),
-                    port.to_string(),
-                    "--storage-path".into(),
-                    data.display().to_string(),
-                ],
+                args,
                 env: vec![],
                 cwd: Some(data.clone()),
                 health: Health::mongodb(&uri),
@@ -570,37 +584,97 @@ impl Stack {
             name: running.spec.name.clone(),
             pid: running.pid(),
             log,
+            restarts: 0,
+            last_exit: None,
         });
+        self.lives.insert(
+            running.spec.name.clone(),
+            Life::new(self.config.restart.clone(), std::time::Instant::now()),
+        );
         let healthy = running.wait_healthy().await;
         self.running.push(running);
         healthy
     }
 
-    /// Waits for Ctrl-C or SIGTERM, reporting (once) any component that exits on its own.
+    /// Waits for Ctrl-C or SIGTERM, restarting every component that dies meanwhile (see
+    /// [`crate::supervisor`]).
     pub async fn supervise(&mut self) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut reported = std::collections::BTreeSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok(()),
                 _ = int.recv() => return Ok(()),
-                _ = tick.tick() => {
-                    for r in &mut self.running {
-                        if let Some(status) = r.exited()
-                            && reported.insert(r.spec.name.clone())
-                        {
-                            eprintln!(
-                                "saldo: {} exited ({status}); see {}",
-                                r.spec.name,
-                                r.log.display()
-                            );
-                        }
+                _ = tick.tick() => self.keep_alive(),
+            }
+        }
+    }
+
+    /// One round of supervision: notes every component that died (and clears what it left in
+    /// its process group), and starts again every one whose back-off is over. Never waits for a
+    /// component to become healthy, so one slow start delays no other restart; a restarted
+    /// component that fails again is simply noticed again on a later round.
+    pub fn keep_alive(&mut self) {
+        let now = std::time::Instant::now();
+        let mut any = false;
+        for i in 0..self.running.len() {
+            let mut changed = false;
+            let name = self.running[i].spec.name.clone();
+            let Some(life) = self.lives.get_mut(&name) else {
+                continue;
+            };
+            if self.running[i].is_stopped() {
+                continue; // stopped on purpose: not a death
+            }
+            if !life.waiting()
+                && let Some(status) = self.running[i].exited()
+            {
+                // Children it left in its group (a host's handler, the SPA CLI's node) go too,
+                // so the restart finds its port free.
+                self.running[i].kill_group();
+                let wait = life.died(status.to_string(), now, chrono::Utc::now());
+                eprintln!(
+                    "saldo: {name} exited ({status}); restarting in {} ms (see {})",
+                    wait.as_millis(),
+                    self.running[i].log.display()
+                );
+                changed = true;
+            }
+            if life.due(now) {
+                let (spec, log) = (self.running[i].spec.clone(), self.running[i].log.clone());
+                match Running::spawn(spec, log) {
+                    Ok(fresh) => {
+                        life.restarted(now);
+                        eprintln!(
+                            "saldo: {name} restarted (pid {}, restart {})",
+                            fresh.pid(),
+                            life.restarts
+                        );
+                        self.running[i] = fresh;
+                    }
+                    Err(e) => {
+                        let wait = life.start_failed(format!("{e:#}"), now, chrono::Utc::now());
+                        eprintln!(
+                            "saldo: could not restart {name}: {e:#}; trying again in {} ms",
+                            wait.as_millis()
+                        );
                     }
                 }
+                changed = true;
             }
+            if changed && let Some(p) = self.manifest.processes.iter_mut().find(|p| p.name == name)
+            {
+                let life = &self.lives[&name];
+                p.pid = self.running[i].pid();
+                p.restarts = life.restarts;
+                p.last_exit = life.last_exit.clone();
+            }
+            any |= changed;
+        }
+        if any && let Err(e) = self.manifest.save() {
+            eprintln!("saldo: could not update the manifest: {e:#}");
         }
     }
 
