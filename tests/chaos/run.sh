@@ -13,7 +13,7 @@ saldo="$repo/target/debug/saldo"
 [ -x "$saldo" ] || { echo "chaos: $saldo is missing: build with cargo build --bins" >&2; exit 1; }
 seed=${SALDO_CHAOS_SEED:-1}
 seconds=${SALDO_CHAOS_SECONDS:-60}
-faults=${SALDO_CHAOS_FAULTS:-kill-handler,pause,region}
+faults=${SALDO_CHAOS_FAULTS:-kill-db,kill-topic,kill-host,kill-handler,kill-api,pause,region}
 root=$(mktemp -d /tmp/saldo-chaos-XXXXXX)
 cleanup() {
   "$saldo" --repo "$repo" --root "$root" down >/dev/null 2>&1 || true
