@@ -110,6 +110,10 @@ pub struct ChaosArgs {
     /// How long after the load, at most, the stack may take to settle.
     #[arg(long, default_value_t = 90)]
     pub settle_secs: u64,
+    /// Count it as an anomaly when purchases accepted before the last fault ended are not all
+    /// terminal within this many seconds of it (the fleet's promise is 10 s).
+    #[arg(long)]
+    pub max_settle_secs: Option<u64>,
     /// Add latency and loss between regions with network namespaces (root). Not built yet.
     #[arg(long)]
     pub netem: bool,
@@ -548,7 +552,8 @@ pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
     let purchases = tokio::select! {
         p = shoppers => p,
         _ = tokio::signal::ctrl_c() => {
-            if let Some(u) = pending_undo.lock().unwrap().clone() {
+            let current = pending_undo.lock().unwrap().clone();
+            if let Some(u) = current {
                 undo(&u).await;
             }
             start_all_regions(&m).await;
@@ -670,6 +675,14 @@ pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
             .max()
             .map_or(0, |t| t.saturating_sub(heal))
     });
+    if let (Some(limit), Some(ms)) = (args.max_settle_secs, settle_ms)
+        && ms > limit * 1000
+    {
+        anomalies.push(format!(
+            "settling took {:.1} s after the last fault, more than --max-settle-secs {limit}",
+            ms as f64 / 1000.0
+        ));
+    }
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for f in &faults {
         *by_kind.entry(f.kind.name().to_string()).or_default() += 1;

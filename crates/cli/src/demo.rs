@@ -424,7 +424,7 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
     let stock_ok = report.check("stock").is_some_and(|c| c.ok);
 
     println!();
-    println!("{:<46} {}", "what", "figure");
+    println!("{:<46} figure", "what");
     let row = |k: &str, v: String| println!("{k:<46} {v}");
     row("purchases accepted", accepted.len().to_string());
     row("  completed", completed.to_string());

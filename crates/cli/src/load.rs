@@ -22,6 +22,8 @@ use tokio::sync::Semaphore;
 
 /// Upper bound on purchases in flight (placing or being followed) at once.
 pub const MAX_IN_FLIGHT: usize = 256;
+/// Longest wait between two POSTs of one purchase.
+const RETRY_CAP: Duration = Duration::from_secs(5);
 /// Errors kept per purchase (the count is kept in full).
 const ERRORS_KEPT: usize = 5;
 
@@ -226,11 +228,14 @@ impl Shop {
                 }
                 Post::Retry(e) => p.error(e),
             }
-            if Instant::now() + wait > deadline {
+            // Exponential back-off with full jitter, so shoppers turned away together do not
+            // all come back together (a retry storm would keep an overloaded stack down).
+            let pause = rand::rng().random_range(wait / 2..=wait);
+            if Instant::now() + pause > deadline {
                 break None;
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(pause).await;
+            wait = (wait * 2).min(RETRY_CAP);
         };
         let Some(tx) = tx else { return p };
         p.accepted_ms = Some(self.ms());
@@ -306,7 +311,7 @@ pub async fn run(
     load: Load,
     on_done: impl Fn(&Purchase) + Send + Sync + 'static,
 ) -> Vec<Purchase> {
-    let mut rng = StdRng::seed_from_u64(load.seed ^ 0x5a1d_0_10ad);
+    let mut rng = StdRng::seed_from_u64(load.seed ^ 0x0005_a1d0_10ad);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let on_done = Arc::new(on_done);
     let mut tasks = tokio::task::JoinSet::new();
