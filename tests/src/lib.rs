@@ -40,8 +40,6 @@ pub fn fast_worker_settings() -> BTreeMap<String, String> {
         ("SALDO_LIVENESS_MS".into(), "4000".into()),
         ("SALDO_HEARTBEAT_SCHEDULE".into(), "* * * * * *".into()),
         ("SALDO_SWEEP_SCHEDULE".into(), "* * * * * *".into()),
-        // One process per region locally: the feed need not wait for other instances' commits.
-        ("SALDO_FEED_LAG_MS".into(), "500".into()),
         ("SALDO_CATCHUP_EVERY".into(), "2".into()),
     ])
 }

@@ -121,7 +121,7 @@ pub struct SimBus {
 impl Bus for SimBus {
     async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
         match self.faults.lock().unwrap().publish() {
-            Fault::Before => Err("simulated: topic unreachable".into()),
+            Fault::Before | Fault::Contended => Err("simulated: topic unreachable".into()),
             Fault::After => {
                 self.topic.0.lock().unwrap().extend(events);
                 Err("simulated: reply lost".into())
@@ -272,7 +272,12 @@ impl World {
             // Reads failing "after" is the same as before; keep the distinction for writes.
             let p = f.db_p;
             let _ = op;
-            f.pick(p)
+            match f.pick(p) {
+                // A third of the failures before the effect are contention (conflict retries
+                // spent) rather than an outage: the node must go on with its other work.
+                Fault::Before if f.rng.random_bool(1.0 / 3.0) => Fault::Contended,
+                other => other,
+            }
         })));
         let names: Vec<String> = [
             "westeurope",

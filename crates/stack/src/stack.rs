@@ -362,9 +362,6 @@ impl Stack {
             ("SALDO_LIVENESS_MS".into(), "6000".into()),
             ("SALDO_HEARTBEAT_SCHEDULE".into(), "*/2 * * * * *".into()),
             ("SALDO_SWEEP_SCHEDULE".into(), "* * * * * *".into()),
-            // One process per region locally (Azure may run several instances of one app, hence
-            // its longer default): a returning region catches up within seconds.
-            ("SALDO_FEED_LAG_MS".into(), "1000".into()),
             ("SALDO_CATCHUP_EVERY".into(), "3".into()),
         ]);
         if let Some(topic) = &self.manifest.topic {

@@ -43,6 +43,12 @@ pub enum StoreError {
     /// (a webhook answers 503 so that Event Grid retries).
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database is up but the write kept conflicting with other writers of the same
+    /// documents through every retry (a hot product, many instances writing one ledger). Not an
+    /// outage: try again soon (a webhook answers 503 with `Retry-After`, a sweep goes on with
+    /// the next transaction).
+    #[error("database contended: {0}")]
+    Contended(String),
     /// The database answered something unexpected (a bug, corrupt data, a broken invariant).
     #[error("database error: {0}")]
     Failed(String),

@@ -23,6 +23,9 @@ pub enum Fault {
     Before,
     /// The operation takes effect, then the caller gets an error.
     After,
+    /// The operation does nothing and fails as contended: what `MongoStore` reports when a
+    /// write kept conflicting with other writers through all its retries.
+    Contended,
 }
 
 type FaultHook = Box<dyn FnMut(&str, &str) -> Fault + Send>;
@@ -141,6 +144,11 @@ impl MemStore {
         if fault == Fault::Before {
             return Err(StoreError::Unavailable(format!(
                 "{name}: injected fault before"
+            )));
+        }
+        if fault == Fault::Contended {
+            return Err(StoreError::Contended(format!(
+                "{name}: injected: still conflicting after retries"
             )));
         }
         let result = f(&mut inner, &self.node);

@@ -9,9 +9,15 @@
 //!   birth. The other indexes are plain and are created by [`Store::init`] at start-up, before
 //!   any data is written; creating an existing index is a no-op.
 //! - Error 16500 (TooManyRequests, the RU budget is spent) is not retried by the driver: every
-//!   operation here retries it with exponential back-off and jitter, a bounded number of times
-//!   ([`MAX_ATTEMPTS`]), then reports the database unavailable (HTTP 503, Event Grid retries).
-//!   Error 112 (WriteConflict) and the `TransientTransactionError` label are retried the same way.
+//!   operation here retries it with exponential back-off and full jitter (`backon`), a bounded
+//!   number of times ([`MAX_ATTEMPTS`]), then reports the database unavailable (HTTP 503, Event
+//!   Grid retries). Error 112 (WriteConflict) and the `TransientTransactionError` label are
+//!   retried the same way and, once the retries are spent, reported as
+//!   [`StoreError::Contended`]: the database is up, the document is hot. No lock is held while
+//!   backing off. Every operation (its retries included) is bounded by the store's timeout
+//!   ([`MongoStore::with_timeout`]).
+//! - The feed's sequence: a counter document (`_id: 0`) in the ledger collection itself, bumped in
+//!   the same transaction that writes the entries it numbers (see [`MongoStore`]'s `ledger`).
 //! - Idle connections are dropped after about 4 minutes: `maxIdleTimeMS=120000` unless the
 //!   connection string says otherwise. Server selection and connect time out after 5 s (not the
 //!   driver's 30 s, which is Event Grid's whole delivery timeout) so an unreachable database
@@ -34,22 +40,27 @@ use mongodb::error::{
     ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure,
 };
 use mongodb::options::{
-    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, WriteConcern,
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, ReturnDocument,
+    WriteConcern,
 };
 use mongodb::{Client, ClientSession, Collection, IndexModel};
 use saldo_core::events::ProductLine;
 use saldo_core::stock::StockDecision;
 use saldo_core::views::{LedgerState, ProductView};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use crate::model::*;
 use crate::{MAX_PAGE, MAX_PRODUCTS, Result, Store, StoreError, decide, valid_node_name};
 
 /// Attempts per operation for retryable server errors (16500, 112, transient transaction errors).
-pub const MAX_ATTEMPTS: u32 = 8;
+pub const MAX_ATTEMPTS: usize = 8;
 const BACKOFF_BASE: Duration = Duration::from_millis(20);
 const BACKOFF_CAP: Duration = Duration::from_millis(2000);
+/// The default bound on one store operation, retries included (`SALDO_DB_TIMEOUT_MS`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `_id` of the feed's sequence counter in `ledger_<node>`. Transaction ids are strings, so an
+/// integer `_id` can never be a transaction's.
+const COUNTER_ID: i32 = 0;
 
 const DUPLICATE_KEY: i32 = 11000;
 const WRITE_CONFLICT: i32 = 112;
@@ -59,20 +70,21 @@ const TOO_MANY_REQUESTS: i32 = 16500;
 pub struct MongoStore {
     client: Client,
     node: String,
+    /// `ledger_<node>`: the entries, plus the feed's sequence counter (`_id: 0`, field `next`).
+    ///
+    /// Several instances of one region's app write this ledger at once. Every write that gives
+    /// an entry a sequence number is ONE transaction that increments the counter by the number
+    /// of entries it writes and numbers them with the range it got. Two such transactions both
+    /// write the counter, so the second gets a WriteConflict (112) and is retried on a fresh
+    /// snapshot, after the first committed: commit order equals sequence order, and numbers are
+    /// never handed out twice. A reader whose snapshot holds the entry numbered n therefore holds
+    /// every entry numbered below n that will ever exist, and the feed serves all it sees: no
+    /// horizon, no lag, no clock (ARCHITECTURE.md, invariant 8).
     ledger: Collection<Document>,
     peers: Collection<Document>,
     warehouse: Collection<Document>,
-    /// The last feed sequence number this process handed out; `None` until [`Store::init`].
-    ///
-    /// Sequence numbers are time-based: `max(last + 1, now_ms * 1000)`. The lock is held across
-    /// each ledger write, so within one process sequence order equals commit order. Across
-    /// processes writing the same ledger (Flex Consumption may run several instances of one
-    /// region's app) a smaller number can commit after a larger one; the feed therefore only
-    /// serves entries older than [`MongoStore::with_feed_lag`] (longer than any write takes),
-    /// so a reader's cursor never passes a number that can still appear.
-    seq: Mutex<Option<u64>>,
-    /// How old an entry's sequence number must be before the feed serves it.
-    feed_lag: Duration,
+    /// Bound on one operation, its retries included.
+    timeout: Duration,
     ops: AtomicU64,
 }
 
@@ -107,12 +119,6 @@ struct MarkerDoc {
     key: String,
     transaction: String,
     outcome: OutcomeRecord,
-}
-
-/// The smallest sequence number handed out at `t`: microsecond-like resolution (1000 per
-/// millisecond), well inside JavaScript's exact integers until the year 2255.
-fn seq_at(t: DateTime<Utc>) -> u64 {
-    (t.timestamp_millis().max(0) as u64) * 1000
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -201,12 +207,25 @@ fn code(e: &mongodb::error::Error) -> Option<i32> {
 
 /// Whether retrying the same operation soon may succeed.
 fn retryable(e: &mongodb::error::Error) -> bool {
-    matches!(code(e), Some(TOO_MANY_REQUESTS) | Some(WRITE_CONFLICT))
-        || e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+    throttled(e) || conflicted(e)
 }
 
-/// Maps a driver error to the store's two kinds: unavailable (try later, 503) or failed.
+/// The RU budget is spent (Cosmos DB's 16500).
+fn throttled(e: &mongodb::error::Error) -> bool {
+    code(e) == Some(TOO_MANY_REQUESTS)
+}
+
+/// Another writer touched the same document (112, or a transaction the server aborted for it).
+fn conflicted(e: &mongodb::error::Error) -> bool {
+    code(e) == Some(WRITE_CONFLICT) || e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+}
+
+/// Maps a driver error to the store's kinds: unavailable (try later, 503), contended (the
+/// conflict retries are spent: the database is fine, the document is hot) or failed.
 fn classify(what: &str, e: mongodb::error::Error) -> StoreError {
+    if conflicted(&e) && !throttled(&e) {
+        return StoreError::Contended(format!("{what}: still conflicting after retries: {e}"));
+    }
     let unavailable = matches!(
         e.kind.as_ref(),
         ErrorKind::Io(_)
@@ -227,15 +246,24 @@ fn classify(what: &str, e: mongodb::error::Error) -> StoreError {
     }
 }
 
-/// Sleeps before retry `attempt` (1-based): exponential back-off with full jitter, so that
-/// nodes throttled together do not retry together.
-async fn backoff(attempt: u32) {
-    use rand::Rng;
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1 << attempt.min(16))
-        .min(BACKOFF_CAP);
-    let wait = rand::rng().random_range(Duration::ZERO..=ceiling);
-    tokio::time::sleep(wait).await;
+/// The retry schedule: exponential back-off with full jitter, so that writers that conflicted
+/// together do not retry together; [`MAX_ATTEMPTS`] attempts in all.
+fn backoff_schedule() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_BASE)
+        .with_max_delay(BACKOFF_CAP)
+        .with_max_times(MAX_ATTEMPTS - 1)
+        .with_jitter()
+        .build()
+}
+
+/// What one attempt of a transaction came to.
+enum Attempt<T> {
+    Done(T),
+    /// Lost a race the server did not report as a conflict (a product changed under us, a
+    /// concurrent writer's insert committed first): start over on a fresh snapshot.
+    Again,
 }
 
 impl MongoStore {
@@ -270,18 +298,31 @@ impl MongoStore {
             warehouse: db.collection_with_options("warehouse", durable),
             client,
             node: node.to_string(),
-            seq: Mutex::new(None),
-            feed_lag: Duration::ZERO,
+            timeout: DEFAULT_TIMEOUT,
             ops: AtomicU64::new(0),
         })
     }
 
-    /// Serves feed entries only once their sequence number is `lag` old (see the `seq` field).
-    /// Zero is exact for a single writer process; with several, use more than the longest a
-    /// ledger write can take (server selection 5 s plus bounded retries).
-    pub fn with_feed_lag(mut self, lag: Duration) -> Self {
-        self.feed_lag = lag;
+    /// Bounds every operation, its retries and back-off included: past it the operation is
+    /// abandoned and reported unavailable (its effect, if any, is idempotent to redo).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
+    }
+
+    fn count(&self) {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs `f` within the store's time bound.
+    async fn bounded<T>(&self, what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{what}: no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
     }
 
     /// Runs one database operation with bounded retries of throttling and write conflicts,
@@ -291,15 +332,17 @@ impl MongoStore {
         F: FnMut() -> Fut,
         Fut: std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     {
-        let mut attempt = 0;
+        let mut delays = backoff_schedule();
         loop {
-            attempt += 1;
-            self.ops.fetch_add(1, Ordering::Relaxed);
+            self.count();
             match f().await {
-                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(what, attempt, error = %e, "retrying database operation");
-                    backoff(attempt).await;
-                }
+                Err(e) if retryable(&e) => match delays.next() {
+                    Some(wait) => {
+                        tracing::debug!(what, error = %e, ?wait, "retrying database operation");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e),
+                },
                 other => return other,
             }
         }
@@ -310,16 +353,112 @@ impl MongoStore {
         F: FnMut() -> Fut,
         Fut: std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     {
-        self.retry_raw(what, f).await.map_err(|e| classify(what, e))
+        self.bounded(what, async {
+            self.retry_raw(what, f).await.map_err(|e| classify(what, e))
+        })
+        .await
     }
 
-    /// Hands out the next `n` sequence numbers; call with the seq lock held.
-    fn take_seq(slot: &mut Option<u64>, n: usize) -> Result<u64> {
-        let last =
-            slot.ok_or_else(|| StoreError::Unavailable("ledger not initialised yet".into()))?;
-        let first = (last + 1).max(seq_at(Utc::now()));
-        *slot = Some(first + n as u64 - 1);
-        Ok(first)
+    /// Runs `attempt` as one multi-document transaction (snapshot reads, durable commit) until
+    /// it commits, fails for good, or conflicts past the retry budget ([`StoreError::Contended`]).
+    /// `attempt` gets a session with the transaction started; it returns `Again` (after aborting)
+    /// to start over on a fresh snapshot. Bounded by the store's timeout.
+    async fn transact<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(ClientSession) -> Fut,
+        Fut: Future<Output = (ClientSession, mongodb::error::Result<Attempt<T>>)>,
+    {
+        self.bounded(what, async {
+            let mut delays = backoff_schedule();
+            loop {
+                let mut session = self
+                    .client
+                    .start_session()
+                    .await
+                    .map_err(|e| classify(what, e))?;
+                // Transactions take their write concern here, never per operation (the driver
+                // drops the collections' own inside a transaction): majority, journaled.
+                session
+                    .start_transaction()
+                    .read_concern(ReadConcern::snapshot())
+                    .write_concern(durable_write_concern())
+                    .await
+                    .map_err(|e| classify(what, e))?;
+                let (mut session, r) = attempt(session).await;
+                let last = match r {
+                    Ok(Attempt::Done(v)) => return Ok(v),
+                    Ok(Attempt::Again) => {
+                        // (An error if it already ended: nothing to abort then.)
+                        let _ = session.abort_transaction().await;
+                        None
+                    }
+                    Err(e) if retryable(&e) || code(&e) == Some(DUPLICATE_KEY) => {
+                        // (An error if it already ended: nothing to abort then.)
+                        let _ = session.abort_transaction().await;
+                        Some(e)
+                    }
+                    Err(e) => {
+                        // (An error if it already ended: nothing to abort then.)
+                        let _ = session.abort_transaction().await;
+                        return Err(classify(what, e));
+                    }
+                };
+                match delays.next() {
+                    Some(wait) => {
+                        tracing::debug!(what, error = ?last, ?wait, "transaction lost a race; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => {
+                        return Err(match last {
+                            Some(e) if throttled(&e) => classify(what, e),
+                            Some(e) => StoreError::Contended(format!(
+                                "{what}: still conflicting after {MAX_ATTEMPTS} attempts: {e}"
+                            )),
+                            None => StoreError::Contended(format!(
+                                "{what}: still racing after {MAX_ATTEMPTS} attempts"
+                            )),
+                        });
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Commits `session`'s transaction; an unknown commit result is retried as the driver
+    /// documents (bounded).
+    async fn commit(&self, session: &mut ClientSession) -> mongodb::error::Result<()> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            self.count();
+            match session.commit_transaction().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < 3 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Inside `session`'s transaction: takes `n` (> 0) sequence numbers from the ledger's
+    /// counter and returns the first. The counter write is what serialises the ledger's writers.
+    async fn allocate(&self, session: &mut ClientSession, n: usize) -> mongodb::error::Result<i64> {
+        self.count();
+        let n = n as i64;
+        let counter = self
+            .ledger
+            .find_one_and_update(doc! {"_id": COUNTER_ID}, doc! {"$inc": {"next": n}})
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(&mut *session)
+            .await?;
+        let last = counter
+            .as_ref()
+            .and_then(|d| d.get_i64("next").ok())
+            .ok_or_else(|| {
+                mongodb::error::Error::custom("the ledger's sequence counter is unreadable")
+            })?;
+        Ok(last - n + 1)
     }
 
     async fn find_ledger(
@@ -436,24 +575,141 @@ impl MongoStore {
             .insert_many(inserts)
             .session(&mut *session)
             .await?;
-        // Commit; an unknown commit result is retried as the driver documents (bounded).
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            self.ops.fetch_add(1, Ordering::Relaxed);
-            match session.commit_transaction().await {
-                Ok(()) => {
-                    return Ok(Some(Execution {
-                        outcome,
-                        fresh: true,
-                    }));
+        self.commit(session).await?;
+        Ok(Some(Execution {
+            outcome,
+            fresh: true,
+        }))
+    }
+
+    /// One attempt of [`Store::insert_commands`] inside `session`'s transaction. With `look`
+    /// false it assumes every command is new (the common case: 3 round trips); a duplicate
+    /// aborts the transaction (11000) and the caller tries again with `look`, which first reads
+    /// which transactions the ledger already holds.
+    async fn insert_once(
+        &self,
+        session: &mut ClientSession,
+        cmds: &[NewCommand],
+        look: bool,
+    ) -> mongodb::error::Result<Attempt<Vec<Inserted>>> {
+        let mut known = std::collections::BTreeSet::new();
+        if look {
+            let ids: Vec<Bson> = cmds
+                .iter()
+                .map(|c| Bson::String(c.transaction.clone()))
+                .collect();
+            self.count();
+            let mut cursor = self
+                .ledger
+                .find(doc! {"_id": {"$in": ids}})
+                .projection(doc! {"_id": 1})
+                .session(&mut *session)
+                .await?;
+            while let Some(d) = cursor.next(&mut *session).await.transpose()? {
+                if let Ok(id) = d.get_str("_id") {
+                    known.insert(id.to_string());
                 }
-                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < 3 => {
-                    continue;
-                }
-                Err(e) => return Err(e),
             }
         }
+        // A transaction twice in one delivery: the first copy is the new one.
+        let mut result = Vec::with_capacity(cmds.len());
+        let mut fresh = Vec::new();
+        for c in cmds {
+            if known.insert(c.transaction.clone()) {
+                result.push(Inserted::New);
+                fresh.push(c);
+            } else {
+                result.push(Inserted::Duplicate);
+            }
+        }
+        if fresh.is_empty() {
+            self.count();
+            session.abort_transaction().await?;
+            return Ok(Attempt::Done(result));
+        }
+        let first = self.allocate(session, fresh.len()).await?;
+        let docs = fresh
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                bson::to_document(&LedgerDoc {
+                    id: c.transaction.clone(),
+                    state: LedgerState::Pending,
+                    command: Some(c.command.clone()),
+                    received_at_ms: Some(ms(c.received_at)),
+                    outcome: None,
+                    published: true,
+                    recorded_at_ms: ms(c.received_at),
+                    seq: first + i as i64,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.count();
+        self.ledger.insert_many(docs).session(&mut *session).await?;
+        self.commit(session).await?;
+        Ok(Attempt::Done(result))
+    }
+
+    /// One attempt of [`Store::record_outcome`] inside `session`'s transaction. The common
+    /// case (the entry is pending) is 3 round trips: number, update, commit. A number taken by
+    /// an attempt that then finds the outcome known is simply never used (gaps are harmless;
+    /// only order matters).
+    async fn record_once(
+        &self,
+        session: &mut ClientSession,
+        transaction: &str,
+        outcome: &OutcomeRecord,
+        published: bool,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Attempt<Recorded>> {
+        let seq = self.allocate(session, 1).await?;
+        let outcome_bson = bson::to_bson(outcome)?;
+        let state = bson::to_bson(&LedgerState::from(outcome.status))?;
+        self.count();
+        let updated = self
+            .ledger
+            .update_one(
+                doc! {"_id": transaction, "state": "pending"},
+                doc! {"$set": {"state": state.clone(), "outcome": outcome_bson.clone(), "published": published, "seq": seq}},
+            )
+            .session(&mut *session)
+            .await?;
+        if updated.matched_count == 0 {
+            self.count();
+            let existing = self
+                .ledger
+                .find_one(doc! {"_id": transaction})
+                .session(&mut *session)
+                .await?
+                .map(|d| parse_ledger(d).map_err(mongodb::error::Error::custom))
+                .transpose()?;
+            if let Some(e) = existing {
+                let known = e.outcome.ok_or_else(|| {
+                    mongodb::error::Error::custom(format!(
+                        "{transaction}: neither pending nor decided"
+                    ))
+                })?;
+                self.count();
+                session.abort_transaction().await?;
+                return Ok(Attempt::Done(if known.agrees_with(outcome) {
+                    Recorded::Same
+                } else {
+                    Recorded::Conflict(known)
+                }));
+            }
+            // The command never arrived here: an entry with the outcome alone.
+            self.count();
+            self.ledger
+                .insert_one(doc! {
+                    "_id": transaction, "state": state, "command": Bson::Null,
+                    "received_at_ms": Bson::Null, "outcome": outcome_bson,
+                    "published": published, "recorded_at_ms": ms(now), "seq": seq,
+                })
+                .session(&mut *session)
+                .await?;
+        }
+        self.commit(session).await?;
+        Ok(Attempt::Done(Recorded::New))
     }
 }
 
@@ -538,18 +794,26 @@ impl Store for MongoStore {
             .await?;
         }
         // The warehouse and peers are only ever read by `_id` (ranges of it): no extra index.
+        // The counter starts above every number already given out (a ledger written before the
+        // counter existed numbered entries from the clock; peers' cursors point into that
+        // range). `$max` never lowers it, so running this while others write is harmless.
         let last: Option<Document> = self
             .retry("read last seq", || {
-                self.ledger.find_one(doc! {}).sort(doc! {"seq": -1})
+                self.ledger
+                    .find_one(doc! {"seq": {"$gte": 0}})
+                    .sort(doc! {"seq": -1})
             })
             .await?;
         let last_seq = match last {
-            Some(d) => parse_ledger(d)?.seq,
+            Some(d) => to_i64(parse_ledger(d)?.seq, "seq")?,
             None => 0,
         };
-        let mut seq = self.seq.lock().await;
-        // Never go backwards if init runs again while this process keeps writing.
-        *seq = Some(seq.unwrap_or(0).max(last_seq));
+        self.retry("init sequence counter", || {
+            self.ledger
+                .update_one(doc! {"_id": COUNTER_ID}, doc! {"$max": {"next": last_seq}})
+                .upsert(true)
+        })
+        .await?;
         Ok(())
     }
 
@@ -561,51 +825,19 @@ impl Store for MongoStore {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut seq_guard = self.seq.lock().await;
-        let first = Self::take_seq(&mut seq_guard, cmds.len())?;
-        let docs = cmds
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                bson::to_document(&LedgerDoc {
-                    id: c.transaction.clone(),
-                    state: LedgerState::Pending,
-                    command: Some(c.command.clone()),
-                    received_at_ms: Some(ms(c.received_at)),
-                    outcome: None,
-                    published: true,
-                    recorded_at_ms: ms(c.received_at),
-                    seq: (first + i as u64) as i64,
-                })
-                .map_err(|e| StoreError::Failed(format!("encode ledger entry: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut result = vec![Inserted::New; cmds.len()];
-        // Unordered: one duplicate (a redelivery) must not stop the others.
-        match self
-            .retry_raw("insert commands", || {
-                self.ledger.insert_many(docs.clone()).ordered(false)
-            })
-            .await
-        {
-            Ok(_) => Ok(result),
-            Err(e) => {
-                if let ErrorKind::InsertMany(im) = e.kind.as_ref()
-                    && im.write_concern_error.is_none()
-                    && let Some(errors) = &im.write_errors
-                    && errors
-                        .iter()
-                        .all(|w| w.code == DUPLICATE_KEY && w.index < result.len())
-                {
-                    // Every other document was written durably; the duplicates were already there.
-                    for w in errors {
-                        result[w.index] = Inserted::Duplicate;
-                    }
-                    return Ok(result);
-                }
-                Err(classify("insert commands", e))
+        // Optimistic first (every command new); after a duplicate, look before inserting.
+        let look = &std::sync::atomic::AtomicBool::new(false);
+        self.transact("insert commands", move |mut session| async move {
+            let r = self
+                .insert_once(&mut session, cmds, look.load(Ordering::Relaxed))
+                .await;
+            if matches!(&r, Err(e) if code(e) == Some(DUPLICATE_KEY)) {
+                look.store(true, Ordering::Relaxed);
+                return (session, Ok(Attempt::Again));
             }
-        }
+            (session, r)
+        })
+        .await
     }
 
     async fn record_outcome(
@@ -615,47 +847,13 @@ impl Store for MongoStore {
         published: bool,
         now: DateTime<Utc>,
     ) -> Result<Recorded> {
-        let outcome_bson = bson::to_bson(outcome)
-            .map_err(|e| StoreError::Failed(format!("encode outcome: {e}")))?;
-        let state = bson::to_bson(&LedgerState::from(outcome.status)).expect("enum encodes");
-        {
-            let mut seq_guard = self.seq.lock().await;
-            let seq = Self::take_seq(&mut seq_guard, 1)? as i64;
-            // Matches only an entry that has no outcome yet (or none at all: upsert). If the entry
-            // already has an outcome the upsert's insert collides on `_id`: 11000.
+        self.transact("record outcome", move |mut session| async move {
             let r = self
-                .retry_raw("record outcome", || {
-                    self.ledger
-                        .update_one(
-                            doc! {"_id": transaction, "state": "pending"},
-                            doc! {
-                                "$set": {"state": state.clone(), "outcome": outcome_bson.clone(), "published": published, "seq": seq},
-                                "$setOnInsert": {"command": Bson::Null, "received_at_ms": Bson::Null, "recorded_at_ms": ms(now)},
-                            },
-                        )
-                        .upsert(true)
-                })
+                .record_once(&mut session, transaction, outcome, published, now)
                 .await;
-            match r {
-                Ok(_) => return Ok(Recorded::New),
-                Err(e) if code(&e) == Some(DUPLICATE_KEY) => {}
-                Err(e) => return Err(classify("record outcome", e)),
-            }
-        }
-        let known = self
-            .entry(transaction)
-            .await?
-            .and_then(|e| e.outcome)
-            .ok_or_else(|| {
-                StoreError::Failed(format!(
-                    "{transaction}: duplicate key but no outcome recorded"
-                ))
-            })?;
-        if known.agrees_with(outcome) {
-            Ok(Recorded::Same)
-        } else {
-            Ok(Recorded::Conflict(known))
-        }
+            (session, r)
+        })
+        .await
     }
 
     async fn mark_published(&self, transactions: &[String]) -> Result<()> {
@@ -706,27 +904,44 @@ impl Store for MongoStore {
     }
 
     async fn page(&self, after: u64, limit: usize) -> Result<Vec<LedgerEntry>> {
-        let lag = chrono::Duration::from_std(self.feed_lag).unwrap_or(chrono::Duration::zero());
-        // Everything numbered up to the horizon has committed (or failed) by now.
-        let horizon = if self.feed_lag.is_zero() {
-            i64::MAX
-        } else {
-            seq_at(Utc::now() - lag) as i64
-        };
-        self.find_ledger(
-            "ledger page",
-            doc! {"seq": {"$gt": to_i64(after, "cursor")?, "$lte": horizon}},
-            doc! {"seq": 1},
-            limit,
-        )
-        .await
+        // One snapshot (a read-only transaction), so that the page is a prefix of the commit
+        // order: whatever it holds, it holds every entry numbered below it (see `ledger`). A
+        // plain find may see a later commit after passing an earlier one between its batches.
+        let after = to_i64(after, "cursor")?;
+        let limit = limit.clamp(1, MAX_PAGE) as i64;
+        self.transact("ledger page", move |mut session| async move {
+            let r = async {
+                self.count();
+                let mut cursor = self
+                    .ledger
+                    .find(doc! {"seq": {"$gt": after}})
+                    .sort(doc! {"seq": 1})
+                    .limit(limit)
+                    .session(&mut session)
+                    .await?;
+                let mut docs = Vec::new();
+                while let Some(d) = cursor.next(&mut session).await.transpose()? {
+                    docs.push(d);
+                }
+                drop(cursor);
+                self.commit(&mut session).await?;
+                Ok(Attempt::Done(docs))
+            }
+            .await;
+            (session, r)
+        })
+        .await?
+        .into_iter()
+        .map(parse_ledger)
+        .collect()
     }
 
     async fn recent(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
-        // `seq` is indexed (Cosmos DB sorts only by indexed fields).
+        // `seq` is indexed (Cosmos DB sorts only by indexed fields); the filter leaves out the
+        // sequence counter.
         self.find_ledger(
             "ledger recent",
-            doc! {},
+            doc! {"seq": {"$gte": 0}},
             doc! {"seq": -1},
             limit.min(MAX_PAGE),
         )
@@ -799,43 +1014,20 @@ impl Store for MongoStore {
         takeover: bool,
         now: DateTime<Utc>,
     ) -> Result<Execution> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut session = self
-                .client
-                .start_session()
-                .await
-                .map_err(|e| classify("start session", e))?;
-            // Transactions take their write concern here, never per operation (the driver drops
-            // the collections' own inside a transaction): majority, journaled, at commit.
-            session
-                .start_transaction()
-                .write_concern(durable_write_concern())
-                .await
-                .map_err(|e| classify("start transaction", e))?;
-            match self
+        // A product changed under us, the same marker committed first (11000), or the server
+        // saw the conflict (112 / TransientTransactionError): `transact` starts over, which
+        // adopts the winner's marker or re-decides on the new stock.
+        self.transact("execute", move |mut session| async move {
+            let r = self
                 .execute_once(&mut session, transaction, lines, region, takeover, now)
                 .await
-            {
-                Ok(Some(done)) => return Ok(done),
-                // A product changed under us: someone else's transaction won; read again.
-                Ok(None) => {}
-                // Someone committed the same marker first (11000), or the server saw the
-                // conflict (112 / TransientTransactionError): start over, which adopts the
-                // winner's marker or re-decides on the new stock.
-                Err(e) if code(&e) == Some(DUPLICATE_KEY) || retryable(&e) => {
-                    tracing::debug!(transaction, attempt, error = %e, "execution lost a race; retrying");
-                }
-                Err(e) => return Err(classify("execute", e)),
-            }
-            if attempt >= MAX_ATTEMPTS {
-                return Err(StoreError::Unavailable(format!(
-                    "execute {transaction}: still conflicting after {MAX_ATTEMPTS} attempts"
-                )));
-            }
-            backoff(attempt).await;
-        }
+                .map(|done| match done {
+                    Some(done) => Attempt::Done(done),
+                    None => Attempt::Again,
+                });
+            (session, r)
+        })
+        .await
     }
 
     async fn marker(&self, transaction: &str) -> Result<Option<OutcomeRecord>> {

@@ -40,9 +40,23 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// Seconds a client should wait after a contended write (`Retry-After`).
+pub const CONTENDED_RETRY_AFTER_S: u32 = 1;
+
 fn store_error(e: StoreError) -> Response {
     match e {
         StoreError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+        // Not an outage: the database is up and the write lost to others every time. 503 makes
+        // Event Grid (and any client) retry; `Retry-After` says soon.
+        StoreError::Contended(m) => {
+            tracing::info!(error = %m, "write contended; asked the caller to retry");
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, m);
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(CONTENDED_RETRY_AFTER_S),
+            );
+            r
+        }
         StoreError::Failed(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
     }
 }

@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?
-    .with_feed_lag(settings.feed_lag);
+    .with_timeout(settings.db_timeout);
     let bus = saldo_publish::Publisher::from_env()?;
     let peers = HttpPeers::new(settings.fleet_key.clone());
     let node: Arc<WorkerNode> = Arc::new(Node::new(

@@ -193,6 +193,7 @@ counters! {
     publish_retries => "publishRetries",
     conflicts => "conflicts",
     invalid => "invalid",
+    contended => "contended",
 }
 
 fn inc(c: &AtomicU64, n: usize) {
@@ -667,6 +668,13 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                     report.executed += 1;
                     to_publish.extend(p);
                 }
+                Err(err @ StoreError::Contended(_)) => {
+                    // Contention is not an outage: this transaction's documents are hot (its
+                    // products, or our ledger's counter). Go on with the others; the next sweep
+                    // tries this one again.
+                    inc(&self.counters.contended, 1);
+                    tracing::info!(transaction = %e.transaction, error = %err, "sweep execution contended; next sweep retries it");
+                }
                 Err(err @ StoreError::Unavailable(_)) => {
                     // Stop at the first outage: with the database down every further attempt
                     // would wait out its own timeout.
@@ -685,7 +693,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         if let Some(e @ StoreError::Unavailable(_)) = &first_error {
             // Publish what did execute; the outage fails this sweep.
-            let _ = self.publish_completions(to_publish).await;
+            if let Err(p) = self.publish_completions(to_publish).await {
+                tracing::warn!(error = %p, "publishing completions failed; the outbox retries");
+            }
             return Err(e.clone().into());
         }
         // A topic outage must not stop the outbox check or catch-up (which talks to peers,
@@ -778,6 +788,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         for url in urls.into_iter().filter(|u| !u.is_empty()).take(MAX_PEERS) {
             match self.catch_up_from(&url).await {
                 Ok(n) => repairs += n,
+                Err(NodeError::Store(StoreError::Contended(e))) => {
+                    // Our ledger was busy through the retries: this peer's turn comes again.
+                    inc(&self.counters.contended, 1);
+                    tracing::info!(peer = %url, error = %e, "catch-up from a peer contended; next round");
+                }
                 Err(NodeError::Store(e)) => return Err(NodeError::Store(e)),
                 Err(e) => tracing::info!(peer = %url, error = %e, "catch-up skipped a peer"),
             }

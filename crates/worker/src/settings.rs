@@ -12,7 +12,7 @@
 //! | `SALDO_FLEET_KEY` | function key sent to peers as `x-functions-key` | none |
 //! | `SALDO_TAKEOVER_MS` | wait per rank before taking over | 10000 |
 //! | `SALDO_LIVENESS_MS` | a peer heard within this is live | 15000 |
-//! | `SALDO_FEED_LAG_MS` | the catch-up feed serves entries this old (several instances may write one ledger) | 15000 |
+//! | `SALDO_DB_TIMEOUT_MS` | bound on one database operation, its retries included | 10000 |
 //! | `SALDO_CATCHUP_EVERY` | catch up every N sweeps (and at start) | 5 |
 //! | `SALDO_STANDALONE_TIMERS` | `1`: run heartbeat and sweep on internal timers (no host) | off |
 //! | `SALDO_HEARTBEAT_SCHEDULE`, `SALDO_SWEEP_SCHEDULE` | NCRONTAB (6 fields) for those timers | `*/5 * * * * *`, `*/2 * * * * *` |
@@ -29,8 +29,8 @@ pub struct Settings {
     pub mongodb_uri: String,
     pub database: String,
     pub fleet_key: Option<String>,
-    /// See `MongoStore::with_feed_lag`.
-    pub feed_lag: std::time::Duration,
+    /// Bound on one database operation (`MongoStore::with_timeout`).
+    pub db_timeout: std::time::Duration,
     pub standalone_timers: bool,
     pub heartbeat_schedule: String,
     pub sweep_schedule: String,
@@ -96,15 +96,9 @@ impl Settings {
             mongodb_uri: var("SALDO_MONGODB_URI").context("SALDO_MONGODB_URI is not set")?,
             database: var("SALDO_DATABASE").unwrap_or_else(|| "saldo".into()),
             fleet_key: var("SALDO_FLEET_KEY"),
-            feed_lag: match var("SALDO_FEED_LAG_MS") {
-                Some(v) => std::time::Duration::from_millis(
-                    v.parse::<u64>()
-                        .ok()
-                        .filter(|ms| *ms <= 3_600_000)
-                        .context("SALDO_FEED_LAG_MS must be 0..=3600000")?,
-                ),
-                None => std::time::Duration::from_millis(15_000),
-            },
+            db_timeout: millis("SALDO_DB_TIMEOUT_MS", 10_000)?
+                .to_std()
+                .expect("positive"),
             standalone_timers: var("SALDO_STANDALONE_TIMERS").as_deref() == Some("1"),
             heartbeat_schedule: var("SALDO_HEARTBEAT_SCHEDULE")
                 .unwrap_or_else(|| "*/5 * * * * *".into()),

@@ -168,7 +168,6 @@ impl Fleet {
             .env("SALDO_TAKEOVER_MS", "1500")
             .env("SALDO_LIVENESS_MS", "4000")
             .env("SALDO_CATCHUP_EVERY", "3")
-            .env("SALDO_FEED_LAG_MS", "500")
             .env("SALDO_STANDALONE_TIMERS", "1")
             .env("SALDO_HEARTBEAT_SCHEDULE", "* * * * * *")
             .env("SALDO_SWEEP_SCHEDULE", "* * * * * *")

@@ -225,8 +225,10 @@ async fn commands_execute_once_and_redelivery_is_recognised() {
     );
     let before = f.node.store.db_ops();
     assert_eq!(f.post(&json!([buy.clone()])).await.0, 200);
-    // Owner's share of one purchase: insert 1 + execute 4 (read, update, insert marker, commit)
-    // + record outcome 1 + mark published 1 (more only if the server asked for a retry).
+    // Owner's share of one purchase: insert 3 (number, insert, commit: one transaction with the
+    // ledger's sequence counter) + execute 4 (read, update, insert marker, commit) + record
+    // outcome 3 (number, update, commit) + mark published 1 (more only if the server asked for
+    // a retry).
     let ops = f.node.store.db_ops() - before;
     eprintln!("database round trips for one purchase at its owner: {ops}");
     assert!((7..=12).contains(&ops), "{ops} round trips");

@@ -116,3 +116,51 @@ async fn the_next_in_line_takes_over_after_the_deadline_and_skips_dead_nodes() {
     assert_eq!(db.applied().len(), 2);
     assert_eq!(a.counters_snapshot()["executed"], 0);
 }
+
+/// Contention is not an outage: a sweep whose execution of one transaction stays contended
+/// through the store's retries goes on with the others and the outbox, and counts it.
+#[tokio::test]
+async fn a_contended_execution_does_not_stop_the_sweep() {
+    use saldo_store::Fault;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let db = MemDb::new();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let a = node(&db, &clock, "a");
+    a.start().await.unwrap();
+    // Every inline execution contended: three commands stay pending.
+    db.set_fault_hook(Some(Box::new(|_, op| {
+        if op == "execute" {
+            Fault::Contended
+        } else {
+            Fault::None
+        }
+    })));
+    let cmds: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("c-{i}"), "eventType": "recordUpdated", "subject": "s", "eventTime": Utc::now(), "dataVersion": "1.0",
+                        "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}))
+        .collect();
+    a.handle_delivery(&Value::Array(cmds)).await.unwrap();
+    assert_eq!(db.markers().len(), 0);
+    // The sweep's first execution is contended once more; the other two go through.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    db.set_fault_hook(Some(Box::new(move |_, op| {
+        if op == "execute" && c.fetch_add(1, Ordering::SeqCst) == 0 {
+            Fault::Contended
+        } else {
+            Fault::None
+        }
+    })));
+    let report = a.sweep().await.expect("contention does not fail the sweep");
+    assert_eq!(report.executed, 2);
+    assert_eq!(db.markers().len(), 2);
+    assert_eq!(a.counters_snapshot()["contended"], 1);
+    assert_eq!(
+        a.bus.0.lock().unwrap().len(),
+        2,
+        "both completions published"
+    );
+    // The next sweep takes the third.
+    assert_eq!(a.sweep().await.unwrap().executed, 1);
+    assert_eq!(db.markers().len(), 3);
+}
