@@ -399,6 +399,13 @@ struct History<'a> {
     summary: &'a Summary,
 }
 
+fn describe_status(o: saldo_core::events::Outcome) -> &'static str {
+    match o {
+        saldo_core::events::Outcome::Completed => "completed",
+        saldo_core::events::Outcome::Rejected => "rejected",
+    }
+}
+
 fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -604,12 +611,22 @@ pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
     for p in &accepted {
         let tx = p.transaction.as_deref().unwrap_or_default();
         if p.status == "pending" {
-            anomalies.push(format!("purchase {} ({tx}) accepted but not terminal", p.n));
+            let late = snap
+                .markers
+                .get(tx)
+                .map_or("and still undecided".to_string(), |m| {
+                    format!(
+                        "(decided {} later, by {})",
+                        describe_status(m.status),
+                        m.node
+                    )
+                });
+            anomalies.push(format!(
+                "purchase {} ({tx}) accepted but not terminal within {} s of the load's end {late}",
+                p.n, args.settle_secs
+            ));
         }
-        let marker = snap.markers.get(tx).map(|m| match m.status {
-            saldo_core::events::Outcome::Completed => "completed",
-            saldo_core::events::Outcome::Rejected => "rejected",
-        });
+        let marker = snap.markers.get(tx).map(|m| describe_status(m.status));
         if p.status != "pending" && marker != Some(p.status.as_str()) {
             anomalies.push(format!(
                 "purchase {} ({tx}): the shopper was told {}, the warehouse marker says {}",
