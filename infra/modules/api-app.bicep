@@ -40,6 +40,9 @@ module app 'flex-function-app.bicep' = {
       SALDO_TOPIC_ENDPOINT: topic.properties.endpoint
       SALDO_NODES: join(workerUrls, ',')
       SALDO_FLEET_KEY: fleetKey
+      // The reconcile timer (crates/api/src/reconcile.rs): every 10 s; after 3 runs unknown to
+      // every node, an accepted command is delivered to the workers again.
+      SALDO_RECONCILE_SCHEDULE: '*/10 * * * * *'
       APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
       RUST_LOG: 'info'
     }

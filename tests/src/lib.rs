@@ -52,6 +52,8 @@ pub struct Options {
     pub env: BTreeMap<String, String>,
     /// SecantusDB's `--sync-on-commit` (on, as in `saldo up`; only a measurement turns it off).
     pub mongodb_sync_on_commit: bool,
+    /// App settings of the API, on top of the stack's.
+    pub api_settings: BTreeMap<String, String>,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             seed: true,
             env: BTreeMap::new(),
             mongodb_sync_on_commit: true,
+            api_settings: BTreeMap::new(),
         }
     }
 }
@@ -96,6 +99,7 @@ impl TestStack {
         config.seed = opts.seed;
         config.env = opts.env;
         config.mongodb_sync_on_commit = opts.mongodb_sync_on_commit;
+        config.api_settings = opts.api_settings;
         let stack = Stack::start(config).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

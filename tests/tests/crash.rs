@@ -12,8 +12,7 @@ use mongodb::bson::{Document, doc};
 use saldo_core::events::ProductLine;
 use saldo_stack::config::Component;
 use saldo_store::{MongoStore, Store};
-use saldo_tests::{Options, TestStack, command, wait_for};
-use serde_json::json;
+use saldo_tests::{Options, TestStack};
 
 /// A product of its own, so the counter check sees only this test's transactions.
 const PRODUCT: u64 = 900;

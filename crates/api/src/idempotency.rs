@@ -111,6 +111,11 @@ impl IdempotencyStore {
         }
     }
 
+    /// The same collection, untyped (the reconciler reads and counts on records by field).
+    pub fn documents(&self) -> Collection<mongodb::bson::Document> {
+        self.records.clone_with_type()
+    }
+
     pub async fn get(&self, transaction: &str) -> Result<Option<Record>, ApiError> {
         self.bounded("read", self.records.find_one(doc! {"_id": transaction}))
             .await

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fleet;
 pub mod idempotency;
 pub mod principal;
+pub mod reconcile;
 pub mod routes;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct Settings {
     /// Bound on reaching the database, in milliseconds.
     #[arg(long, env = "SALDO_DB_TIMEOUT_MS", default_value_t = 3000)]
     pub db_timeout_ms: u64,
+    #[command(flatten)]
+    pub reconcile: reconcile::Settings,
 }
 
 impl Settings {
@@ -76,6 +79,7 @@ pub struct AppState {
     pub fleet: Arc<fleet::Fleet>,
     pub publisher: Publisher,
     pub store: idempotency::IdempotencyStore,
+    pub reconciler: Arc<reconcile::Reconciler>,
 }
 
 impl AppState {
@@ -92,10 +96,16 @@ impl AppState {
             Duration::from_millis(settings.db_timeout_ms),
         )
         .await?;
+        let reconciler = reconcile::Reconciler::new(
+            store.documents(),
+            settings.reconcile.clone(),
+            settings.fleet_key.clone().filter(|k| !k.is_empty()),
+        )?;
         Ok(Self {
             fleet: Arc::new(fleet),
             publisher,
             store,
+            reconciler: Arc::new(reconciler),
         })
     }
 }

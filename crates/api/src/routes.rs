@@ -73,6 +73,8 @@ pub fn app(state: AppState) -> Router {
             .expect("the OpenAPI document serializes"),
     );
     router
+        // The reconcile timer's invocation (not a public route, so not in the document).
+        .route("/reconcile", axum::routing::post(crate::reconcile::invoke))
         .fallback(|uri: Uri| async move { ApiError::RouteNotFound(uri.path().to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

@@ -160,6 +160,7 @@ async fn buy_through_a_real_worker() {
         node_timeout_ms: 2000,
         node_cooldown_ms: 1000,
         db_timeout_ms: 2000,
+        reconcile: Default::default(),
     };
     let state = AppState::new(&settings, publisher).await.unwrap();
     let (api, _served) = serve(saldo_api::app(state)).await;

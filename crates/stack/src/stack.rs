@@ -399,6 +399,10 @@ impl Stack {
                 "SALDO_FLEET_KEY".into(),
                 self.keys.fleet_function_key.clone(),
             ),
+            // The reconciler: every second, a command no node has recorded after two runs is
+            // delivered again, so a purchase whose deliveries all failed completes in seconds.
+            ("SALDO_RECONCILE_SCHEDULE".into(), "* * * * * *".into()),
+            ("SALDO_RECONCILE_GRACE_RUNS".into(), "2".into()),
         ]);
         if let Some(m) = &self.manifest.mongodb {
             settings.insert("SALDO_MONGODB_URI".into(), m.uri.clone());

@@ -255,6 +255,7 @@ pub fn settings(nodes: &[&FakeNode], mongodb_uri: String) -> Settings {
         node_timeout_ms: 500,
         node_cooldown_ms: 10_000,
         db_timeout_ms: 1_500,
+        reconcile: Default::default(),
     }
 }
 
