@@ -140,6 +140,12 @@ pub struct Heartbeat {
     pub ready: bool,
     pub started_at: DateTime<Utc>,
     pub timestamp: DateTime<Utc>,
+    /// The sender process's incarnation, allocated in its region's database at start-up and
+    /// increasing with every start: heartbeats are ordered by (incarnation, timestamp), so a
+    /// restarted peer whose clock went back is still heard, and `timestamp` is only ever
+    /// compared with timestamps of the same process. 0 from senders that predate it.
+    #[serde(default)]
+    pub incarnation: u64,
     /// Counters by name (received, duplicates, executed, ...).
     #[serde(default)]
     pub counters: std::collections::BTreeMap<String, u64>,

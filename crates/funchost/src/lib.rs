@@ -25,6 +25,8 @@ use anyhow::Context;
 
 /// How long requests in flight may take to finish after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Upper bound on `--instances`.
+pub const MAX_INSTANCES: usize = 16;
 
 /// Everything `saldo-funchost` takes on its command line.
 #[derive(Debug, Clone)]
@@ -37,6 +39,9 @@ pub struct Options {
     pub startup_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// HTTP instances (handler processes requests are spread over). With 2 or more, and an app
+    /// that has timer functions, the timers get one more instance of their own.
+    pub instances: usize,
 }
 
 /// Finds the handler binary: `--handler` if given; otherwise `defaultExecutablePath`, absolute,
@@ -106,11 +111,38 @@ pub async fn run(
         backoff_max: opts.backoff_max,
         stop_grace: Duration::from_secs(5),
     };
-    let sup = supervisor::Supervisor::start(spec)
-        .await
-        .map_err(|e| anyhow::anyhow!("the app did not start: {e}"))?;
-    let host = server::Host::new(app, opts.keys, sup.clone());
+    let n = opts.instances.clamp(1, MAX_INSTANCES);
+    let has_timers = app
+        .functions
+        .iter()
+        .any(|f| matches!(f.trigger, config::Trigger::Timer(_)));
+    let mut roles = vec![server::Role::Http; n];
+    if n >= 2 && has_timers {
+        roles.push(server::Role::Timers);
+    }
+    let started = futures::future::join_all(
+        roles
+            .iter()
+            .map(|_| supervisor::Supervisor::start(spec.clone())),
+    )
+    .await;
+    let mut instances = Vec::new();
+    let mut failure = None;
+    for (role, sup) in roles.into_iter().zip(started) {
+        match sup {
+            Ok(supervisor) => instances.push(server::Instance { role, supervisor }),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if let Some(e) = failure {
+        for i in &instances {
+            i.supervisor.shutdown().await;
+        }
+        anyhow::bail!("the app did not start: {e}");
+    }
+    let host = server::Host::new(app, opts.keys, instances);
     let timers = timer::spawn_timers(&host);
+    let host_for_shutdown = host.clone();
     on_listening(listener.local_addr()?);
     // On SIGINT/SIGTERM, stop accepting and let requests in flight finish, but not forever: a
     // stuck or streaming request must not keep the host (and its handler) alive.
@@ -132,7 +164,7 @@ pub async fn run(
     for t in timers {
         t.abort();
     }
-    sup.shutdown().await;
+    host_for_shutdown.shutdown_all().await;
     served.context("server failed")
 }
 

@@ -37,6 +37,11 @@ struct Args {
     restart_backoff_ms: u64,
     #[arg(long, default_value_t = 10_000)]
     restart_backoff_max_ms: u64,
+    /// Handler processes serving HTTP (requests spread round-robin, one request to one
+    /// instance). With 2 or more, timer functions run on one more instance of their own that
+    /// gets no HTTP traffic, as on Flex Consumption.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    instances: u16,
 }
 
 #[tokio::main]
@@ -62,6 +67,7 @@ async fn main() -> ExitCode {
         backoff_max: Duration::from_millis(
             args.restart_backoff_max_ms.max(args.restart_backoff_ms),
         ),
+        instances: usize::from(args.instances),
     };
     let host = args.host;
     let result = saldo_funchost::run(opts, |addr| {

@@ -34,18 +34,42 @@ impl std::fmt::Debug for Keys {
     }
 }
 
+/// What an instance of the app serves. As on Flex Consumption, HTTP functions share one scale
+/// group and timer functions run on an instance of their own that gets no HTTP traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Http,
+    Timers,
+}
+
+/// One handler process of the app and what it serves.
+pub struct Instance {
+    pub role: Role,
+    pub supervisor: Supervisor,
+}
+
 /// Everything a request needs. Shared by the server and the timers.
 pub struct Host {
     pub app: App,
     pub keys: Keys,
-    pub supervisor: Supervisor,
+    /// The HTTP instances (at least one), then the timer instance if there is one.
+    pub instances: Vec<Instance>,
+    /// Round-robin position over the HTTP instances.
+    next: std::sync::atomic::AtomicUsize,
     pub client: reqwest::Client,
     /// False after `/admin/host/stop` until `/admin/host/start`. Timers and requests look at it.
     pub running: AtomicBool,
 }
 
 impl Host {
-    pub fn new(app: App, keys: Keys, supervisor: Supervisor) -> Arc<Self> {
+    /// `instances` holds at least one HTTP instance; without a timer instance the timers run on
+    /// the HTTP instances (one handler process, as before `--instances`).
+    pub fn new(app: App, keys: Keys, instances: Vec<Instance>) -> Arc<Self> {
+        assert!(
+            instances.iter().any(|i| i.role == Role::Http),
+            "an app needs an HTTP instance"
+        );
         let client = reqwest::Client::builder()
             // The handler is on loopback; never send its traffic through a proxy from the env.
             .no_proxy()
@@ -55,18 +79,57 @@ impl Host {
         Arc::new(Self {
             app,
             keys,
-            supervisor,
+            instances,
+            next: std::sync::atomic::AtomicUsize::new(0),
             client,
             running: AtomicBool::new(true),
         })
     }
 
-    /// The handler's port, when it is up and the app is not stopped.
-    pub fn handler_port(&self) -> Option<u16> {
-        match self.supervisor.state() {
+    fn running_port(&self, i: &Instance) -> Option<u16> {
+        match i.supervisor.state() {
             HandlerState::Running { port, .. } if self.running.load(Ordering::SeqCst) => Some(port),
             _ => None,
         }
+    }
+
+    /// The port of the HTTP instance that takes the next request (round-robin over the ones
+    /// that are up), when one is up and the app is not stopped.
+    pub fn handler_port(&self) -> Option<u16> {
+        let http: Vec<&Instance> = self
+            .instances
+            .iter()
+            .filter(|i| i.role == Role::Http)
+            .collect();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..http.len()).find_map(|k| self.running_port(http[(start + k) % http.len()]))
+    }
+
+    /// The port timers fire at: the timer instance's, or an HTTP instance's if there is none.
+    pub fn timer_port(&self) -> Option<u16> {
+        match self.instances.iter().find(|i| i.role == Role::Timers) {
+            Some(t) => self.running_port(t),
+            None => self.handler_port(),
+        }
+    }
+
+    /// Stops every instance at once (`/admin/host/stop`).
+    pub async fn stop_all(&self) -> Result<(), String> {
+        let results =
+            futures::future::join_all(self.instances.iter().map(|i| i.supervisor.stop())).await;
+        results.into_iter().collect()
+    }
+
+    /// Starts every instance again and waits until all are ready.
+    pub async fn start_all(&self) -> Result<(), String> {
+        let results =
+            futures::future::join_all(self.instances.iter().map(|i| i.supervisor.start_again()))
+                .await;
+        results.into_iter().collect()
+    }
+
+    pub async fn shutdown_all(&self) {
+        futures::future::join_all(self.instances.iter().map(|i| i.supervisor.shutdown())).await;
     }
 }
 
@@ -207,7 +270,7 @@ async fn admin(host: &Host, path: &str, method: &Method, key: Option<String>) ->
         (&Method::POST, "/admin/host/stop") => {
             // Flip the flag first so no new request or timer reaches a handler being killed.
             host.running.store(false, Ordering::SeqCst);
-            if let Err(e) = host.supervisor.stop().await {
+            if let Err(e) = host.stop_all().await {
                 return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response();
             }
             tracing::info!("app stopped");
@@ -216,7 +279,7 @@ async fn admin(host: &Host, path: &str, method: &Method, key: Option<String>) ->
             // The app counts as started from now on: requests get 503 until the handler is ready
             // (and keep getting it while the supervisor retries a handler that fails to start).
             host.running.store(true, Ordering::SeqCst);
-            if let Err(e) = host.supervisor.start_again().await {
+            if let Err(e) = host.start_all().await {
                 tracing::error!(error = %e, "app start failed; retrying in the background");
                 return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response();
             }
@@ -230,17 +293,24 @@ async fn admin(host: &Host, path: &str, method: &Method, key: Option<String>) ->
     axum::Json(status_body(host)).into_response()
 }
 
-fn status_body(host: &Host) -> serde_json::Value {
-    let running = host.running.load(Ordering::SeqCst);
-    let (handler, pid, port) = match host.supervisor.state() {
+fn instance_body(i: &Instance) -> serde_json::Value {
+    let (state, pid, port) = match i.supervisor.state() {
         HandlerState::Running { port, pid } => ("Running".to_string(), Some(pid), Some(port)),
         HandlerState::Starting => ("Starting".into(), None, None),
         HandlerState::Restarting { reason } => (format!("Restarting: {reason}"), None, None),
         HandlerState::Stopped => ("Stopped".into(), None, None),
     };
+    json!({"role": i.role, "state": state, "pid": pid, "port": port, "restarts": i.supervisor.restarts()})
+}
+
+/// `handler` is the first HTTP instance (what a one-instance host reports); `instances` lists
+/// every instance with its role.
+fn status_body(host: &Host) -> serde_json::Value {
+    let running = host.running.load(Ordering::SeqCst);
     json!({
         "state": if running { "Running" } else { "Stopped" },
-        "handler": {"state": handler, "pid": pid, "port": port, "restarts": host.supervisor.restarts()},
+        "handler": instance_body(&host.instances[0]),
+        "instances": host.instances.iter().map(instance_body).collect::<Vec<_>>(),
         "functions": host.app.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
     })
 }

@@ -1,7 +1,8 @@
 //! Timer triggers: one task per timer function, firing `POST /<FunctionName>` on its NCRONTAB
 //! schedule. As in Azure: at most one run of a function at a time (a tick that comes while the
 //! previous run is still going is skipped), no retries, failures logged. While the app is
-//! stopped, ticks are skipped.
+//! stopped, ticks are skipped. Timers fire at the timer instance when the host runs one
+//! (`--instances` ≥ 2), which receives no HTTP traffic, as on Flex Consumption.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,7 +71,7 @@ async fn run(
         // or a long pause), i.e. at least one occurrence was missed.
         let past_due = !first && schedule.next_after(next).is_some_and(|n| n <= now);
         first = false;
-        if host.handler_port().is_none() {
+        if host.timer_port().is_none() {
             tracing::debug!(function = %f.name, "timer tick skipped: app stopped or handler restarting");
         } else if busy.swap(true, Ordering::SeqCst) {
             tracing::warn!(function = %f.name, "timer tick skipped: the previous run is still going");
@@ -94,7 +95,7 @@ async fn run(
 }
 
 async fn fire(host: &Host, function: &str, binding: &str, status: &TimerStatus) {
-    let Some(port) = host.handler_port() else {
+    let Some(port) = host.timer_port() else {
         return;
     };
     let id = uuid::Uuid::new_v4();

@@ -160,7 +160,7 @@ impl SimPeers {
 
 impl PeerClient for SimPeers {
     async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
-        Ok(self.reach(url)?.status())
+        Ok(self.reach(url)?.status().await)
     }
     async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, String> {
         self.reach(url)?
@@ -338,6 +338,7 @@ impl World {
                 .collect(),
             takeover: Duration::milliseconds(self.cfg.takeover_ms),
             liveness: Duration::milliseconds(self.cfg.liveness_ms),
+            peers_cache: Duration::milliseconds(500),
             catch_up_every: self.cfg.catch_up_every,
         };
         Arc::new(Node::new(

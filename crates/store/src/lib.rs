@@ -113,7 +113,14 @@ pub trait Store: Send + Sync + 'static {
 
     // --- this node's view of its peers ---
 
-    fn upsert_peer(&self, peer: &PeerRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Stores what was heard of a peer if it is newer than what is stored ([`PeerRecord::stamp`]:
+    /// incarnation, then the peer's timestamp), atomically, so that every instance of this
+    /// region sees one history. Returns whether it was newer (a late or redelivered heartbeat is
+    /// not). Only a stored heartbeat counts as heard.
+    fn record_peer(&self, peer: &PeerRecord) -> impl Future<Output = Result<bool>> + Send;
+    /// Allocates this node's next incarnation (1, 2, ...): every process of this region takes
+    /// one at start-up and sends it in its heartbeats.
+    fn next_incarnation(&self) -> impl Future<Output = Result<u64>> + Send;
     fn peers(&self) -> impl Future<Output = Result<Vec<PeerRecord>>> + Send;
     /// The last feed position read from the peer at `url` (0 if never).
     fn cursor(&self, url: &str) -> impl Future<Output = Result<u64>> + Send;

@@ -51,6 +51,7 @@ struct Inner {
     ledgers: BTreeMap<String, Ledger>,
     peers: BTreeMap<String, BTreeMap<String, PeerRecord>>,
     cursors: BTreeMap<String, BTreeMap<String, u64>>,
+    incarnations: BTreeMap<String, u64>,
     products: BTreeMap<u64, ProductView>,
     markers: BTreeMap<String, OutcomeRecord>,
     applied: Vec<Applied>,
@@ -341,13 +342,24 @@ impl Store for MemStore {
         })
     }
 
-    async fn upsert_peer(&self, peer: &PeerRecord) -> Result<()> {
-        self.op("upsert_peer", |db, node| {
-            db.peers
-                .entry(node.to_string())
-                .or_default()
-                .insert(peer.node.clone(), peer.clone());
-            Ok(())
+    async fn record_peer(&self, peer: &PeerRecord) -> Result<bool> {
+        self.op("record_peer", |db, node| {
+            let peers = db.peers.entry(node.to_string()).or_default();
+            match peers.get(&peer.node) {
+                Some(known) if known.stamp() >= peer.stamp() => Ok(false),
+                _ => {
+                    peers.insert(peer.node.clone(), peer.clone());
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    async fn next_incarnation(&self) -> Result<u64> {
+        self.op("next_incarnation", |db, node| {
+            let n = db.incarnations.entry(node.to_string()).or_default();
+            *n += 1;
+            Ok(*n)
         })
     }
 

@@ -103,11 +103,24 @@ pub struct PeerRecord {
     pub url: String,
     pub ready: bool,
     pub started_at: DateTime<Utc>,
-    /// When *this* node heard from it, on this node's clock (never the peer's clock, so
-    /// liveness never compares two machines' clocks).
+    /// When it was heard, on the clock of the instance that heard it (shown, never compared:
+    /// another instance of this region may read it).
     pub last_heartbeat: DateTime<Utc>,
+    /// The newest heartbeat's place in the peer's history: its incarnation, then its timestamp
+    /// (on the peer's own clock, only ever compared with the same incarnation's).
+    #[serde(default)]
+    pub incarnation: u64,
+    #[serde(default)]
+    pub beat_at: DateTime<Utc>,
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
+}
+
+impl PeerRecord {
+    /// Orders heartbeats of one peer: a later process first, then a later beat of it.
+    pub fn stamp(&self) -> (u64, DateTime<Utc>) {
+        (self.incarnation, self.beat_at)
+    }
 }
 
 /// What inserting a command found.

@@ -723,6 +723,10 @@ struct PeerDoc {
     started_at_ms: i64,
     last_heartbeat_ms: i64,
     #[serde(default)]
+    incarnation: i64,
+    #[serde(default)]
+    beat_at_ms: i64,
+    #[serde(default)]
     counters: BTreeMap<String, i64>,
 }
 
@@ -735,6 +739,8 @@ impl From<&PeerRecord> for PeerDoc {
             ready: p.ready,
             started_at_ms: ms(p.started_at),
             last_heartbeat_ms: ms(p.last_heartbeat),
+            incarnation: i64::try_from(p.incarnation).unwrap_or(i64::MAX),
+            beat_at_ms: ms(p.beat_at),
             counters: p
                 .counters
                 .iter()
@@ -753,6 +759,8 @@ impl From<PeerDoc> for PeerRecord {
             ready: p.ready,
             started_at: from_ms(p.started_at_ms),
             last_heartbeat: from_ms(p.last_heartbeat_ms),
+            incarnation: p.incarnation.max(0) as u64,
+            beat_at: from_ms(p.beat_at_ms),
             counters: p
                 .counters
                 .into_iter()
@@ -948,17 +956,47 @@ impl Store for MongoStore {
         .await
     }
 
-    async fn upsert_peer(&self, peer: &PeerRecord) -> Result<()> {
+    async fn record_peer(&self, peer: &PeerRecord) -> Result<bool> {
         let mut d = bson::to_document(&PeerDoc::from(peer))
             .map_err(|e| StoreError::Failed(format!("encode peer: {e}")))?;
-        d.insert("_id", format!("node:{}", peer.node));
-        self.retry("upsert peer", || {
-            self.peers
-                .replace_one(doc! {"_id": format!("node:{}", peer.node)}, d.clone())
-                .upsert(true)
-        })
-        .await?;
-        Ok(())
+        let id = format!("node:{}", peer.node);
+        d.insert("_id", id.clone());
+        let (inc, beat) = (to_i64(peer.incarnation, "incarnation")?, ms(peer.beat_at));
+        // Matches only an older record; if a newer one is stored, the upsert's insert collides
+        // on `_id` (11000): not newer. One atomic write, whichever instance heard it.
+        let r = self
+            .retry_raw("record peer", || {
+                self.peers
+                    .replace_one(
+                        doc! {"_id": &id, "$or": [
+                            {"incarnation": {"$exists": false}},
+                            {"incarnation": {"$lt": inc}},
+                            {"incarnation": inc, "beat_at_ms": {"$lt": beat}},
+                        ]},
+                        d.clone(),
+                    )
+                    .upsert(true)
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some(DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(classify("record peer", e)),
+        }
+    }
+
+    async fn next_incarnation(&self) -> Result<u64> {
+        let d = self
+            .retry("next incarnation", || {
+                self.peers
+                    .find_one_and_update(doc! {"_id": "incarnation"}, doc! {"$inc": {"n": 1i64}})
+                    .upsert(true)
+                    .return_document(ReturnDocument::After)
+            })
+            .await?;
+        d.and_then(|d| d.get_i64("n").ok())
+            .map(|n| n.max(0) as u64)
+            .ok_or_else(|| StoreError::Failed("unreadable incarnation counter".into()))
     }
 
     async fn peers(&self) -> Result<Vec<PeerRecord>> {

@@ -231,3 +231,57 @@ async fn secantus_gives_write_conflicts_and_snapshots() {
     );
     r.commit_transaction().await.unwrap();
 }
+
+/// A peer's heartbeats are ordered by (incarnation, timestamp) in the region's records, one
+/// history for every instance: a late or repeated heartbeat is not newer, a restarted peer whose
+/// clock went back is (its incarnation is higher), and incarnations only grow.
+async fn peer_history_survives_a_clock_that_went_back<W: World>(w: &W) {
+    let (a, b, _) = w.writers("westeurope").await;
+    let i1 = a.next_incarnation().await.unwrap();
+    let i2 = b.next_incarnation().await.unwrap();
+    assert!(i2 > i1 && i1 > 0, "incarnations grow: {i1}, {i2}");
+    // Whole milliseconds: what MongoDB keeps.
+    let t = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let beat = |incarnation: u64, at: chrono::DateTime<Utc>| PeerRecord {
+        node: "northeurope".into(),
+        region: "northeurope".into(),
+        url: "http://127.0.0.2:1".into(),
+        ready: true,
+        started_at: at,
+        last_heartbeat: Utc::now(),
+        incarnation,
+        beat_at: at,
+        counters: Default::default(),
+    };
+    let s = chrono::Duration::seconds;
+    assert!(a.record_peer(&beat(3, t)).await.unwrap());
+    // Heard by another instance of the region: the same history.
+    assert!(
+        !b.record_peer(&beat(3, t)).await.unwrap(),
+        "a redelivery is not newer"
+    );
+    assert!(
+        !b.record_peer(&beat(3, t - s(1))).await.unwrap(),
+        "a late beat is not newer"
+    );
+    assert!(b.record_peer(&beat(3, t + s(1))).await.unwrap());
+    // Restarted with its clock an hour behind: a higher incarnation wins anyway.
+    assert!(a.record_peer(&beat(4, t - s(3600))).await.unwrap());
+    assert!(
+        !a.record_peer(&beat(3, t + s(5))).await.unwrap(),
+        "the old process is over"
+    );
+    let peers = b.peers().await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].stamp(), (4, beat(4, t - s(3600)).beat_at));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mem_peer_history_survives_a_clock_that_went_back() {
+    peer_history_survives_a_clock_that_went_back(&Mem(MemDb::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongo_peer_history_survives_a_clock_that_went_back() {
+    peer_history_survives_a_clock_that_went_back(&Mongo(spawn_secantus())).await;
+}

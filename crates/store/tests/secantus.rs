@@ -174,10 +174,15 @@ async fn ledger_dedupes_feeds_and_records_outcomes() {
         ready: true,
         started_at: Utc::now(),
         last_heartbeat: Utc::now(),
+        incarnation: 1,
+        beat_at: Utc::now(),
         counters: [("received".to_string(), 3u64)].into(),
     };
-    s.upsert_peer(&peer).await.unwrap();
-    s.upsert_peer(&peer).await.unwrap();
+    assert!(s.record_peer(&peer).await.unwrap());
+    assert!(
+        !s.record_peer(&peer).await.unwrap(),
+        "the same heartbeat again is not newer"
+    );
     let peers = s.peers().await.unwrap();
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].counters["received"], 3);

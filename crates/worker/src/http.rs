@@ -232,7 +232,7 @@ async fn ledger_entry<S: Store, C: Clock, B: Bus, P: PeerClient>(
 async fn status<S: Store, C: Clock, B: Bus, P: PeerClient>(
     State(node): St<S, C, B, P>,
 ) -> Response {
-    Json(node.status()).into_response()
+    Json(node.status().await).into_response()
 }
 
 /// The custom handler's answer to a timer invocation.

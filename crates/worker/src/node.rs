@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use saldo_core::events::{
@@ -119,8 +119,11 @@ pub struct Config {
     pub peers: Vec<String>,
     /// How long each rank waits after the one before it (`SALDO_TAKEOVER_MS`).
     pub takeover: Duration,
-    /// A peer is live if heard from within this (`SALDO_LIVENESS_MS`).
+    /// A peer is live if its stored heartbeat changed within this (`SALDO_LIVENESS_MS`).
     pub liveness: Duration,
+    /// How stale this instance's copy of the region's peer records may be before ranking reads
+    /// them again (`SALDO_PEERS_CACHE_MS`).
+    pub peers_cache: Duration,
     /// Catch up with peers every this many sweeps (and at start).
     pub catch_up_every: u64,
 }
@@ -244,8 +247,47 @@ pub fn completion_event(
     }
 }
 
-/// A heartbeat's place in its sender's history: (the sender's `started_at`, its `timestamp`).
-type HeartbeatStamp = (DateTime<Utc>, DateTime<Utc>);
+/// A heartbeat's place in its sender's history: (its incarnation, its timestamp).
+type HeartbeatStamp = (u64, DateTime<Utc>);
+
+/// This instance's copy of the region's peer records (`peers_<node>`, the one truth every
+/// instance of the region reads), and when, on this instance's own clock, it saw each peer's
+/// stored heartbeat change. A peer is live while that change is recent: no clock but this
+/// instance's is ever compared, and any instance reading the same records reaches the same
+/// verdict within `peers_cache` + `liveness`.
+#[derive(Default)]
+struct PeerCache {
+    loaded_at: Option<DateTime<Utc>>,
+    records: BTreeMap<String, PeerRecord>,
+    changed_at: BTreeMap<String, (HeartbeatStamp, DateTime<Utc>)>,
+}
+
+impl PeerCache {
+    fn observe(&mut self, rec: PeerRecord, now: DateTime<Utc>) {
+        let stamp = rec.stamp();
+        match self.changed_at.get(&rec.node) {
+            Some((seen, _)) if *seen >= stamp => {}
+            _ => {
+                self.changed_at.insert(rec.node.clone(), (stamp, now));
+            }
+        }
+        let newer = self
+            .records
+            .get(&rec.node)
+            .is_none_or(|known| known.stamp() <= stamp);
+        if newer {
+            self.records.insert(rec.node.clone(), rec);
+        }
+    }
+
+    fn is_live(&self, p: &PeerRecord, now: DateTime<Utc>, liveness: Duration) -> bool {
+        p.ready
+            && self
+                .changed_at
+                .get(&p.node)
+                .is_some_and(|(_, at)| is_live(*at, now, liveness))
+    }
+}
 
 /// One regional worker node. `S`: store, `C`: clock, `B`: bus, `P`: peer client.
 pub struct Node<S, C, B, P> {
@@ -258,14 +300,15 @@ pub struct Node<S, C, B, P> {
     started_at: DateTime<Utc>,
     ready: AtomicBool,
     sweeps: AtomicU64,
-    /// Peers as last heard (write-through cache of `peers_<node>`), so ranking a delivery's
-    /// commands costs no database round trip.
-    peers: RwLock<BTreeMap<String, PeerRecord>>,
-    /// The newest heartbeat heard from each peer: (its `started_at`, its `timestamp`), both on
-    /// that peer's clock. Event Grid reorders and redelivers, so a heartbeat older than one
-    /// already heard is ignored: a late "not ready yet" from a peer's start-up must not hide a
-    /// live peer, and a late copy must not make a dead one look live.
-    newest_heartbeat: std::sync::Mutex<BTreeMap<String, HeartbeatStamp>>,
+    /// This process's incarnation (allocated in the database by [`Node::start`]; 0 before).
+    incarnation: AtomicU64,
+    /// The region's peer records as last read (see [`PeerCache`]).
+    peers: Mutex<PeerCache>,
+    /// When this instance first saw each pending transaction, on its own clock: the base of
+    /// its takeover deadlines. (`received_at` was stamped by whichever instance of the region
+    /// recorded it, on that machine's clock; comparing it with ours would compare two clocks.)
+    /// Lost on restart, which only delays a takeover; bounded by [`SWEEP_SCAN`].
+    pending_seen: Mutex<BTreeMap<String, DateTime<Utc>>>,
 }
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
@@ -283,8 +326,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             started_at,
             ready: AtomicBool::new(false),
             sweeps: AtomicU64::new(0),
-            peers: RwLock::new(BTreeMap::new()),
-            newest_heartbeat: std::sync::Mutex::new(BTreeMap::new()),
+            incarnation: AtomicU64::new(0),
+            peers: Mutex::new(PeerCache::default()),
+            pending_seen: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -297,31 +341,47 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// meanwhile, since merging is idempotent).
     pub async fn start(&self) -> Result<(), NodeError> {
         self.store.init().await?;
-        let peers = self.store.peers().await?;
-        {
-            let mut cache = self.peers.write().expect("peers lock");
-            for p in peers {
-                if p.node != self.cfg.node {
-                    cache.entry(p.node.clone()).or_insert(p);
-                }
-            }
+        if self.incarnation.load(Ordering::Acquire) == 0 {
+            let n = self.store.next_incarnation().await?;
+            self.incarnation.store(n, Ordering::Release);
         }
+        self.refresh_peers(self.clock.now()).await?;
         self.ready.store(true, Ordering::Release);
-        tracing::info!(node = %self.cfg.node, "ready");
+        tracing::info!(node = %self.cfg.node, incarnation = self.incarnation.load(Ordering::Relaxed), "ready");
         Ok(())
     }
 
-    /// Names of the peers believed live now (self excluded; [`rank_of`] adds it).
-    fn live_peers(&self, now: DateTime<Utc>) -> Vec<String> {
-        self.peers
-            .read()
-            .expect("peers lock")
+    /// Reads the region's peer records (`peers_<node>`) into this instance's cache.
+    async fn refresh_peers(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let records = self.store.peers().await?;
+        let mut cache = self.peers.lock().expect("peers lock");
+        for p in records {
+            if p.node != self.cfg.node {
+                cache.observe(p, now);
+            }
+        }
+        cache.loaded_at = Some(now);
+        Ok(())
+    }
+
+    /// Names of the peers believed live now (self excluded; [`rank_of`] adds it), from the
+    /// region's records, read again once the cached copy is `peers_cache` old. If they cannot
+    /// be read the cached copy serves (the ranking is an optimisation, never the safety).
+    async fn live_peers(&self, now: DateTime<Utc>) -> Vec<String> {
+        let stale = {
+            let cache = self.peers.lock().expect("peers lock");
+            cache
+                .loaded_at
+                .is_none_or(|at| now < at || now - at >= self.cfg.peers_cache)
+        };
+        if stale && let Err(e) = self.refresh_peers(now).await {
+            tracing::warn!(error = %e, "reading the region's peer records failed; ranking on the cached copy");
+        }
+        let cache = self.peers.lock().expect("peers lock");
+        cache
+            .records
             .values()
-            .filter(|p| {
-                p.node != self.cfg.node
-                    && p.ready
-                    && is_live(p.last_heartbeat, now, self.cfg.liveness)
-            })
+            .filter(|p| p.node != self.cfg.node && cache.is_live(p, now, self.cfg.liveness))
             .map(|p| p.node.clone())
             .collect()
     }
@@ -330,32 +390,19 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         rank_of(transaction, &self.cfg.node, live.iter().map(String::as_str))
     }
 
-    /// True (and remembered) when `h` is newer than every heartbeat heard from its node: a later
-    /// process (`started_at`), or a later beat of the same process. Both compared values come
-    /// from the sender's own clock.
-    fn is_newest_heartbeat(&self, h: &Heartbeat) -> bool {
-        let mut newest = self.newest_heartbeat.lock().expect("heartbeat lock");
-        let this = (h.started_at, h.timestamp);
-        match newest.get(&h.node) {
-            Some(seen) if *seen >= this => false,
-            _ => {
-                newest.insert(h.node.clone(), this);
-                true
-            }
-        }
-    }
-
-    async fn remember_peer(&self, peer: PeerRecord) -> Result<(), StoreError> {
+    /// Stores what was heard of a peer if it is newer than the region's record; only then does
+    /// it count as heard (a heartbeat whose store failed is redelivered and heard then).
+    async fn remember_peer(&self, peer: PeerRecord) -> Result<bool, StoreError> {
         if peer.node == self.cfg.node {
-            return Ok(());
+            return Ok(false);
         }
-        self.store.upsert_peer(&peer).await?;
-        self.peers
-            .write()
-            .expect("peers lock")
-            .insert(peer.node.clone(), peer);
-        inc(&self.counters.peers_recorded, 1);
-        Ok(())
+        let newer = self.store.record_peer(&peer).await?;
+        if newer {
+            let now = self.clock.now();
+            self.peers.lock().expect("peers lock").observe(peer, now);
+            inc(&self.counters.peers_recorded, 1);
+        }
+        Ok(newer)
     }
 
     /// Handles one Event Grid delivery (the JSON body). Validates every event first: one
@@ -437,6 +484,12 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .map(|(c, _)| c)
             .collect();
         inc(&self.counters.received, new.len());
+        {
+            let mut seen = self.pending_seen.lock().expect("pending lock");
+            for c in new.iter().take(SWEEP_SCAN.saturating_sub(seen.len())) {
+                seen.insert(c.transaction.clone(), now);
+            }
+        }
         inc(&self.counters.duplicates, commands.len() - new.len());
         // One span per command, a child of the API's request (trace context from
         // `data.traceparent`), so that each region's receipt shows in the purchase's trace.
@@ -499,13 +552,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         // 3. Heartbeats: liveness on *our* clock.
         for h in &heartbeats {
-            if self.is_newest_heartbeat(h) {
-                self.remember_peer(peer_from_heartbeat(h, now)).await?;
-            }
+            self.remember_peer(peer_from_heartbeat(h, now)).await?;
         }
         // 4. Acknowledged from here on. Execute what we own at rank 0; a failure here is not
         //    the delivery's failure (the sweep retries).
-        let live = self.live_peers(now);
+        let live = self.live_peers(now).await;
         let mine: Vec<&NewCommand> = new
             .into_iter()
             .filter(|c| !decided.contains(&c.transaction) && self.rank(&c.transaction, &live) == 0)
@@ -646,21 +697,27 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let mut report = SweepReport::default();
         // 1. Takeover (and retry of failed inline executions).
         let now = self.clock.now();
-        let live = self.live_peers(now);
+        let live = self.live_peers(now).await;
         let mut to_publish = Vec::new();
         let mut first_error = None;
-        for e in self.store.pending(SWEEP_SCAN).await? {
+        let pending = self.store.pending(SWEEP_SCAN).await?;
+        let seen_at: BTreeMap<String, DateTime<Utc>> = {
+            let mut seen = self.pending_seen.lock().expect("pending lock");
+            let mut next = BTreeMap::new();
+            for e in &pending {
+                let at = seen.get(&e.transaction).copied().unwrap_or(now);
+                next.insert(e.transaction.clone(), at);
+            }
+            *seen = next.clone();
+            next
+        };
+        for e in pending {
             if report.executed >= SWEEP_EXECUTIONS {
                 break;
             }
             let Some(command) = &e.command else { continue };
             let rank = self.rank(&e.transaction, &live);
-            if !may_execute(
-                e.received_at.unwrap_or(e.recorded_at),
-                rank,
-                self.cfg.takeover,
-                now,
-            ) {
+            if !may_execute(seen_at[&e.transaction], rank, self.cfg.takeover, now) {
                 continue;
             }
             match self.execute_one(&e.transaction, command, rank).await {
@@ -747,11 +804,12 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             ready: self.is_ready(),
             started_at: self.started_at,
             timestamp: now,
+            incarnation: self.incarnation.load(Ordering::Acquire),
             counters: self.counters_snapshot(),
         };
         if self.is_ready() {
             self.store
-                .upsert_peer(&peer_from_heartbeat(&hb, now))
+                .record_peer(&peer_from_heartbeat(&hb, now))
                 .await?;
         }
         let event = EventGridEvent {
@@ -778,8 +836,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let mut urls: BTreeSet<String> = self.cfg.peers.iter().cloned().collect();
         urls.extend(
             self.peers
-                .read()
+                .lock()
                 .expect("peers lock")
+                .records
                 .values()
                 .map(|p| p.url.clone()),
         );
@@ -811,7 +870,8 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             return Ok(0);
         }
         let now = self.clock.now();
-        // It answered just now: that is as good as a heartbeat.
+        // Known from now on (its URL and region), if it was not: a status answer carries no
+        // place in the peer's heartbeat history, so it never overrides a heartbeat.
         self.remember_peer(PeerRecord {
             node: status.node.clone(),
             region: status.region.clone(),
@@ -819,6 +879,8 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             ready: status.ready,
             started_at: status.started_at,
             last_heartbeat: now,
+            incarnation: 0,
+            beat_at: DateTime::<Utc>::UNIX_EPOCH,
             counters: status.counters.clone(),
         })
         .await?;
@@ -959,19 +1021,22 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         m
     }
 
-    pub fn status(&self) -> NodeStatusView {
+    /// This node's status; its peers as the region's records say (read again if stale).
+    pub async fn status(&self) -> NodeStatusView {
         let now = self.clock.now();
+        let live: BTreeSet<String> = self.live_peers(now).await.into_iter().collect();
         let peers = self
             .peers
-            .read()
+            .lock()
             .expect("peers lock")
+            .records
             .values()
             .map(|p| PeerView {
                 node: p.node.clone(),
                 region: p.region.clone(),
                 url: p.url.clone(),
                 last_heartbeat: p.last_heartbeat,
-                live: p.ready && is_live(p.last_heartbeat, now, self.cfg.liveness),
+                live: live.contains(&p.node),
             })
             .collect();
         NodeStatusView {
@@ -994,6 +1059,8 @@ fn peer_from_heartbeat(h: &Heartbeat, heard_at: DateTime<Utc>) -> PeerRecord {
         ready: h.ready,
         started_at: h.started_at,
         last_heartbeat: heard_at,
+        incarnation: h.incarnation,
+        beat_at: h.timestamp,
         counters: h.counters.clone(),
     }
 }

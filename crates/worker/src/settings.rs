@@ -11,7 +11,8 @@
 //! | `SALDO_PEERS` | comma-separated peer base URLs (catch-up bootstrap) | none |
 //! | `SALDO_FLEET_KEY` | function key sent to peers as `x-functions-key` | none |
 //! | `SALDO_TAKEOVER_MS` | wait per rank before taking over | 10000 |
-//! | `SALDO_LIVENESS_MS` | a peer heard within this is live | 15000 |
+//! | `SALDO_LIVENESS_MS` | a peer whose stored heartbeat changed within this is live | 15000 |
+//! | `SALDO_PEERS_CACHE_MS` | how stale an instance's copy of the region's peer records may be | 1000 |
 //! | `SALDO_DB_TIMEOUT_MS` | bound on one database operation, its retries included | 10000 |
 //! | `SALDO_CATCHUP_EVERY` | catch up every N sweeps (and at start) | 5 |
 //! | `SALDO_STANDALONE_TIMERS` | `1`: run heartbeat and sweep on internal timers (no host) | off |
@@ -89,6 +90,7 @@ impl Settings {
                 .unwrap_or_default(),
             takeover: millis("SALDO_TAKEOVER_MS", 10_000)?,
             liveness: millis("SALDO_LIVENESS_MS", 15_000)?,
+            peers_cache: millis("SALDO_PEERS_CACHE_MS", 1_000)?,
             catch_up_every,
         };
         Ok(Settings {

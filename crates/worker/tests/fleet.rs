@@ -323,6 +323,9 @@ async fn the_fleet_executes_once_takes_over_and_catches_up() {
             json!([orange(-1), {"id": 2, "ean": 2222, "name": "Apple", "change": -2}])
         )]))
         .await;
+    // Decided before the race below takes the Apple (deliveries to different owners run
+    // concurrently, so publication order alone orders nothing).
+    fleet.assert_agree(&["multi".into()], &all).await;
     // Two buyers race for the last Apple.
     fleet
         .publish(json!([

@@ -52,6 +52,7 @@ async fn fixture() -> Fixture {
         peers: vec![],
         takeover: chrono::Duration::seconds(10),
         liveness: chrono::Duration::seconds(15),
+        peers_cache: chrono::Duration::milliseconds(200),
         catch_up_every: 5,
     };
     let node = Arc::new(Node::new(cfg, store, SystemClock, bus.clone(), NoPeers));

@@ -38,6 +38,7 @@ fn node(db: &MemDb, clock: &ManualClock, name: &str) -> TestNode {
         peers: vec![],
         takeover: Duration::seconds(10),
         liveness: Duration::seconds(15),
+        peers_cache: Duration::milliseconds(500),
         catch_up_every: 1000,
     };
     Node::new(
@@ -163,4 +164,102 @@ async fn a_contended_execution_does_not_stop_the_sweep() {
     // The next sweep takes the third.
     assert_eq!(a.sweep().await.unwrap().executed, 1);
     assert_eq!(db.markers().len(), 3);
+}
+
+fn beat(name: &str, incarnation: u64, at: chrono::DateTime<Utc>) -> Value {
+    json!([{"id": format!("hb-{name}-{incarnation}-{}", at.timestamp_millis()), "eventType": "nodeHeartbeat", "subject": "s",
+            "eventTime": at, "dataVersion": "1.0",
+            "data": {"node": name, "region": name, "url": format!("http://{name}"), "ready": true,
+                     "startedAt": at, "timestamp": at, "incarnation": incarnation}}])
+}
+
+/// One region, one truth: two instances of region b over one ledger. The heartbeat reaches only
+/// the HTTP instance; the instance that sweeps (which no heartbeat ever reaches, as on Flex)
+/// ranks from the region's stored records, so it sees a live and leaves a's work to a until a
+/// falls silent. A heartbeat whose store failed is not heard (its redelivery is), and a
+/// restarted a whose clock went back an hour is heard again (a higher incarnation).
+#[tokio::test]
+async fn every_instance_of_a_region_sees_the_liveness_its_records_say() {
+    use saldo_store::Fault;
+    use saldo_worker::Clock;
+    let db = MemDb::new();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let http = node(&db, &clock, "b");
+    let timers = node(&db, &clock, "b");
+    http.start().await.unwrap();
+    timers.start().await.unwrap();
+    let hb = beat("a", 1, clock.now());
+    // The database fails the heartbeat's write: the delivery fails (503, redelivered) and a is
+    // not heard.
+    db.set_fault_hook(Some(Box::new(|_, op| {
+        if op == "record_peer" {
+            Fault::Before
+        } else {
+            Fault::None
+        }
+    })));
+    assert!(http.handle_delivery(&hb).await.is_err());
+    db.set_fault_hook(None);
+    clock.advance(Duration::seconds(1));
+    let live =
+        |s: saldo_core::views::NodeStatusView| s.peers.iter().any(|p| p.node == "a" && p.live);
+    assert!(
+        !live(timers.status().await),
+        "a failed store is not a heartbeat heard"
+    );
+    // Redelivered: stored, so heard by every instance of b.
+    http.handle_delivery(&hb).await.unwrap();
+    clock.advance(Duration::seconds(1));
+    assert!(
+        live(timers.status().await),
+        "the sweeping instance reads the region's records"
+    );
+
+    // A transaction a owns, recorded by the HTTP instance: the sweeping instance waits.
+    let tx = (0..)
+        .map(|i| format!("tx-{i}"))
+        .find(|t| ranking(t, ["a", "b"])[0] == "a")
+        .unwrap();
+    let cmd = json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
+                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    let d = http.handle_delivery(&cmd).await.unwrap();
+    assert!(
+        matches!(d, saldo_worker::Delivery::Accepted { executed: 0, .. }),
+        "{d:?}"
+    );
+    clock.advance(Duration::seconds(2));
+    assert_eq!(
+        timers.sweep().await.unwrap().executed,
+        0,
+        "a is live: its turn"
+    );
+    assert!(db.markers().is_empty());
+
+    // a keeps beating (reaching only the HTTP instance); then it restarts with its clock an
+    // hour behind: still heard, because its incarnation is higher.
+    for _ in 0..3 {
+        clock.advance(Duration::seconds(4));
+        http.handle_delivery(&beat("a", 1, clock.now()))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::seconds(4));
+    http.handle_delivery(&beat("a", 2, clock.now() - Duration::hours(1)))
+        .await
+        .unwrap();
+    clock.advance(Duration::seconds(1));
+    assert!(
+        live(timers.status().await),
+        "a restarted a with its clock behind is heard"
+    );
+    // A late beat of the old process changes nothing.
+    http.handle_delivery(&beat("a", 1, clock.now()))
+        .await
+        .unwrap();
+
+    // a falls silent: once the records say so, the sweeping instance takes over at once.
+    clock.advance(Duration::seconds(16));
+    assert!(!live(timers.status().await));
+    assert_eq!(timers.sweep().await.unwrap().executed, 1);
+    assert_eq!(db.markers()[&tx].node, "b");
 }

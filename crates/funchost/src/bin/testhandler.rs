@@ -94,6 +94,7 @@ async fn handle(req: Request) -> Response {
         "payload": payload,
         "startedMs": started_ms,
         "endedMs": chrono_ms(),
+        "pid": std::process::id(),
     });
     if let Ok(file) = std::env::var("TESTHANDLER_RECORD") {
         let mut f = std::fs::OpenOptions::new()
