@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use saldo_publish::Publisher;
 use saldo_stack::Manifest;
 use saldo_stack::manifest::HostAction;
 use serde_json::{Value, json};
@@ -41,36 +40,31 @@ pub struct BenchArgs {
 
 struct Ctx {
     http: reqwest::Client,
-    /// Status polls made (each costs every node one ledger read, which is the benchmark's own
-    /// cost, not the purchase's).
-    polls: std::sync::atomic::AtomicU64,
+    /// The shoppers' client (shared with chaos and demo); it counts its status polls (each costs
+    /// every node one ledger read, which is the benchmark's own cost, not the purchase's).
+    shop: crate::load::Shop,
     m: Manifest,
-    api: String,
     timeout: Duration,
 }
 
 pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::process::ExitCode> {
     let m = Manifest::load(root)?;
-    let api = m
-        .api
-        .as_ref()
-        .context("the stack runs no API; start it with `saldo up`")?
-        .url
-        .clone();
+    let mut shop = crate::load::Shop::local(&m)?;
+    // Latency to the poll: follow each purchase closely (at the cost of more reads, counted).
+    shop.poll_cap = Duration::from_millis(40);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     let ctx = Arc::new(Ctx {
         http,
-        polls: Default::default(),
+        shop,
         m,
-        api,
         timeout: Duration::from_secs(args.timeout_secs),
     });
 
     restock(&ctx).await?;
     let before = counters(&ctx).await?;
-    let polls_before = ctx.polls.load(std::sync::atomic::Ordering::Relaxed);
+    let polls_before = ctx.shop.polls.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     let latencies = buy_many(&ctx, args.purchases, args.concurrency).await?;
     let elapsed = started.elapsed();
@@ -99,7 +93,7 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
         latencies.value_at_quantile(0.99)
     );
     println!("latency max                    {} ms", latencies.max());
-    let polls = ctx.polls.load(std::sync::atomic::Ordering::Relaxed) - polls_before;
+    let polls = ctx.shop.polls.load(std::sync::atomic::Ordering::Relaxed) - polls_before;
     let poll_reads = polls * ctx.m.nodes.len() as u64;
     println!(
         "db operations per transaction  {:.1} (fleet-wide, all nodes, background work included)",
@@ -127,19 +121,8 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
 /// Sets the benchmark's own products to a large stock, through the topic like any update, and waits
 /// until the warehouse shows them.
 async fn restock(ctx: &Ctx) -> Result<()> {
-    let topic = ctx.m.topic.as_ref().context("the stack runs no topic")?;
-    let id = format!("bench-restock-{}", uuid::Uuid::new_v4());
-    let event = saldo_stack::seed::set_quantities(
-        &id,
-        "warehouse/products/bench",
-        BENCH_PRODUCTS
-            .iter()
-            .map(|&p| (p, 900_000 + p, format!("Bench item {p}"), BENCH_STOCK)),
-    );
-    Publisher::new(topic.endpoint.clone(), topic.publish_auth())
-        .publish(&[event])
-        .await?;
-    wait_done(ctx, &id)
+    let stock: Vec<(u64, i64)> = BENCH_PRODUCTS.iter().map(|&p| (p, BENCH_STOCK)).collect();
+    crate::load::restock(&ctx.m, &ctx.shop, "bench", &stock)
         .await
         .context("restocking the benchmark's products")?;
     Ok(())
@@ -196,55 +179,33 @@ async fn buy_many(ctx: &Arc<Ctx>, n: u32, concurrency: u32) -> Result<Histogram<
     Ok(hist)
 }
 
-/// One purchase: POST the order, then follow the transaction. Returns ms from 202 to completion.
+/// One purchase (the shoppers' client: same key on a retry), followed to its end. Returns ms
+/// from 202 to completion.
 async fn buy_one(ctx: &Ctx, product: u64) -> Result<u64> {
-    let resp = ctx
-        .http
-        .post(format!("{}/api/orders", ctx.api))
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-        .json(&json!({"lines": [{"id": product, "quantity": 1}]}))
-        .send()
-        .await?;
-    if resp.status().as_u16() != 202 {
+    let deadline = Instant::now() + ctx.timeout;
+    let p = ctx
+        .shop
+        .purchase(0, vec![(product, 1)], false, deadline)
+        .await;
+    if let Some(r) = &p.refused {
+        bail!("order refused: {r}");
+    }
+    if p.status != "completed" {
         bail!(
-            "order refused: {} {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
+            "purchase {} ended {} (errors: {:?})",
+            p.transaction.as_deref().unwrap_or("(never accepted)"),
+            p.status,
+            p.errors
         );
     }
-    let accepted = Instant::now();
-    let body: Value = resp.json().await?;
-    let tx = body["transaction"]
-        .as_str()
-        .context("202 without a transaction id")?
-        .to_string();
-    let status = wait_done(ctx, &tx).await?;
-    if status != "completed" {
-        bail!("purchase {tx} ended {status}");
-    }
-    Ok(accepted.elapsed().as_millis() as u64)
+    p.latency_ms().context("completed without times")
 }
 
-/// Polls the API until the transaction is completed or rejected; returns which.
+/// Follows a transaction until completed or rejected; returns which.
 async fn wait_done(ctx: &Ctx, tx: &str) -> Result<String> {
-    let deadline = Instant::now() + ctx.timeout;
-    loop {
-        ctx.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(resp) = ctx
-            .http
-            .get(format!("{}/api/transactions/{tx}", ctx.api))
-            .send()
-            .await
-            && let Ok(v) = resp.json::<Value>().await
-            && let Some(s) = v["status"].as_str()
-            && s != "pending"
-        {
-            return Ok(s.to_string());
-        }
-        if Instant::now() > deadline {
-            bail!("transaction {tx} did not complete within {:?}", ctx.timeout);
-        }
-        tokio::time::sleep(Duration::from_millis(40)).await;
+    match ctx.shop.follow(tx, Instant::now() + ctx.timeout).await {
+        Some(s) if s.status != "pending" => Ok(s.status),
+        _ => bail!("transaction {tx} did not complete within {:?}", ctx.timeout),
     }
 }
 
@@ -263,7 +224,7 @@ async fn takeover(ctx: &Arc<Ctx>, region: &str, n: u32) -> Result<()> {
         tasks.spawn(async move {
             let resp = ctx
                 .http
-                .post(format!("{}/api/orders", ctx.api))
+                .post(format!("{}/api/orders", ctx.shop.api))
                 .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
                 .json(&json!({"lines": [{"id": BENCH_PRODUCTS[i as usize % 4], "quantity": 1}]}))
                 .send()

@@ -1,0 +1,202 @@
+//! The chaos timeline as a PNG: each purchase's latency (202 to terminal) at the time it was
+//! accepted, with the fault windows shaded.
+//!
+//! plotters draws text through `ab_glyph` from a font file found at run time (Debian's DejaVu),
+//! so building needs no system font library; without a font the plot is drawn without text.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::chaos::{Fault, Kind};
+use crate::load::Purchase;
+
+const FONTS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers a sans-serif font once; false if none was found.
+fn font() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        for path in FONTS {
+            if let Ok(bytes) = std::fs::read(path) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+fn colour(k: Kind) -> RGBColor {
+    match k {
+        Kind::KillDb => RGBColor(220, 50, 47),
+        Kind::KillTopic => RGBColor(203, 75, 22),
+        Kind::KillHost => RGBColor(211, 54, 130),
+        Kind::KillHandler => RGBColor(108, 113, 196),
+        Kind::KillApi => RGBColor(181, 137, 0),
+        Kind::Pause => RGBColor(42, 161, 152),
+        Kind::Region => RGBColor(38, 139, 210),
+    }
+}
+
+pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]) -> Result<()> {
+    let text = font();
+    let end_ms = purchases
+        .iter()
+        .filter_map(|p| p.terminal_ms.or(p.accepted_ms))
+        .chain(faults.iter().map(|f| f.healed_ms))
+        .max()
+        .unwrap_or(1000);
+    let x_max = (end_ms as f64 / 1000.0).max(1.0) * 1.02;
+    let lat = |p: &Purchase| p.latency_ms().map(|l| l as f64 / 1000.0);
+    let y_max = purchases.iter().filter_map(lat).fold(1.0f64, f64::max) * 1.1;
+
+    let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
+    let e = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
+    root.fill(&WHITE).map_err(e)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20);
+    if text {
+        builder
+            .caption(
+                format!("saldo chaos, seed {seed}: latency from 202 to terminal"),
+                ("sans-serif", 24),
+            )
+            .x_label_area_size(40)
+            .y_label_area_size(60);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(e)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("seconds since start").y_desc("latency (s)");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(e)?;
+
+    for f in faults {
+        let (a, b) = (f.start_ms as f64 / 1000.0, f.healed_ms as f64 / 1000.0);
+        let c = colour(f.kind);
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(a, 0.0), (b.max(a + 0.05), y_max)],
+                c.mix(0.18).filled(),
+            )))
+            .map_err(e)?;
+    }
+    // One legend entry per kind that occurred.
+    if text {
+        let mut kinds: Vec<Kind> = faults.iter().map(|f| f.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        for k in kinds {
+            let c = colour(k);
+            chart
+                .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+                .map_err(e)?
+                .label(k.name())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], c.filled()));
+        }
+    }
+    let points = |status: &'static str| {
+        purchases
+            .iter()
+            .filter(move |p| p.status == status)
+            .filter_map(move |p| Some((p.accepted_ms? as f64 / 1000.0, lat(p)?)))
+    };
+    let completed = chart
+        .draw_series(points("completed").map(|xy| Circle::new(xy, 2, GREEN.mix(0.8).filled())))
+        .map_err(e)?;
+    if text {
+        completed
+            .label("completed")
+            .legend(|(x, y)| Circle::new((x + 7, y), 3, GREEN.filled()));
+    }
+    let rejected = chart
+        .draw_series(points("rejected").map(|xy| Circle::new(xy, 2, BLACK.mix(0.6).filled())))
+        .map_err(e)?;
+    if text {
+        rejected
+            .label("rejected (out of stock)")
+            .legend(|(x, y)| Circle::new((x + 7, y), 3, BLACK.filled()));
+    }
+    // Accepted but never terminal: at the top, in red.
+    let stuck = chart
+        .draw_series(
+            purchases
+                .iter()
+                .filter(|p| p.status == "pending")
+                .filter_map(|p| Some((p.accepted_ms? as f64 / 1000.0, y_max * 0.98)))
+                .map(|xy| TriangleMarker::new(xy, 5, RED.filled())),
+        )
+        .map_err(e)?;
+    if text {
+        stuck
+            .label("not terminal")
+            .legend(|(x, y)| TriangleMarker::new((x + 7, y), 4, RED.filled()));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(e)?;
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_timeline_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.png");
+        let p = |n: usize, acc: u64, lat: u64, status: &str| Purchase {
+            n,
+            key: format!("k{n}"),
+            transaction: Some(format!("t{n}")),
+            lines: vec![(1, 1)],
+            posted_ms: acc,
+            accepted_ms: Some(acc),
+            terminal_ms: (status != "pending").then_some(acc + lat),
+            status: status.into(),
+            executed_by: None,
+            takeover: false,
+            attempts: 1,
+            error_count: 0,
+            errors: vec![],
+            resubmit_same: None,
+            refused: None,
+        };
+        let purchases = vec![
+            p(0, 100, 300, "completed"),
+            p(1, 2000, 4000, "completed"),
+            p(2, 3000, 100, "rejected"),
+            p(3, 4000, 0, "pending"),
+        ];
+        let faults = vec![Fault {
+            kind: Kind::KillDb,
+            target: "mongodb".into(),
+            start_ms: 1500,
+            healed_ms: 3500,
+            recovered: true,
+            detail: String::new(),
+        }];
+        timeline(&path, 1, &purchases, &faults).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 5_000, "a real picture, not an empty file");
+    }
+}
