@@ -5,10 +5,10 @@
 mod bench;
 mod chaos;
 mod deadletter;
-mod quarantine;
 mod demo;
 mod load;
 mod plot;
+mod quarantine;
 mod status;
 mod verify;
 

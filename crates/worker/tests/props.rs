@@ -167,6 +167,7 @@ async fn deliver(body: Vec<u8>) -> Result<(), TestCaseError> {
         peers: vec![],
         takeover: chrono::Duration::seconds(10),
         liveness: chrono::Duration::seconds(15),
+        peers_cache: chrono::Duration::zero(),
         catch_up_every: 5,
     };
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap());
@@ -237,6 +238,7 @@ async fn read(path: String) -> Result<(), TestCaseError> {
         peers: vec![],
         takeover: chrono::Duration::seconds(10),
         liveness: chrono::Duration::seconds(15),
+        peers_cache: chrono::Duration::zero(),
         catch_up_every: 5,
     };
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap());
