@@ -280,9 +280,7 @@ SUBSCRIPTION_RS = ROOT / "crates" / "eventgrid" / "src" / "subscription.rs"
 # Fields infra/ deploys that the emulator's parser does not read yet, each with who adds it.
 # A field listed here is reported (never silently passed); once the parser reads it, the check
 # says so, and the entry should go.
-PENDING: dict[str, str] = {
-    "deadLetterWithResourceIdentity": "issue 14 item 5 (helper emulator): honour or refuse subscription fields the emulator does not implement",
-}
+PENDING: dict[str, str] = {}
 
 
 def camel(snake: str) -> str:
