@@ -77,7 +77,7 @@ async fn the_next_in_line_takes_over_after_the_deadline_and_skips_dead_nodes() {
         .map(|i| format!("tx-{i}"))
         .find(|t| ranking(t, ["a", "b"])[0] == "a")
         .unwrap();
-    let cmd = json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": Utc::now(), "dataVersion": "1.0",
+    let cmd = json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
                       "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
     b.handle_delivery(&cmd).await.unwrap();
     assert!(db.markers().is_empty(), "b is second in line: it waits");
@@ -137,7 +137,7 @@ async fn a_contended_execution_does_not_stop_the_sweep() {
         }
     })));
     let cmds: Vec<Value> = (0..3)
-        .map(|i| json!({"id": format!("c-{i}"), "eventType": "recordUpdated", "subject": "s", "eventTime": Utc::now(), "dataVersion": "1.0",
+        .map(|i| json!({"id": format!("c-{i}"), "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
                         "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}))
         .collect();
     a.handle_delivery(&Value::Array(cmds)).await.unwrap();
