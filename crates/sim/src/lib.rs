@@ -188,6 +188,8 @@ pub struct Report {
     pub quarantined: usize,
     /// Feed pages served to peers (their no-skip property is checked at the end).
     pub feed_pages: usize,
+    /// Restarted instances whose clock went back behind their previous process's.
+    pub clock_jumps_back: usize,
     /// Commands the API published that every region dead-lettered, by name: never executed.
     pub undeliverable: Vec<String>,
 }
@@ -419,6 +421,8 @@ struct World {
     life: Vec<Life>,
     /// Per region: its HTTP instances' slots, then (with `instances` ≥ 2) the timer instance's.
     slots: Vec<Vec<Option<Instance>>>,
+    /// The clock offset (ms) each slot's process had last.
+    offsets: Vec<Vec<Option<i64>>>,
     /// Every event ever published, by id (deliveries refer to them by id), and what it is.
     events: Vec<Value>,
     kinds: Vec<Kind>,
@@ -496,6 +500,7 @@ impl World {
                 .map(|_| (0..total).map(|_| None).collect())
                 .collect(),
             timer_tasks: vec![[None, None]; names.len()],
+            offsets: vec![vec![None; total]; names.len()],
             names,
             events: Vec::new(),
             kinds: Vec::new(),
@@ -534,13 +539,18 @@ impl World {
         self.queue.push(Reverse((ms, self.seq, action)));
     }
 
-    fn make_node(&mut self, i: usize) -> Arc<SimNode> {
+    fn make_node(&mut self, i: usize, slot: usize) -> Arc<SimNode> {
         let skew = self.cfg.clock_skew_ms;
         let offset = if skew > 0 {
-            Duration::milliseconds(self.rng.random_range(-skew..=skew))
+            self.rng.random_range(-skew..=skew)
         } else {
-            Duration::zero()
+            0
         };
+        if self.offsets[i][slot].is_some_and(|before| offset < before) {
+            self.report.clock_jumps_back += 1;
+        }
+        self.offsets[i][slot] = Some(offset);
+        let offset = Duration::milliseconds(offset);
         let name = self.names[i].clone();
         let cfg = Config {
             node: name.clone(),
@@ -629,7 +639,7 @@ impl World {
     /// ledger, with a clock of its own. It serves at once (answering 503 until started).
     fn boot(&mut self, i: usize, slot: usize) {
         self.kill(i, slot);
-        let node = self.make_node(i);
+        let node = self.make_node(i, slot);
         self.next_uid += 1;
         let uid = self.next_uid;
         self.slots[i][slot] = Some(Instance {
@@ -1173,6 +1183,26 @@ impl World {
                 Action::Crash(..) | Action::CrashRegion(_) | Action::Stop(_) | Action::DbDown => {}
             }
             self.route_published();
+        }
+        // The end: whatever Event Grid still holds for a region (a retry not yet due, or a
+        // delivery in flight) has outlived its time to live and is dead-lettered.
+        let left: Vec<(usize, Vec<usize>)> = std::mem::take(&mut self.queue)
+            .into_iter()
+            .filter_map(|Reverse((_, _, a))| match a {
+                Action::Deliver { to, events, .. } => Some((to, events)),
+                _ => None,
+            })
+            .chain(
+                std::mem::take(&mut self.tasks)
+                    .into_values()
+                    .filter_map(|t| match t.job {
+                        Job::Delivery { to, events, .. } => Some((to, events)),
+                        _ => None,
+                    }),
+            )
+            .collect();
+        for (to, events) in left {
+            self.dead_letter(to, &events);
         }
         Ok(())
     }

@@ -52,6 +52,7 @@ fn assert_all_pass(cfg: &SimConfig, seeds: u64) {
                 total.quarantined += r.quarantined;
                 total.feed_pages += r.feed_pages;
                 total.crashes += r.crashes;
+                total.clock_jumps_back += r.clock_jumps_back;
             }
             Err(e) => failures.push(e),
         }
@@ -81,6 +82,12 @@ fn assert_all_pass(cfg: &SimConfig, seeds: u64) {
     );
     assert!(total.quarantined > 0, "no run mixed in a bad event");
     assert!(total.crashes > 0, "no run crashed anything");
+    if cfg.clock_skew_ms > 0 {
+        assert!(
+            total.clock_jumps_back > 0,
+            "no restarted instance's clock went back"
+        );
+    }
     assert!(
         total.steps > total.acknowledged as u64,
         "handlers did not interleave per database call"
