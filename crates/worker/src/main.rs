@@ -73,13 +73,15 @@ async fn main() -> anyhow::Result<()> {
     .with_timeout(settings.db_timeout);
     let bus = saldo_publish::Publisher::from_env()?;
     let peers = HttpPeers::new(settings.fleet_key.clone());
-    let node: Arc<WorkerNode> = Arc::new(Node::new(
-        settings.config.clone(),
-        store,
-        SystemClock,
-        bus,
-        peers,
-    ));
+    if settings.admission.fleet.is_none() {
+        tracing::warn!(
+            "SALDO_FLEET is not set: heartbeats and completions from any node are admitted"
+        );
+    }
+    let node: Arc<WorkerNode> = Arc::new(
+        Node::new(settings.config.clone(), store, SystemClock, bus, peers)
+            .with_admission(settings.admission.clone()),
+    );
     // The node's counters, as Application Insights metrics (they stay where they are kept).
     let counted = node.clone();
     saldo_telemetry::export_counters(
@@ -104,10 +106,10 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(std::time::Duration::from_secs(5));
         }
-        match starter.catch_up().await {
-            Ok(n) => tracing::info!(repairs = n, "start-up catch-up done"),
-            Err(e) => tracing::warn!(error = %e, "start-up catch-up failed; the sweep will retry"),
-        }
+        // No catch-up here: the sweep catches up on its first round, and only the instance
+        // that runs the timers sweeps. A catch-up on every instance's start would have all of a
+        // region's instances merge the same peer pages at once, write-conflicting on the same
+        // ledger documents (a restarted region then took 40 s to catch up instead of seconds).
     });
 
     if settings.standalone_timers {
