@@ -55,7 +55,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use saldo_core::events::{
-    DATA_VERSION, EventGridEvent, Operation, ProductLine, RECORD_UPDATED, RecordUpdated,
+    DATA_VERSION, EventGridEvent, NODE_HEARTBEAT, Operation, ProductLine, RECORD_UPDATED,
+    RecordUpdated,
 };
 use saldo_core::views::{LedgerPage, LedgerState, NodeStatusView};
 use saldo_store::{Fault, MemDb, MemStore, Mutation};
@@ -349,7 +350,8 @@ enum Kind {
     Command(usize),
     /// A completion or heartbeat a node published.
     Fleet,
-    /// Malformed, of an unknown type or of another data version: to be quarantined.
+    /// Malformed, of an unknown type, of another data version or from outside the fleet: to be
+    /// quarantined.
     Bad,
 }
 
@@ -567,25 +569,34 @@ impl World {
             peers_cache: Duration::milliseconds(self.cfg.peers_cache_ms),
             catch_up_every: self.cfg.catch_up_every,
         };
-        Arc::new(Node::new(
-            cfg,
-            self.db.store(&name),
-            SimClock {
-                base: self.clock.clone(),
-                offset,
-            },
-            SimBus {
-                topic: self.topic.clone(),
-                faults: self.faults.clone(),
-            },
-            SimPeers {
-                dir: self.dir.clone(),
-                faults: self.faults.clone(),
-                reader: name,
-                log: self.log.clone(),
-                cut_p: self.cfg.feed_cut_p,
-            },
-        ))
+        // The fleet's names are configured (`SALDO_FLEET`): an event from any other node is
+        // refused into the quarantine.
+        let admission = saldo_worker::intake::Admission {
+            fleet: Some(self.names.iter().cloned().collect()),
+            ..Default::default()
+        };
+        Arc::new(
+            Node::new(
+                cfg,
+                self.db.store(&name),
+                SimClock {
+                    base: self.clock.clone(),
+                    offset,
+                },
+                SimBus {
+                    topic: self.topic.clone(),
+                    faults: self.faults.clone(),
+                },
+                SimPeers {
+                    dir: self.dir.clone(),
+                    faults: self.faults.clone(),
+                    reader: name,
+                    log: self.log.clone(),
+                    cut_p: self.cfg.feed_cut_p,
+                },
+            )
+            .with_admission(admission),
+        )
     }
 
     /// The network's view of region `i`: its HTTP instances that are up.
@@ -648,13 +659,13 @@ impl World {
             alive: Arc::new(AtomicBool::new(true)),
         });
         self.publish_endpoints(i);
-        // Start-up may fail (database down or a fault); the first sweep retries it.
+        // Start-up may fail (database down or a fault); the first sweep retries it. As the
+        // worker does, no catch-up here: the timer instance's first sweep catches up.
         self.spawn(
             uid,
             Job::Start,
             Box::pin(async move {
                 let _ = node.start().await;
-                let _ = node.catch_up().await;
                 None
             }),
         );
@@ -861,7 +872,7 @@ impl World {
     fn bad_event(&mut self) -> usize {
         let n = self.events.len();
         let time = self.clock.now();
-        let v = match self.rng.random_range(0..4) {
+        let v = match self.rng.random_range(0..5) {
             // Another data version (an incompatible change from a newer API).
             0 => json!({
                 "id": format!("v2-{n}"), "eventType": RECORD_UPDATED, "subject": "shop/orders",
@@ -878,6 +889,14 @@ impl World {
                 "id": format!("empty-{n}"), "eventType": RECORD_UPDATED, "subject": "shop/orders",
                 "eventTime": time, "dataVersion": DATA_VERSION,
                 "data": {"transaction": format!("empty-{n}"), "products": []}
+            }),
+            // A heartbeat from a node outside the fleet.
+            3 => json!({
+                "id": format!("stranger-{n}"), "eventType": NODE_HEARTBEAT,
+                "subject": "webapp/workers/stranger", "eventTime": time,
+                "dataVersion": DATA_VERSION,
+                "data": {"node": "stranger", "region": "stranger", "url": "sim://stranger",
+                         "ready": true, "startedAt": time, "timestamp": time, "incarnation": 1}
             }),
             // Not an event at all.
             _ => json!({"hello": n}),
