@@ -131,9 +131,15 @@ fn main() {
     );
     if !failed.is_empty() {
         failed.sort_by_key(|(s, _)| *s);
+        let mutate = match cfg.mutation {
+            Mutation::None => "",
+            Mutation::TieSequence => " --mutate tie-sequence",
+            Mutation::SkipMarkerCheck => " --mutate skip-marker-check",
+            Mutation::LoseCommands => " --mutate lose-commands",
+        };
         for (seed, e) in &failed {
             eprintln!(
-                "FAILED: {e}\n  replay with: saldo-sim --seed {seed} --instances {} --clock-skew-ms {} --commands {}",
+                "FAILED: {e}\n  replay with: saldo-sim --seed {seed} --instances {} --clock-skew-ms {} --commands {}{mutate}",
                 args.instances, args.clock_skew_ms, args.commands
             );
         }
