@@ -1,44 +1,84 @@
-//! A deterministic simulation of the worker fleet.
+//! A deterministic simulation of the worker fleet as Azure runs it.
 //!
-//! The nodes are the real [`saldo_worker::Node`]s (the very code the HTTP handlers call) over
-//! one shared [`MemDb`], a [`ManualClock`], a simulated Event Grid topic and a simulated peer
-//! network. Everything random is drawn from one seeded generator, and every step runs to
-//! completion before the next (the in-memory store never waits), so a seed replays exactly.
+//! Every region is a Function App on Flex Consumption: several HTTP instances (the webhook, the
+//! reads, the ledger feed) over the region's one ledger, and the timer functions (heartbeat,
+//! sweep) on an instance of their own that gets no HTTP traffic. The instances are the real
+//! [`saldo_worker::Node`]s (the very code the HTTP handlers call) over one shared [`MemDb`];
+//! each has its own clock, off the simulation's time by seconds either way and drawn again when
+//! the instance restarts (so a restarted instance's clock may jump back). Deliveries and peer
+//! calls to a region reach any of its HTTP instances.
 //!
-//! The topic delivers every published event to every node at least once, late, reordered,
-//! sometimes twice, sometimes never (a drop), retries failed deliveries like Event Grid (5xx:
-//! later; 403 from a stopped region: dead-lettered at once). Nodes crash (losing their memory,
-//! keeping their ledgers) and restart, regions stop and start, the database goes down, and
-//! individual database operations fail before or after taking effect (a lost reply). Then
-//! everything heals and the run continues until the fleet should have converged.
+//! Handlers interleave at database-call granularity: every handler (a delivery, a sweep, a
+//! heartbeat, a start-up) is a task, every database call of it a step of its own that takes
+//! simulated time, and other handlers' steps, deliveries and chaos run in between. Everything
+//! random is drawn from one seeded generator and the tasks are polled one at a time, so a seed
+//! replays exactly.
+//!
+//! The topic delivers every published event to every region at least once, late, reordered,
+//! sometimes twice, sometimes never (a drop, dead-lettered), in batches that mix in earlier
+//! events, malformed events and events of another data version; it retries failed deliveries
+//! like Event Grid (5xx: later; 403 from a stopped region or 400: dead-lettered at once).
+//! Instances crash (losing their memory and whatever handler was running, keeping their
+//! ledgers) and are restarted by the host, whole regions crash or stop and start, the database
+//! goes down, and individual database operations fail before or after taking effect (a lost
+//! reply, an unknown commit result) or as contended. Then everything heals and the run goes on
+//! until the fleet should have converged.
+//!
+//! Checked while running:
+//! - **Acknowledged means recorded.** When an instance answers a delivery 2xx, every valid
+//!   command in it is in the region's ledger at that moment and every bad event in its
+//!   quarantine; a delivery is refused (400) only if nothing in it is valid.
 //!
 //! Checked after each run (see [`check`]):
 //! 1. No transaction is applied to the warehouse twice, and each application changed exactly
 //!    what its command says, starting from the stock the previous application left (no lost
 //!    or doubled update).
 //! 2. Stock never goes below zero (also asserted at every write by the store).
-//! 3. Every command accepted by any node (in any ledger) has been executed: a marker exists.
+//! 3. Every command accepted by any node (in any ledger) has been executed: a marker exists;
+//!    every command the API published either has a marker or was dead-lettered by every region
+//!    (it is named in [`Report::undeliverable`]); no ledger holds anything but commands.
 //! 4. Every node's ledger holds every transaction any ledger holds, none pending, each with the
-//!    marker's outcome (status and executor); no node saw conflicting outcomes.
+//!    marker's outcome (status and executor); no instance saw conflicting outcomes.
+//! 5. The feed never skipped: for every reader region and peer, every entry of the peer's
+//!    ledger numbered at or below the reader's stored cursor was served to the reader in that
+//!    state.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use futures::executor::block_on;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use saldo_core::events::{
-    DATA_VERSION, EventGridEvent, Operation, ProductLine, RECORD_UPDATED, RecordUpdated,
+    DATA_VERSION, EventGridEvent, NODE_HEARTBEAT, Operation, ProductLine, RECORD_UPDATED,
+    RecordUpdated,
 };
 use saldo_core::views::{LedgerPage, LedgerState, NodeStatusView};
-use saldo_store::{Fault, MemDb, MemStore};
-use saldo_worker::node::NodeError;
+use saldo_store::{Fault, MemDb, MemStore, Mutation};
+use saldo_worker::node::{Delivery, NodeError};
 use saldo_worker::{Bus, Clock, Config, ManualClock, Node, PeerClient};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-pub type SimNode = Node<MemStore, ManualClock, SimBus, SimPeers>;
+pub type SimNode = Node<MemStore, SimClock, SimBus, SimPeers>;
+
+/// One instance's clock: the simulation's time plus this machine's offset (seconds of skew;
+/// a restarted instance draws a new one, so its clock may jump back).
+#[derive(Clone)]
+pub struct SimClock {
+    base: ManualClock,
+    offset: Duration,
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.base.now() + self.offset
+    }
+}
 
 /// Knobs of one run. [`SimConfig::default`] is what the tests use.
 #[derive(Debug, Clone)]
@@ -55,6 +95,7 @@ pub struct SimConfig {
     pub quiet_ms: i64,
     pub takeover_ms: i64,
     pub liveness_ms: i64,
+    pub peers_cache_ms: i64,
     pub sweep_ms: i64,
     pub heartbeat_ms: i64,
     pub catch_up_every: u64,
@@ -64,8 +105,24 @@ pub struct SimConfig {
     pub db_fault_p: f64,
     pub publish_fail_p: f64,
     pub peer_fail_p: f64,
-    /// Chaos events (crash, stop, database down) during the active phase.
+    /// Chaos events (instance crash, region crash, stop, database down) during the active phase.
     pub chaos_events: usize,
+    /// HTTP instances per region over its one ledger (deliveries and peer calls go to any of
+    /// them); with 2 or more, heartbeat and sweep run on one more instance of their own, as on
+    /// Flex Consumption. With 1, one process does everything.
+    pub instances: usize,
+    /// Each instance's clock is off by up to this much, either way (drawn again on restart).
+    pub clock_skew_ms: i64,
+    /// A database call takes up to this long (simulated); every call is a step of its own, so
+    /// other handlers run meanwhile. 0: calls take no time (still one step each).
+    pub db_latency_ms: i64,
+    /// Probability that a delivery carries a bad event too (malformed, unknown type, another
+    /// data version), and that a delivery is nothing but a bad event.
+    pub bad_event_p: f64,
+    /// Probability that a peer's feed page is cut short (page boundaries fall anywhere).
+    pub feed_cut_p: f64,
+    /// A deliberate store bug (the mutation tests); [`Mutation::None`] otherwise.
+    pub mutation: Mutation,
 }
 
 impl Default for SimConfig {
@@ -79,6 +136,7 @@ impl Default for SimConfig {
             quiet_ms: 25_000,
             takeover_ms: 3_000,
             liveness_ms: 6_000,
+            peers_cache_ms: 500,
             sweep_ms: 1_000,
             heartbeat_ms: 2_500,
             catch_up_every: 5,
@@ -88,7 +146,23 @@ impl Default for SimConfig {
             db_fault_p: 0.02,
             publish_fail_p: 0.1,
             peer_fail_p: 0.1,
-            chaos_events: 4,
+            chaos_events: 6,
+            instances: 2,
+            clock_skew_ms: 3_000,
+            db_latency_ms: 20,
+            bad_event_p: 0.05,
+            feed_cut_p: 0.25,
+            mutation: Mutation::None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// `k` HTTP instances per region (plus a timer instance when `k` ≥ 2).
+    pub fn with_instances(k: usize) -> Self {
+        SimConfig {
+            instances: k.clamp(1, 8),
+            ..SimConfig::default()
         }
     }
 }
@@ -102,10 +176,23 @@ pub struct Report {
     pub rejected: usize,
     pub deliveries: usize,
     pub dead_lettered: usize,
+    /// Instance crashes, region crashes and stops.
     pub crashes: usize,
     pub taken_over: u64,
     pub adopted: u64,
     pub repairs: u64,
+    /// Database calls that were a step of their own, interleaved with other handlers.
+    pub steps: u64,
+    /// Deliveries answered 2xx whose commands and bad events were checked on the spot.
+    pub acknowledged: usize,
+    /// Bad events quarantined over all regions.
+    pub quarantined: usize,
+    /// Feed pages served to peers (their no-skip property is checked at the end).
+    pub feed_pages: usize,
+    /// Restarted instances whose clock went back behind their previous process's.
+    pub clock_jumps_back: usize,
+    /// Commands the API published that every region dead-lettered, by name: never executed.
+    pub undeliverable: Vec<String>,
 }
 
 /// The simulated topic's inbox of published events (shared by all nodes' buses).
@@ -134,39 +221,88 @@ impl Bus for SimBus {
     }
 }
 
-/// The nodes that are up, by URL (what a peer's HTTP call would reach).
+/// One running HTTP instance as the network reaches it.
+#[derive(Clone)]
+struct Endpoint {
+    node: Arc<SimNode>,
+    alive: Arc<AtomicBool>,
+}
+
+/// The HTTP instances that are up, by region URL (what a peer's HTTP call would reach).
 #[derive(Clone, Default)]
-pub struct Directory(Arc<Mutex<BTreeMap<String, Arc<SimNode>>>>);
+pub struct Directory(Arc<Mutex<BTreeMap<String, Vec<Endpoint>>>>);
+
+/// What every feed page served: (reader region, peer URL) → (transaction, seq) served.
+#[derive(Clone, Default)]
+struct FeedLog(Arc<Mutex<Served>>);
+
+#[derive(Default)]
+struct Served {
+    entries: BTreeMap<(String, String), BTreeSet<(String, u64)>>,
+    pages: usize,
+}
 
 pub struct SimPeers {
     dir: Directory,
     faults: Arc<Mutex<Faults>>,
+    /// The region this client's instance belongs to (the reader, in the feed log).
+    reader: String,
+    log: FeedLog,
+    cut_p: f64,
 }
 
 impl SimPeers {
-    fn reach(&self, url: &str) -> Result<Arc<SimNode>, String> {
-        if self.faults.lock().unwrap().peer_fails() {
+    /// A call reaches one of the region's HTTP instances, chosen by the load balancer.
+    fn reach(&self, url: &str) -> Result<Endpoint, String> {
+        let mut f = self.faults.lock().unwrap();
+        if f.peer_fails() {
             return Err(format!("simulated: {url} timed out"));
         }
-        self.dir
-            .0
-            .lock()
-            .unwrap()
+        let dir = self.dir.0.lock().unwrap();
+        let up = dir
             .get(url)
-            .cloned()
-            .ok_or_else(|| format!("simulated: {url} is down"))
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("simulated: {url} is down"))?;
+        Ok(up[f.rng.random_range(0..up.len())].clone())
+    }
+}
+
+/// An answer from an instance that crashed while answering never arrives.
+fn answered<T>(e: &Endpoint, url: &str, r: T) -> Result<T, String> {
+    if e.alive.load(Ordering::Relaxed) {
+        Ok(r)
+    } else {
+        Err(format!("simulated: {url} reset the connection (crashed)"))
     }
 }
 
 impl PeerClient for SimPeers {
     async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
-        Ok(self.reach(url)?.status().await)
+        let e = self.reach(url)?;
+        let s = e.node.status().await;
+        answered(&e, url, s)
     }
     async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, String> {
-        self.reach(url)?
-            .feed(after, limit)
-            .await
-            .map_err(|e| e.to_string())
+        let e = self.reach(url)?;
+        // The caller asks for `limit`; the simulation sometimes asks for less, so that page
+        // boundaries (where a tie would skip) fall anywhere in the feed.
+        let limit = {
+            let mut f = self.faults.lock().unwrap();
+            if f.rng.random_bool(self.cut_p) {
+                f.rng.random_range(1..=3).min(limit)
+            } else {
+                limit
+            }
+        };
+        let page = e.node.feed(after, limit).await.map_err(|e| e.to_string())?;
+        let page = answered(&e, url, page)?;
+        let mut log = self.log.0.lock().unwrap();
+        log.pages += 1;
+        log.entries
+            .entry((self.reader.clone(), url.to_string()))
+            .or_default()
+            .extend(page.entries.iter().map(|x| (x.transaction.clone(), x.seq)));
+        Ok(page)
     }
 }
 
@@ -203,10 +339,20 @@ impl Faults {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Life {
     Up,
-    /// The process is down: deliveries fail (retried).
-    Crashed,
     /// The region (Function App) is stopped: deliveries answer 403 (dead-lettered).
     Stopped,
+}
+
+/// What an event the topic carries is, for the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Command `i` (a valid `recordUpdated`).
+    Command(usize),
+    /// A completion or heartbeat a node published.
+    Fleet,
+    /// Malformed, of an unknown type, of another data version or from outside the fleet: to be
+    /// quarantined.
+    Bad,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -218,14 +364,49 @@ enum Action {
         events: Vec<usize>,
         attempt: u32,
     },
+    /// The next step (database call) of a running handler.
+    Step(u64),
     Sweep(usize),
     Heartbeat(usize),
-    Crash(usize),
+    /// One instance (slot) of a region crashes; the host restarts it later.
+    Crash(usize, usize),
+    Boot(usize, usize),
+    /// The region's host crashes (all instances), or the region is stopped.
+    CrashRegion(usize),
     Stop(usize),
     Restart(usize),
     DbDown,
     DbUp,
     Heal,
+}
+
+/// One running process of a region.
+struct Instance {
+    uid: u64,
+    node: Arc<SimNode>,
+    alive: Arc<AtomicBool>,
+}
+
+/// What a handler task is, to act on its end (or on its loss in a crash).
+#[derive(Debug, Clone)]
+enum Job {
+    Delivery {
+        to: usize,
+        events: Vec<usize>,
+        attempt: u32,
+    },
+    Sweep,
+    Heartbeat,
+    Start,
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Option<Result<Delivery, NodeError>>>>>;
+
+struct Task {
+    fut: HandlerFuture,
+    instance: u64,
+    job: Job,
+    polls: u32,
 }
 
 struct World {
@@ -236,23 +417,39 @@ struct World {
     db: MemDb,
     topic: Topic,
     dir: Directory,
+    log: FeedLog,
     faults: Arc<Mutex<Faults>>,
     names: Vec<String>,
     life: Vec<Life>,
-    nodes: Vec<Option<Arc<SimNode>>>,
-    /// Every event ever published, by id (deliveries refer to them by id).
+    /// Per region: its HTTP instances' slots, then (with `instances` ≥ 2) the timer instance's.
+    slots: Vec<Vec<Option<Instance>>>,
+    /// The clock offset (ms) each slot's process had last.
+    offsets: Vec<Vec<Option<i64>>>,
+    /// Every event ever published, by id (deliveries refer to them by id), and what it is.
     events: Vec<Value>,
+    kinds: Vec<Kind>,
     commands: Vec<(String, Vec<ProductLine>)>,
+    /// Regions that dead-lettered each command (Event Grid's dead-letter names the event).
+    dead: BTreeMap<usize, BTreeSet<usize>>,
     queue: BinaryHeap<Reverse<(i64, u64, Action)>>,
     seq: u64,
+    tasks: BTreeMap<u64, Task>,
+    next_task: u64,
+    next_uid: u64,
+    /// The timer functions run as singletons: the running sweep and heartbeat per region.
+    timer_tasks: Vec<[Option<u64>; 2]>,
     healed: bool,
     report: Report,
-    /// Counters of nodes that crashed (their in-memory counters die with them).
+    /// Counters of instances that died (their in-memory counters die with them).
     dead_counters: Vec<BTreeMap<String, u64>>,
 }
 
 fn url(name: &str) -> String {
     format!("sim://{name}")
+}
+
+fn noop_context() -> Context<'static> {
+    Context::from_waker(Waker::noop())
 }
 
 impl World {
@@ -266,12 +463,12 @@ impl World {
             peer_p: cfg.peer_fail_p,
         }));
         let db = MemDb::new();
+        db.set_stepping(true);
+        db.mutate(cfg.mutation);
         let hook_faults = faults.clone();
-        db.set_fault_hook(Some(Box::new(move |_node, op| {
+        db.set_fault_hook(Some(Box::new(move |_node, _op| {
             let mut f = hook_faults.lock().unwrap();
-            // Reads failing "after" is the same as before; keep the distinction for writes.
             let p = f.db_p;
-            let _ = op;
             match f.pick(p) {
                 // A third of the failures before the effect are contention (conflict retries
                 // spent) rather than an outage: the node must go on with its other work.
@@ -290,6 +487,7 @@ impl World {
         .take(cfg.nodes)
         .map(|s| s.to_string())
         .collect();
+        let total = Self::slot_count(&cfg);
         World {
             rng: StdRng::seed_from_u64(seed),
             clock: ManualClock::new(t0),
@@ -297,14 +495,24 @@ impl World {
             db,
             topic: Topic::default(),
             dir: Directory::default(),
+            log: FeedLog::default(),
             faults,
-            life: vec![Life::Crashed; names.len()],
-            nodes: vec![None; names.len()],
+            life: vec![Life::Up; names.len()],
+            slots: (0..names.len())
+                .map(|_| (0..total).map(|_| None).collect())
+                .collect(),
+            timer_tasks: vec![[None, None]; names.len()],
+            offsets: vec![vec![None; total]; names.len()],
             names,
             events: Vec::new(),
+            kinds: Vec::new(),
             commands: Vec::new(),
+            dead: BTreeMap::new(),
             queue: BinaryHeap::new(),
             seq: 0,
+            tasks: BTreeMap::new(),
+            next_task: 0,
+            next_uid: 0,
             healed: false,
             report: Report {
                 seed,
@@ -313,6 +521,15 @@ impl World {
             dead_counters: Vec::new(),
             cfg,
         }
+    }
+
+    fn http_count(cfg: &SimConfig) -> usize {
+        cfg.instances.max(1)
+    }
+
+    fn slot_count(cfg: &SimConfig) -> usize {
+        let http = Self::http_count(cfg);
+        if http >= 2 { http + 1 } else { 1 }
     }
 
     fn now_ms(&self) -> i64 {
@@ -324,63 +541,207 @@ impl World {
         self.queue.push(Reverse((ms, self.seq, action)));
     }
 
-    fn make_node(&self, i: usize) -> Arc<SimNode> {
-        let name = &self.names[i];
+    fn make_node(&mut self, i: usize, slot: usize) -> Arc<SimNode> {
+        let skew = self.cfg.clock_skew_ms;
+        let offset = if skew > 0 {
+            self.rng.random_range(-skew..=skew)
+        } else {
+            0
+        };
+        if self.offsets[i][slot].is_some_and(|before| offset < before) {
+            self.report.clock_jumps_back += 1;
+        }
+        self.offsets[i][slot] = Some(offset);
+        let offset = Duration::milliseconds(offset);
+        let name = self.names[i].clone();
         let cfg = Config {
             node: name.clone(),
             region: name.clone(),
-            public_url: url(name),
+            public_url: url(&name),
             peers: self
                 .names
                 .iter()
-                .filter(|n| *n != name)
+                .filter(|n| **n != name)
                 .map(|n| url(n))
                 .collect(),
             takeover: Duration::milliseconds(self.cfg.takeover_ms),
             liveness: Duration::milliseconds(self.cfg.liveness_ms),
-            peers_cache: Duration::milliseconds(500),
+            peers_cache: Duration::milliseconds(self.cfg.peers_cache_ms),
             catch_up_every: self.cfg.catch_up_every,
         };
-        Arc::new(Node::new(
-            cfg,
-            self.db.store(name),
-            self.clock.clone(),
-            SimBus {
-                topic: self.topic.clone(),
-                faults: self.faults.clone(),
-            },
-            SimPeers {
-                dir: self.dir.clone(),
-                faults: self.faults.clone(),
-            },
-        ))
+        // The fleet's names are configured (`SALDO_FLEET`): an event from any other node is
+        // refused into the quarantine.
+        let admission = saldo_worker::intake::Admission {
+            fleet: Some(self.names.iter().cloned().collect()),
+            ..Default::default()
+        };
+        Arc::new(
+            Node::new(
+                cfg,
+                self.db.store(&name),
+                SimClock {
+                    base: self.clock.clone(),
+                    offset,
+                },
+                SimBus {
+                    topic: self.topic.clone(),
+                    faults: self.faults.clone(),
+                },
+                SimPeers {
+                    dir: self.dir.clone(),
+                    faults: self.faults.clone(),
+                    reader: name,
+                    log: self.log.clone(),
+                    cut_p: self.cfg.feed_cut_p,
+                },
+            )
+            .with_admission(admission),
+        )
     }
 
-    /// Starts (or restarts) node `i`: a fresh process over the same ledger.
-    fn boot(&mut self, i: usize) {
-        if let Some(old) = self.nodes[i].take() {
-            self.dead_counters.push(old.counters_snapshot());
+    /// The network's view of region `i`: its HTTP instances that are up.
+    fn publish_endpoints(&mut self, i: usize) {
+        let http = Self::http_count(&self.cfg);
+        let up: Vec<Endpoint> = self.slots[i][..http]
+            .iter()
+            .flatten()
+            .map(|inst| Endpoint {
+                node: inst.node.clone(),
+                alive: inst.alive.clone(),
+            })
+            .collect();
+        let mut dir = self.dir.0.lock().unwrap();
+        if up.is_empty() || self.life[i] != Life::Up {
+            dir.remove(&url(&self.names[i]));
+        } else {
+            dir.insert(url(&self.names[i]), up);
         }
-        let node = self.make_node(i);
-        // Start-up may fail (database down or a fault); the first sweep retries it.
-        let _ = block_on(node.start());
-        let _ = block_on(node.catch_up());
-        self.dir
-            .0
-            .lock()
-            .unwrap()
-            .insert(url(&self.names[i]), node.clone());
-        self.nodes[i] = Some(node);
-        self.life[i] = Life::Up;
     }
 
-    fn take_down(&mut self, i: usize, how: Life) {
-        if let Some(old) = self.nodes[i].take() {
-            self.dead_counters.push(old.counters_snapshot());
+    /// A process dies: its memory and whatever handler it was running are lost.
+    fn kill(&mut self, i: usize, slot: usize) {
+        let Some(old) = self.slots[i][slot].take() else {
+            return;
+        };
+        old.alive.store(false, Ordering::Relaxed);
+        self.dead_counters.push(old.node.counters_snapshot());
+        let lost: Vec<u64> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.instance == old.uid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            let t = self.tasks.remove(&id).expect("task");
+            if let Job::Delivery {
+                to,
+                events,
+                attempt,
+            } = t.job
+            {
+                // The connection broke: Event Grid retries the delivery.
+                self.retry_delivery(to, events, attempt);
+            }
         }
-        self.dir.0.lock().unwrap().remove(&url(&self.names[i]));
-        self.life[i] = how;
+        self.publish_endpoints(i);
+    }
+
+    /// Starts (or restarts) instance `slot` of region `i`: a fresh process over the same
+    /// ledger, with a clock of its own. It serves at once (answering 503 until started).
+    fn boot(&mut self, i: usize, slot: usize) {
+        self.kill(i, slot);
+        let node = self.make_node(i, slot);
+        self.next_uid += 1;
+        let uid = self.next_uid;
+        self.slots[i][slot] = Some(Instance {
+            uid,
+            node: node.clone(),
+            alive: Arc::new(AtomicBool::new(true)),
+        });
+        self.publish_endpoints(i);
+        // Start-up may fail (database down or a fault); the first sweep retries it. As the
+        // worker does, no catch-up here: the timer instance's first sweep catches up.
+        self.spawn(
+            uid,
+            Job::Start,
+            Box::pin(async move {
+                let _ = node.start().await;
+                None
+            }),
+        );
+    }
+
+    /// The region's host crashes (every instance), or the region is stopped (403s).
+    fn take_down(&mut self, i: usize, stop: bool) {
         self.report.crashes += 1;
+        for slot in 0..self.slots[i].len() {
+            self.kill(i, slot);
+        }
+        if stop {
+            self.life[i] = Life::Stopped;
+        }
+    }
+
+    fn boot_region(&mut self, i: usize) {
+        self.life[i] = Life::Up;
+        for slot in 0..self.slots[i].len() {
+            if self.slots[i][slot].is_none() {
+                self.boot(i, slot);
+            }
+        }
+    }
+
+    fn spawn(&mut self, instance: u64, job: Job, fut: HandlerFuture) -> u64 {
+        self.next_task += 1;
+        let id = self.next_task;
+        self.tasks.insert(
+            id,
+            Task {
+                fut,
+                instance,
+                job,
+                polls: 0,
+            },
+        );
+        let now = self.now_ms();
+        self.at(now, Action::Step(id));
+        id
+    }
+
+    /// Runs a task to its next database call (or its end).
+    fn step(&mut self, id: u64) -> Result<(), String> {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Ok(()); // lost in a crash
+        };
+        task.polls += 1;
+        if task.polls > 100_000 {
+            return Err(format!("a {:?} handler never finished", task.job));
+        }
+        let mut cx = noop_context();
+        match task.fut.as_mut().poll(&mut cx) {
+            Poll::Pending => {
+                // A database call is on the wire: it takes effect when the task next runs.
+                self.report.steps += 1;
+                let now = self.now_ms();
+                let d = self.rng.random_range(0..=self.cfg.db_latency_ms);
+                self.at(now + d, Action::Step(id));
+                Ok(())
+            }
+            Poll::Ready(out) => {
+                let task = self.tasks.remove(&id).expect("task");
+                match (task.job, out) {
+                    (
+                        Job::Delivery {
+                            to,
+                            events,
+                            attempt,
+                        },
+                        Some(result),
+                    ) => self.delivered(to, events, attempt, result),
+                    _ => Ok(()),
+                }
+            }
+        }
     }
 
     fn gen_commands(&mut self) {
@@ -451,16 +812,24 @@ impl World {
     }
 
     fn gen_chaos(&mut self) {
+        let slots = Self::slot_count(&self.cfg);
         for _ in 0..self.cfg.chaos_events {
             let t = self.rng.random_range(1_000..self.cfg.active_ms);
             let down_for = self.rng.random_range(1_000..15_000);
             let i = self.rng.random_range(0..self.names.len());
-            match self.rng.random_range(0..3) {
-                0 => {
-                    self.at(t, Action::Crash(i));
+            match self.rng.random_range(0..6) {
+                0 | 1 => {
+                    // One instance dies; its host restarts it soon.
+                    let slot = self.rng.random_range(0..slots);
+                    self.at(t, Action::Crash(i, slot));
+                    let back = self.rng.random_range(200..5_000);
+                    self.at(t + back, Action::Boot(i, slot));
+                }
+                2 => {
+                    self.at(t, Action::CrashRegion(i));
                     self.at(t + down_for, Action::Restart(i));
                 }
-                1 => {
+                3 => {
                     self.at(t, Action::Stop(i));
                     self.at(t + down_for, Action::Restart(i));
                 }
@@ -472,21 +841,76 @@ impl World {
         }
     }
 
+    /// A new event on the topic (published by the API, a node, or the simulation's bad actor).
+    fn push_event(&mut self, v: Value, kind: Kind) -> usize {
+        self.events.push(v);
+        self.kinds.push(kind);
+        self.events.len() - 1
+    }
+
     /// Moves published events from the topic to scheduled deliveries, Event Grid style.
     fn route_published(&mut self) {
         let published: Vec<EventGridEvent<Value>> =
             std::mem::take(&mut *self.topic.0.lock().unwrap());
         for e in published {
-            self.events.push(serde_json::to_value(&e).unwrap());
-            self.fan_out(self.events.len() - 1);
+            let kind = if e.event_type == RECORD_UPDATED {
+                let i = self
+                    .commands
+                    .iter()
+                    .position(|(tx, _)| *tx == e.id)
+                    .expect("only the API publishes commands");
+                Kind::Command(i)
+            } else {
+                Kind::Fleet
+            };
+            let id = self.push_event(serde_json::to_value(&e).unwrap(), kind);
+            self.fan_out(id);
         }
+    }
+
+    /// A bad event, as a newer producer, a broken client or a stranger would send it.
+    fn bad_event(&mut self) -> usize {
+        let n = self.events.len();
+        let time = self.clock.now();
+        let v = match self.rng.random_range(0..5) {
+            // Another data version (an incompatible change from a newer API).
+            0 => json!({
+                "id": format!("v2-{n}"), "eventType": RECORD_UPDATED, "subject": "shop/orders",
+                "eventTime": time, "dataVersion": "2.0",
+                "data": {"transaction": format!("v2-{n}"), "lines": [{"sku": 1, "delta": -1}]}
+            }),
+            // An unknown event type.
+            1 => json!({
+                "id": format!("drain-{n}"), "eventType": "nodeDraining", "subject": "webapp/workers",
+                "eventTime": time, "dataVersion": DATA_VERSION, "data": {}
+            }),
+            // A command with invalid data (no lines).
+            2 => json!({
+                "id": format!("empty-{n}"), "eventType": RECORD_UPDATED, "subject": "shop/orders",
+                "eventTime": time, "dataVersion": DATA_VERSION,
+                "data": {"transaction": format!("empty-{n}"), "products": []}
+            }),
+            // A heartbeat from a node outside the fleet.
+            3 => json!({
+                "id": format!("stranger-{n}"), "eventType": NODE_HEARTBEAT,
+                "subject": "webapp/workers/stranger", "eventTime": time,
+                "dataVersion": DATA_VERSION,
+                "data": {"node": "stranger", "region": "stranger", "url": "sim://stranger",
+                         "ready": true, "startedAt": time, "timestamp": time, "incarnation": 1}
+            }),
+            // Not an event at all.
+            _ => json!({"hello": n}),
+        };
+        self.push_event(v, Kind::Bad)
     }
 
     fn fan_out(&mut self, id: usize) {
         let now = self.now_ms();
         for to in 0..self.names.len() {
             if !self.healed && self.rng.random_bool(self.cfg.drop_p) {
-                continue; // lost for this subscriber (e.g. dead-lettered on a bad day)
+                // Lost for this subscriber (dead-lettered on a bad day).
+                self.dead_letter(to, &[id]);
+                continue;
             }
             let copies = if self.rng.random_bool(self.cfg.dup_p) {
                 2
@@ -500,6 +924,12 @@ impl World {
                 if self.rng.random_bool(0.1) {
                     events.push(self.rng.random_range(0..self.events.len()));
                 }
+                // Sometimes with a bad event, before or after it.
+                if self.rng.random_bool(self.cfg.bad_event_p) {
+                    let bad = self.bad_event();
+                    let at = self.rng.random_range(0..=events.len());
+                    events.insert(at, bad);
+                }
                 self.at(
                     now + d,
                     Action::Deliver {
@@ -510,69 +940,189 @@ impl World {
                 );
             }
         }
+        // Sometimes a delivery of nothing but a bad event: a 400, dead-lettered.
+        if !self.healed && self.rng.random_bool(self.cfg.bad_event_p) {
+            let bad = self.bad_event();
+            let to = self.rng.random_range(0..self.names.len());
+            self.at(
+                now,
+                Action::Deliver {
+                    to,
+                    events: vec![bad],
+                    attempt: 1,
+                },
+            );
+        }
     }
 
-    fn deliver(&mut self, to: usize, ids: Vec<usize>, attempt: u32) -> Result<(), String> {
+    fn dead_letter(&mut self, to: usize, ids: &[usize]) {
+        self.report.dead_lettered += 1;
+        for id in ids {
+            if let Kind::Command(i) = self.kinds[*id] {
+                self.dead.entry(i).or_default().insert(to);
+            }
+        }
+    }
+
+    fn retry_delivery(&mut self, to: usize, ids: Vec<usize>, attempt: u32) {
+        if attempt >= 30 {
+            self.dead_letter(to, &ids);
+            return;
+        }
+        // Event Grid's schedule, compressed: 10 s, 30 s, 1 min, then every 2 min.
+        let wait = match attempt {
+            1 => 10_000,
+            2 => 30_000,
+            3 => 60_000,
+            _ => 120_000,
+        };
+        let now = self.now_ms();
+        self.at(
+            now + wait,
+            Action::Deliver {
+                to,
+                events: ids,
+                attempt: attempt + 1,
+            },
+        );
+    }
+
+    fn deliver(&mut self, to: usize, ids: Vec<usize>, attempt: u32) {
         self.report.deliveries += 1;
-        let body = Value::Array(ids.iter().map(|id| self.events[*id].clone()).collect());
         // The quiet tail: commands stop arriving (their time to live ran out) so that the
         // fleet can converge before the checks; completions and heartbeats still flow.
         let quiet_from = self.cfg.active_ms + self.cfg.heal_ms - self.cfg.quiet_ms;
         if self.now_ms() >= quiet_from
-            && body
-                .as_array()
-                .unwrap()
+            && ids
                 .iter()
-                .any(|e| e["eventType"] == RECORD_UPDATED)
+                .any(|id| matches!(self.kinds[*id], Kind::Command(_)))
         {
-            self.report.dead_lettered += 1;
-            return Ok(());
+            self.dead_letter(to, &ids);
+            return;
         }
-        let result = match (self.life[to], &self.nodes[to]) {
-            (Life::Stopped, _) => {
-                self.report.dead_lettered += 1; // 403: not retried
-                return Ok(());
-            }
-            (Life::Up, Some(node)) => block_on(node.handle_delivery(&body)),
-            _ => Err(NodeError::NotReady("process down".into())),
-        };
+        if self.life[to] == Life::Stopped {
+            self.dead_letter(to, &ids); // 403: not retried
+            return;
+        }
+        // The host's load balancer picks one of the region's HTTP instances that is up.
+        let http = Self::http_count(&self.cfg);
+        let up: Vec<usize> = (0..http).filter(|s| self.slots[to][*s].is_some()).collect();
+        if up.is_empty() {
+            self.retry_delivery(to, ids, attempt); // connection refused
+            return;
+        }
+        let slot = up[self.rng.random_range(0..up.len())];
+        let inst = self.slots[to][slot].as_ref().expect("slot is up");
+        let (node, uid) = (inst.node.clone(), inst.uid);
+        let body = Value::Array(ids.iter().map(|id| self.events[*id].clone()).collect());
+        self.spawn(
+            uid,
+            Job::Delivery {
+                to,
+                events: ids,
+                attempt,
+            },
+            Box::pin(async move { Some(node.handle_delivery(&body).await) }),
+        );
+    }
+
+    /// A delivery was answered. A 2xx is checked on the spot: everything valid in it is in the
+    /// region's ledger, everything bad in its quarantine.
+    fn delivered(
+        &mut self,
+        to: usize,
+        ids: Vec<usize>,
+        attempt: u32,
+        result: Result<Delivery, NodeError>,
+    ) -> Result<(), String> {
+        let name = self.names[to].clone();
+        let all_bad = ids.iter().all(|id| self.kinds[*id] == Kind::Bad);
         match result {
-            Ok(_) => Ok(()),
-            Err(NodeError::Invalid(m)) => Err(format!(
-                "node {} refused a valid delivery: {m}",
-                self.names[to]
-            )),
-            Err(_) if attempt >= 30 => {
-                self.report.dead_lettered += 1;
+            Ok(_) => {
+                self.report.acknowledged += 1;
+                for id in &ids {
+                    match self.kinds[*id] {
+                        Kind::Command(i) => {
+                            let tx = &self.commands[i].0;
+                            if !self.db.has_entry(&name, tx) {
+                                return Err(format!(
+                                    "{name} answered 2xx for a delivery with {tx}, which is not in its ledger"
+                                ));
+                            }
+                        }
+                        Kind::Bad => {
+                            let q = saldo_worker::intake::quarantined(
+                                &self.events[*id],
+                                String::new(),
+                                self.clock.now(),
+                            );
+                            if !self.db.has_quarantined(&name, &q.id) {
+                                return Err(format!(
+                                    "{name} answered 2xx for a delivery with a bad event ({}) it did not quarantine",
+                                    self.events[*id]
+                                ));
+                            }
+                        }
+                        Kind::Fleet => {}
+                    }
+                }
                 Ok(())
             }
+            Err(NodeError::Invalid(_)) if all_bad => {
+                self.dead_letter(to, &ids); // 400: dead-lettered, never retried
+                Ok(())
+            }
+            Err(NodeError::Invalid(m)) => Err(format!(
+                "{name} refused (400) a delivery with valid events in it: {m}"
+            )),
             Err(_) => {
-                // Event Grid's schedule, compressed: 10 s, 30 s, 1 min, then every 2 min.
-                let wait = match attempt {
-                    1 => 10_000,
-                    2 => 30_000,
-                    3 => 60_000,
-                    _ => 120_000,
-                };
-                let now = self.now_ms();
-                self.at(
-                    now + wait,
-                    Action::Deliver {
-                        to,
-                        events: ids,
-                        attempt: attempt + 1,
-                    },
-                );
+                self.retry_delivery(to, ids, attempt);
                 Ok(())
             }
         }
+    }
+
+    /// A timer fires on the region's timer instance; like Azure Functions' timer triggers it
+    /// does not start while its previous run is still going.
+    fn timer(&mut self, i: usize, which: usize) {
+        if self.life[i] != Life::Up {
+            return;
+        }
+        if let Some(id) = self.timer_tasks[i][which]
+            && self.tasks.contains_key(&id)
+        {
+            return;
+        }
+        let Some(inst) = self.slots[i].last().and_then(|s| s.as_ref()) else {
+            return;
+        };
+        let (node, uid) = (inst.node.clone(), inst.uid);
+        let (job, fut): (Job, HandlerFuture) = if which == 0 {
+            (
+                Job::Sweep,
+                Box::pin(async move {
+                    let _ = node.sweep().await;
+                    None
+                }),
+            )
+        } else {
+            (
+                Job::Heartbeat,
+                Box::pin(async move {
+                    let _ = node.heartbeat().await;
+                    None
+                }),
+            )
+        };
+        let id = self.spawn(uid, job, fut);
+        self.timer_tasks[i][which] = Some(id);
     }
 
     fn run(&mut self) -> Result<(), String> {
         self.gen_commands();
         self.gen_chaos();
         for i in 0..self.names.len() {
-            self.boot(i);
+            self.boot_region(i);
             let j = self.rng.random_range(0..self.cfg.sweep_ms);
             self.at(j, Action::Sweep(i));
             let j = self.rng.random_range(0..self.cfg.heartbeat_ms);
@@ -586,7 +1136,7 @@ impl World {
                 break;
             }
             steps += 1;
-            if steps > 2_000_000 {
+            if steps > 5_000_000 {
                 return Err("simulation did not finish within its step bound".into());
             }
             self.clock.set(self.t0 + Duration::milliseconds(t));
@@ -615,28 +1165,30 @@ impl World {
                     to,
                     events,
                     attempt,
-                } => self.deliver(to, events, attempt)?,
+                } => self.deliver(to, events, attempt),
+                Action::Step(id) => self.step(id)?,
                 Action::Sweep(i) => {
-                    if let (Life::Up, Some(n)) = (self.life[i], self.nodes[i].clone()) {
-                        let _ = block_on(n.sweep());
-                    }
+                    self.timer(i, 0);
                     let next = t + self.cfg.sweep_ms + self.rng.random_range(0..200);
                     self.at(next, Action::Sweep(i));
                 }
                 Action::Heartbeat(i) => {
-                    if let (Life::Up, Some(n)) = (self.life[i], self.nodes[i].clone()) {
-                        let _ = block_on(n.heartbeat());
-                    }
+                    self.timer(i, 1);
                     let next = t + self.cfg.heartbeat_ms + self.rng.random_range(0..200);
                     self.at(next, Action::Heartbeat(i));
                 }
-                Action::Crash(i) if !self.healed => self.take_down(i, Life::Crashed),
-                Action::Stop(i) if !self.healed => self.take_down(i, Life::Stopped),
-                Action::Restart(i) => {
-                    if self.life[i] != Life::Up {
-                        self.boot(i);
+                Action::Crash(i, slot) if !self.healed && self.slots[i][slot].is_some() => {
+                    self.report.crashes += 1;
+                    self.kill(i, slot);
+                }
+                Action::Boot(i, slot) => {
+                    if self.life[i] == Life::Up && self.slots[i][slot].is_none() {
+                        self.boot(i, slot);
                     }
                 }
+                Action::CrashRegion(i) if !self.healed => self.take_down(i, false),
+                Action::Stop(i) if !self.healed => self.take_down(i, true),
+                Action::Restart(i) => self.boot_region(i),
                 Action::DbDown if !self.healed => self.db.set_down(true),
                 Action::DbUp => self.db.set_down(false),
                 Action::Heal => {
@@ -644,16 +1196,46 @@ impl World {
                     self.faults.lock().unwrap().on = false;
                     self.db.set_down(false);
                     for i in 0..self.names.len() {
-                        if self.life[i] != Life::Up {
-                            self.boot(i);
-                        }
+                        self.boot_region(i);
                     }
                 }
-                Action::Crash(_) | Action::Stop(_) | Action::DbDown => {}
+                Action::Crash(..) | Action::CrashRegion(_) | Action::Stop(_) | Action::DbDown => {}
             }
             self.route_published();
         }
+        // The end: whatever Event Grid still holds for a region (a retry not yet due, or a
+        // delivery in flight) has outlived its time to live and is dead-lettered.
+        let left: Vec<(usize, Vec<usize>)> = std::mem::take(&mut self.queue)
+            .into_iter()
+            .filter_map(|Reverse((_, _, a))| match a {
+                Action::Deliver { to, events, .. } => Some((to, events)),
+                _ => None,
+            })
+            .chain(
+                std::mem::take(&mut self.tasks)
+                    .into_values()
+                    .filter_map(|t| match t.job {
+                        Job::Delivery { to, events, .. } => Some((to, events)),
+                        _ => None,
+                    }),
+            )
+            .collect();
+        for (to, events) in left {
+            self.dead_letter(to, &events);
+        }
         Ok(())
+    }
+
+    fn all_counters(&self) -> Vec<BTreeMap<String, u64>> {
+        let mut counters = self.dead_counters.clone();
+        counters.extend(
+            self.slots
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|inst| inst.node.counters_snapshot()),
+        );
+        counters
     }
 }
 
@@ -665,6 +1247,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, String> {
         let result = w.run().and_then(|()| check(&w));
         // The directory and the nodes' peer clients point at each other: break the cycle.
         w.dir.0.lock().unwrap().clear();
+        w.tasks.clear();
         result.map(|()| w)
     }));
     let w = match outcome {
@@ -680,8 +1263,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, String> {
         }
     };
     let mut report = w.report.clone();
-    let mut counters: Vec<BTreeMap<String, u64>> = w.dead_counters.clone();
-    counters.extend(w.nodes.iter().flatten().map(|n| n.counters_snapshot()));
+    let counters = w.all_counters();
     let sum = |k: &str| {
         counters
             .iter()
@@ -698,6 +1280,15 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, String> {
         .filter(|a| a.outcome.status == saldo_core::events::Outcome::Rejected)
         .count();
     report.transactions = w.commands.len();
+    report.quarantined = w.names.iter().map(|n| w.db.quarantine_of(n).len()).sum();
+    report.feed_pages = w.log.0.lock().unwrap().pages;
+    let markers = w.db.markers();
+    report.undeliverable = w
+        .commands
+        .iter()
+        .filter(|(tx, _)| !markers.contains_key(tx))
+        .map(|(tx, _)| tx.clone())
+        .collect();
     Ok(report)
 }
 
@@ -768,18 +1359,33 @@ fn check(w: &World) -> Result<(), String> {
             applied.len()
         ));
     }
-    // 3. Every accepted command executed.
+    // 3. Every accepted command executed; every published one executed or undeliverable.
     let mut union = BTreeSet::new();
     for name in &w.names {
         union.extend(w.db.ledger(name).into_keys());
     }
     for tx in &union {
+        if !commands.contains_key(tx.as_str()) {
+            return Err(format!("{tx} is in a ledger but is no command"));
+        }
         if !markers.contains_key(tx) {
             return Err(format!("{tx} was accepted but never executed"));
         }
     }
+    for (i, (tx, _)) in w.commands.iter().enumerate() {
+        if markers.contains_key(tx) {
+            continue;
+        }
+        let dead = w.dead.get(&i).map(|d| d.len()).unwrap_or(0);
+        if dead < w.names.len() {
+            return Err(format!(
+                "{tx} was published, never executed, and dead-lettered by only {dead} of {} regions",
+                w.names.len()
+            ));
+        }
+    }
     // 4. Every ledger complete and agreeing with the markers.
-    for (i, name) in w.names.iter().enumerate() {
+    for name in &w.names {
         let ledger = w.db.ledger(name);
         for tx in &union {
             let Some(e) = ledger.get(tx) else {
@@ -795,10 +1401,31 @@ fn check(w: &World) -> Result<(), String> {
                 ));
             }
         }
-        if let Some(n) = &w.nodes[i]
-            && n.counters_snapshot()["conflicts"] > 0
-        {
-            return Err(format!("{name} saw conflicting outcomes"));
+    }
+    let conflicts: u64 = w
+        .all_counters()
+        .iter()
+        .map(|c| c.get("conflicts").copied().unwrap_or(0))
+        .sum();
+    if conflicts > 0 {
+        return Err(format!("instances saw {conflicts} conflicting outcomes"));
+    }
+    // 5. The feed never skipped an entry below a cursor.
+    let log = w.log.0.lock().unwrap();
+    for reader in &w.names {
+        for (peer_url, cursor) in w.db.cursors(reader) {
+            let Some(peer) = w.names.iter().find(|n| url(n) == peer_url) else {
+                continue;
+            };
+            let served = log.entries.get(&(reader.clone(), peer_url.clone()));
+            for (tx, e) in w.db.ledger(peer) {
+                if e.seq <= cursor && !served.is_some_and(|s| s.contains(&(tx.clone(), e.seq))) {
+                    return Err(format!(
+                        "{peer}'s feed skipped {tx} (seq {}) for {reader}, whose cursor is {cursor}",
+                        e.seq
+                    ));
+                }
+            }
         }
     }
     Ok(())

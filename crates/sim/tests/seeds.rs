@@ -1,25 +1,22 @@
 //! Many seeds of the fleet simulation; a failure names its seed (replay: `saldo-sim --seed S`).
+//! And the mutation tests: with a deliberate store bug the simulation must fail, so that its
+//! passing means something.
 
-use saldo_sim::{SimConfig, run};
+use saldo_sim::{Report, SimConfig, run};
+use saldo_store::Mutation;
 
-#[test]
-fn the_fleet_keeps_its_invariants_over_many_seeds() {
-    let cfg = SimConfig::default();
-    let seeds: u64 = std::env::var("SALDO_SIM_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    // Seeds are independent: spread them over the cores (each run stays deterministic).
+/// Runs `seeds` seeds spread over the cores (each run stays deterministic).
+fn run_many(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<Result<Report, String>> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(8) as u64;
-    let results: Vec<_> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let cfg = &cfg;
+                let seeds = seeds.clone();
                 s.spawn(move || {
-                    (0..seeds)
+                    seeds
                         .filter(|seed| seed % threads == t)
                         .map(|seed| run(seed, cfg))
                         .collect::<Vec<_>>()
@@ -30,15 +27,32 @@ fn the_fleet_keeps_its_invariants_over_many_seeds() {
             .into_iter()
             .flat_map(|h| h.join().expect("simulation thread"))
             .collect()
-    });
+    })
+}
+
+fn seeds_from_env(default: u64) -> u64 {
+    std::env::var("SALDO_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Asserts every seed passed and the runs exercised the machinery (or passing means nothing).
+fn assert_all_pass(cfg: &SimConfig, seeds: u64) {
     let mut failures = Vec::new();
-    let (mut executed, mut takeovers, mut repairs) = (0, 0, 0);
-    for r in results {
+    let mut total = Report::default();
+    for r in run_many(cfg, 0..seeds) {
         match r {
             Ok(r) => {
-                executed += r.applied;
-                takeovers += r.taken_over;
-                repairs += r.repairs;
+                total.applied += r.applied;
+                total.taken_over += r.taken_over;
+                total.repairs += r.repairs;
+                total.steps += r.steps;
+                total.acknowledged += r.acknowledged;
+                total.quarantined += r.quarantined;
+                total.feed_pages += r.feed_pages;
+                total.crashes += r.crashes;
+                total.clock_jumps_back += r.clock_jumps_back;
             }
             Err(e) => failures.push(e),
         }
@@ -49,19 +63,139 @@ fn the_fleet_keeps_its_invariants_over_many_seeds() {
         failures.len(),
         failures.join("\n")
     );
-    // The runs must actually exercise the machinery, or passing means nothing.
+    let n = seeds as usize;
     assert!(
-        executed > seeds as usize * 10,
-        "too few executions: {executed}"
+        total.applied > n * 10,
+        "too few executions: {}",
+        total.applied
     );
-    assert!(takeovers > 0, "no run exercised a takeover");
-    assert!(repairs > 0, "no run exercised catch-up");
+    assert!(total.taken_over > 0, "no run exercised a takeover");
+    assert!(total.repairs > 0, "no run exercised catch-up");
+    assert!(
+        total.feed_pages > n,
+        "too few feed pages: {}",
+        total.feed_pages
+    );
+    assert!(
+        total.acknowledged > n * 50,
+        "too few acknowledgements checked"
+    );
+    assert!(total.quarantined > 0, "no run mixed in a bad event");
+    assert!(total.crashes > 0, "no run crashed anything");
+    if cfg.clock_skew_ms > 0 {
+        assert!(
+            total.clock_jumps_back > 0,
+            "no restarted instance's clock went back"
+        );
+    }
+    assert!(
+        total.steps > total.acknowledged as u64,
+        "handlers did not interleave per database call"
+    );
+}
+
+/// Two HTTP instances and a timer instance per region, clocks seconds apart.
+#[test]
+fn the_fleet_keeps_its_invariants_over_many_seeds() {
+    assert_all_pass(&SimConfig::default(), seeds_from_env(50));
+}
+
+/// One process per region, no skew: the world before Flex Consumption still holds.
+#[test]
+fn one_process_per_region_keeps_its_invariants() {
+    let cfg = SimConfig {
+        clock_skew_ms: 0,
+        ..SimConfig::with_instances(1)
+    };
+    assert_all_pass(&cfg, seeds_from_env(50) / 2);
+}
+
+/// Three HTTP instances per region and clocks up to 10 s apart.
+#[test]
+fn three_instances_with_skewed_clocks_keep_their_invariants() {
+    let cfg = SimConfig {
+        clock_skew_ms: 10_000,
+        ..SimConfig::with_instances(3)
+    };
+    assert_all_pass(&cfg, seeds_from_env(50) / 2);
 }
 
 #[test]
 fn a_seed_replays_exactly() {
-    let cfg = SimConfig::default();
+    let cfg = SimConfig::with_instances(3);
     let a = run(7, &cfg).unwrap();
     let b = run(7, &cfg).unwrap();
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert!(a.steps > 0);
+}
+
+/// The seeds of `cfg` with `mutation` that fail, and why.
+fn failures_with(cfg: &SimConfig, mutation: Mutation, seeds: u64) -> Vec<String> {
+    let cfg = SimConfig {
+        mutation,
+        ..cfg.clone()
+    };
+    run_many(&cfg, 0..seeds)
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
+}
+
+/// A feed whose sequence ties (each instance numbering from its own counter, as the old
+/// per-process clock sequence did) is caught: a peer's cursor passes an entry never served.
+#[test]
+fn the_simulation_catches_a_feed_that_ties() {
+    let cfg = SimConfig::default();
+    let failed = failures_with(&cfg, Mutation::TieSequence, 10);
+    assert!(
+        failed.len() >= 5,
+        "the tie went unnoticed in {} of 10 seeds: {failed:?}",
+        10 - failed.len()
+    );
+    assert!(
+        failed.iter().any(|e| e.contains("feed skipped")),
+        "{failed:?}"
+    );
+    assert!(failures_with(&cfg, Mutation::None, 10).is_empty());
+}
+
+/// The tie needs several writers of one ledger: a simulation of one process per region could
+/// never have found it (which is why the simulation models the instances).
+#[test]
+fn a_tie_needs_several_instances_to_show() {
+    let cfg = SimConfig::with_instances(1);
+    assert_eq!(
+        failures_with(&cfg, Mutation::TieSequence, 10),
+        Vec::<String>::new()
+    );
+}
+
+/// Execution without the marker check is caught: a transaction applied twice.
+#[test]
+fn the_simulation_catches_a_missing_marker_check() {
+    let cfg = SimConfig::default();
+    let failed = failures_with(&cfg, Mutation::SkipMarkerCheck, 10);
+    assert!(
+        failed.len() >= 5,
+        "went unnoticed in {} of 10 seeds",
+        10 - failed.len()
+    );
+    assert!(
+        failed.iter().any(|e| e.contains("applied twice")),
+        "{failed:?}"
+    );
+}
+
+/// A store that acknowledges commands it did not keep is caught by the acknowledgement check,
+/// at the delivery that was answered 2xx.
+#[test]
+fn the_simulation_catches_an_acknowledged_command_not_in_the_ledger() {
+    let failed = failures_with(&SimConfig::default(), Mutation::LoseCommands, 3);
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains("answered 2xx") && e.contains("not in its ledger")),
+        "{failed:?}"
+    );
 }

@@ -28,7 +28,7 @@ pub mod mongo;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-pub use mem::{Applied, Fault, MemDb, MemStore};
+pub use mem::{Applied, Fault, MemDb, MemStore, Mutation};
 pub use model::*;
 pub use mongo::MongoStore;
 

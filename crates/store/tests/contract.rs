@@ -1,12 +1,14 @@
-//! One contract, two stores: every test here runs against `MemStore` and against `MongoStore`
-//! over the wire (a real SecantusDB), so the in-memory store the simulation uses cannot drift
-//! from the one production uses where the protocol depends on it (sequence allocation, the feed,
-//! visibility of writes, contention).
+//! One contract, two stores: every check here is one generic function over a [`World`] of
+//! stores, and [`contract!`] runs each against `MemStore` (`<check>::mem`) and against
+//! `MongoStore` over the wire to a real SecantusDB (`<check>::mongo`), so the in-memory store
+//! the simulation uses cannot drift from the one production uses where the protocol depends on
+//! it: sequence allocation, the feed and its horizon, visibility of writes across instances,
+//! contention and its exhaustion, and what a retry after an unknown result finds.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Duration, Utc};
 use saldo_core::events::{Outcome, ProductLine};
 use saldo_store::test_util::{Secantus, spawn_secantus};
 use saldo_store::*;
@@ -49,6 +51,24 @@ fn outcome(node: &str) -> OutcomeRecord {
 trait World {
     type S: Store;
     async fn writers(&self, node: &str) -> (Arc<Self::S>, Arc<Self::S>, Arc<Self::S>);
+    /// Another writer takes `node`'s ledger counter and keeps it (an open transaction that
+    /// wrote it) until [`Hold::release`].
+    async fn hold(&self, node: &str) -> Hold;
+}
+
+/// A ledger counter held by another writer.
+enum Hold {
+    Mem(MemDb, String),
+    Mongo(Box<mongodb::ClientSession>),
+}
+
+impl Hold {
+    async fn release(self) {
+        match self {
+            Hold::Mem(db, node) => db.hold_ledger(&node, false),
+            Hold::Mongo(mut s) => s.abort_transaction().await.unwrap(),
+        }
+    }
 }
 
 struct Mem(MemDb);
@@ -57,6 +77,10 @@ impl World for Mem {
     async fn writers(&self, node: &str) -> (Arc<MemStore>, Arc<MemStore>, Arc<MemStore>) {
         let s = || Arc::new(self.0.store(node));
         (s(), s(), s())
+    }
+    async fn hold(&self, node: &str) -> Hold {
+        self.0.hold_ledger(node, true);
+        Hold::Mem(self.0.clone(), node.to_string())
     }
 }
 
@@ -76,7 +100,55 @@ impl World for Mongo {
         let b = v.pop().unwrap();
         (v.pop().unwrap(), b, c)
     }
+    async fn hold(&self, node: &str) -> Hold {
+        use mongodb::bson::{Document, doc};
+        use mongodb::options::{ReadConcern, WriteConcern};
+        let client = mongodb::Client::with_uri_str(self.0.uri()).await.unwrap();
+        let coll = client
+            .database("saldo")
+            .collection::<Document>(&format!("ledger_{node}"));
+        let mut s = client.start_session().await.unwrap();
+        s.start_transaction()
+            .read_concern(ReadConcern::snapshot())
+            .write_concern(WriteConcern::majority())
+            .await
+            .unwrap();
+        coll.update_one(doc! {"_id": 0}, doc! {"$set": {"held": true}})
+            .upsert(true)
+            .session(&mut s)
+            .await
+            .unwrap();
+        Hold::Mongo(Box::new(s))
+    }
 }
+
+/// Runs each named check (an `async fn(&impl World)`) against both stores: `<check>::mem` and
+/// `<check>::mongo`.
+macro_rules! contract {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mem() {
+                super::$check(&super::Mem(saldo_store::MemDb::new())).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mongo() {
+                super::$check(&super::Mongo(saldo_store::test_util::spawn_secantus())).await;
+            }
+        }
+    )*};
+}
+
+contract!(
+    two_writers_never_tie,
+    readers_during_writes_never_skip,
+    peer_history_survives_a_clock_that_went_back,
+    writes_are_visible_to_every_instance,
+    a_retry_after_an_unknown_result_finds_the_first,
+    a_held_ledger_is_contended_not_unavailable,
+    limits_order_and_times_as_kept,
+    racing_executors_apply_once_and_lose_no_update,
+);
 
 /// Reads the whole feed `limit` entries at a time, as a peer's catch-up does (cursor = the last
 /// served entry's seq), and returns every transaction served.
@@ -128,16 +200,6 @@ async fn two_writers_never_tie<W: World>(w: &W) {
         2 * N,
         "the feed skipped entries: served {served:?}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mem_two_writers_never_tie() {
-    two_writers_never_tie(&Mem(MemDb::new())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mongo_two_writers_never_tie() {
-    two_writers_never_tie(&Mongo(spawn_secantus())).await;
 }
 
 /// What the sequence design assumes of the database, checked over the wire: two transactions
@@ -276,12 +338,402 @@ async fn peer_history_survives_a_clock_that_went_back<W: World>(w: &W) {
     assert_eq!(peers[0].stamp(), (4, beat(4, t - s(3600)).beat_at));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mem_peer_history_survives_a_clock_that_went_back() {
-    peer_history_survives_a_clock_that_went_back(&Mem(MemDb::new())).await;
+/// The feed's horizon: while two instances write, a reader pages through the feed a few
+/// entries at a time (its cursor the last entry served, as catch-up keeps it). Whatever the
+/// interleaving, once the writers are done and the reader has read to the end, it has been
+/// served every entry in its latest state: nothing was committed below a cursor already passed.
+async fn readers_during_writes_never_skip<W: World>(w: &W) {
+    let (a, b, reader) = w.writers("northeurope").await;
+    const N: usize = 40;
+    let write = |s: Arc<W::S>, name: &'static str| async move {
+        for i in 0..N {
+            let tx = format!("{name}-{i}");
+            s.insert_commands(&[cmd(&tx), cmd(&format!("{tx}-x"))])
+                .await
+                .unwrap();
+            s.record_outcome(&tx, &outcome("northeurope"), i % 2 == 0, Utc::now())
+                .await
+                .unwrap();
+        }
+    };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let read = {
+        let reader = reader.clone();
+        let done = done.clone();
+        async move {
+            let mut cursor = 0;
+            let mut served = BTreeSet::new();
+            let mut limit = 1;
+            for _ in 0..100_000 {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let page = reader.page(cursor, limit).await.unwrap();
+                limit = limit % 3 + 1;
+                match page.last() {
+                    Some(last) => {
+                        assert!(last.seq > cursor, "the feed went backwards");
+                        cursor = last.seq;
+                        served.extend(page.into_iter().map(|e| (e.transaction, e.seq)));
+                    }
+                    // The writers were done before this read began, and it found nothing more.
+                    None if finished => return served,
+                    None => tokio::task::yield_now().await,
+                }
+            }
+            panic!("the reader never reached the end of the feed");
+        }
+    };
+    let r = tokio::spawn(read);
+    let (ra, rb) = tokio::join!(
+        tokio::spawn(write(a.clone(), "a")),
+        tokio::spawn(write(b.clone(), "b"))
+    );
+    ra.unwrap();
+    rb.unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served = r.await.unwrap();
+    let latest = read_feed(&*reader, 500).await;
+    assert_eq!(latest.len(), 4 * N);
+    for (seq, tx) in latest {
+        assert!(
+            served.contains(&(tx.clone(), seq)),
+            "{tx} at {seq} was never served to the reader: it was committed below a cursor already passed"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mongo_peer_history_survives_a_clock_that_went_back() {
-    peer_history_survives_a_clock_that_went_back(&Mongo(spawn_secantus())).await;
+/// A write acknowledged through one instance's handle is seen at once through another's: the
+/// ledger, the outbox, the feed, the peers, the cursors, the quarantine and the warehouse.
+async fn writes_are_visible_to_every_instance<W: World>(w: &W) {
+    let (a, b, _) = w.writers("swedencentral").await;
+    a.insert_commands(&[cmd("v1"), cmd("v2")]).await.unwrap();
+    let e = b.entry("v1").await.unwrap().expect("v1 visible to b");
+    assert_eq!(e.state(), saldo_core::views::LedgerState::Pending);
+    assert_eq!(b.pending(10).await.unwrap().len(), 2);
+    assert_eq!(b.page(0, 10).await.unwrap().len(), 2);
+    a.record_outcome("v1", &outcome("swedencentral"), false, Utc::now())
+        .await
+        .unwrap();
+    let unpublished = b.unpublished(10).await.unwrap();
+    assert_eq!(
+        unpublished.len(),
+        1,
+        "the outbox is the region's, not one instance's"
+    );
+    assert_eq!(unpublished[0].transaction, "v1");
+    b.mark_published(&["v1".to_string()]).await.unwrap();
+    assert!(a.unpublished(10).await.unwrap().is_empty());
+    assert_eq!(b.pending(10).await.unwrap().len(), 1);
+    let recent = b.recent(1).await.unwrap();
+    assert_eq!(recent[0].transaction, "v1", "the newest change first");
+
+    a.set_cursor("http://127.0.0.3:7071", 42).await.unwrap();
+    assert_eq!(b.cursor("http://127.0.0.3:7071").await.unwrap(), 42);
+    assert_eq!(b.cursor("http://elsewhere").await.unwrap(), 0);
+
+    let q = Quarantined {
+        id: "q1".into(),
+        event_id: Some("e1".into()),
+        event_type: Some("recordUpdated".into()),
+        data_version: Some("2.0".into()),
+        reason: "another data version".into(),
+        raw: "{}".into(),
+        at_ms: 1,
+    };
+    a.quarantine(std::slice::from_ref(&q)).await.unwrap();
+    assert_eq!(b.quarantined(10).await.unwrap(), vec![q]);
+
+    let stock = ProductLine {
+        saldo: Some(5),
+        change: None,
+        ..line(7, 0)
+    };
+    let ex = a
+        .execute("stock-7", &[stock], "swedencentral", false, Utc::now())
+        .await
+        .unwrap();
+    assert!(ex.fresh);
+    assert_eq!(b.marker("stock-7").await.unwrap(), Some(ex.outcome));
+    assert_eq!(b.product(7).await.unwrap().map(|p| p.saldo), Some(5));
+    assert_eq!(b.products().await.unwrap().len(), 1);
+}
+
+/// A write whose reply was lost (a timeout, an unknown commit result, a crash after the
+/// database took it) is retried; the retry finds what the first did and answers so: a
+/// duplicate, the same outcome, the same marker without a second stock change, not newer.
+async fn a_retry_after_an_unknown_result_finds_the_first<W: World>(w: &W) {
+    let (a, b, _) = w.writers("francecentral").await;
+    assert_eq!(
+        a.insert_commands(&[cmd("r1"), cmd("r1")]).await.unwrap(),
+        vec![Inserted::New, Inserted::Duplicate],
+        "a transaction twice in one delivery: the first copy is the new one"
+    );
+    let seq = a.entry("r1").await.unwrap().unwrap().seq;
+    assert_eq!(
+        b.insert_commands(&[cmd("r2"), cmd("r1")]).await.unwrap(),
+        vec![Inserted::New, Inserted::Duplicate]
+    );
+    assert_eq!(
+        a.entry("r1").await.unwrap().unwrap().seq,
+        seq,
+        "a duplicate changes nothing, not even its place in the feed"
+    );
+    let o = outcome("francecentral");
+    assert_eq!(
+        a.record_outcome("r1", &o, true, Utc::now()).await.unwrap(),
+        Recorded::New
+    );
+    let seq = a.entry("r1").await.unwrap().unwrap().seq;
+    assert_eq!(
+        b.record_outcome("r1", &o, true, Utc::now()).await.unwrap(),
+        Recorded::Same
+    );
+    assert_eq!(a.entry("r1").await.unwrap().unwrap().seq, seq);
+    let other = outcome("uksouth");
+    assert_eq!(
+        b.record_outcome("r1", &other, true, Utc::now())
+            .await
+            .unwrap(),
+        Recorded::Conflict(a.entry("r1").await.unwrap().unwrap().outcome.unwrap()),
+        "a different outcome never overwrites the known one"
+    );
+    assert_eq!(
+        a.entry("r1").await.unwrap().unwrap().outcome.unwrap().node,
+        "francecentral"
+    );
+    // An outcome heard before the command: an entry of its own; the command then is a duplicate.
+    assert_eq!(
+        a.record_outcome("r3", &o, true, Utc::now()).await.unwrap(),
+        Recorded::New
+    );
+    let r3 = b.entry("r3").await.unwrap().unwrap();
+    assert!(r3.command.is_none() && r3.outcome.is_some());
+    assert_eq!(
+        b.insert_commands(&[cmd("r3")]).await.unwrap(),
+        vec![Inserted::Duplicate]
+    );
+
+    let stock = ProductLine {
+        saldo: Some(3),
+        change: None,
+        ..line(1, 0)
+    };
+    a.execute("s1", &[stock], "francecentral", false, Utc::now())
+        .await
+        .unwrap();
+    let first = a
+        .execute("buy", &[line(1, -1)], "francecentral", false, Utc::now())
+        .await
+        .unwrap();
+    assert!(first.fresh);
+    let again = b
+        .execute("buy", &[line(1, -1)], "uksouth", true, Utc::now())
+        .await
+        .unwrap();
+    assert!(!again.fresh, "the marker is found");
+    assert_eq!(again.outcome, first.outcome, "and its outcome adopted");
+    assert_eq!(
+        b.product(1).await.unwrap().unwrap().saldo,
+        2,
+        "stock changed once"
+    );
+
+    let t = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let beat = PeerRecord {
+        node: "uksouth".into(),
+        region: "uksouth".into(),
+        url: "http://127.0.0.6:1".into(),
+        ready: true,
+        started_at: t,
+        last_heartbeat: t,
+        incarnation: 1,
+        beat_at: t,
+        counters: Default::default(),
+    };
+    assert!(a.record_peer(&beat).await.unwrap());
+    assert!(!b.record_peer(&beat).await.unwrap(), "a retry is not newer");
+}
+
+/// Another writer holds the ledger's counter through every retry: each write that numbers
+/// entries is `Contended` (the database is up, the document is hot), never `Unavailable`, and
+/// writes nothing; reads go on. Once released, writing goes on, numbered after what was there.
+async fn a_held_ledger_is_contended_not_unavailable<W: World>(w: &W) {
+    let (a, b, _) = w.writers("uksouth").await;
+    a.insert_commands(&[cmd("before")]).await.unwrap();
+    let before = a.entry("before").await.unwrap().unwrap().seq;
+    let hold = w.hold("uksouth").await;
+    match a.insert_commands(&[cmd("during")]).await {
+        Err(StoreError::Contended(_)) => {}
+        other => panic!("a held counter is contention, got {other:?}"),
+    }
+    match b
+        .record_outcome("before", &outcome("uksouth"), true, Utc::now())
+        .await
+    {
+        Err(StoreError::Contended(_)) => {}
+        other => panic!("a held counter is contention, got {other:?}"),
+    }
+    assert!(
+        b.entry("during").await.unwrap().is_none(),
+        "nothing written"
+    );
+    assert!(b.entry("before").await.unwrap().unwrap().outcome.is_none());
+    assert_eq!(b.page(0, 10).await.unwrap().len(), 1, "reads go on");
+    hold.release().await;
+    a.insert_commands(&[cmd("after")]).await.unwrap();
+    assert!(a.entry("after").await.unwrap().unwrap().seq > before);
+}
+
+/// Limits are clamped to 1..=MAX_PAGE, listings come in the order the worker relies on, and
+/// times come back as kept (whole milliseconds).
+async fn limits_order_and_times_as_kept<W: World>(w: &W) {
+    let (a, b, _) = w.writers("westeurope").await;
+    let t0 = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let at = |ms: i64| NewCommand {
+        received_at: t0 + Duration::microseconds(ms * 1000 + 321),
+        ..cmd("")
+    };
+    // Received out of order, in two batches by two instances.
+    a.insert_commands(&[
+        NewCommand {
+            transaction: "late".into(),
+            ..at(30)
+        },
+        NewCommand {
+            transaction: "early".into(),
+            ..at(10)
+        },
+    ])
+    .await
+    .unwrap();
+    b.insert_commands(&[NewCommand {
+        transaction: "middle".into(),
+        ..at(20)
+    }])
+    .await
+    .unwrap();
+    let pending: Vec<String> = a
+        .pending(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.transaction)
+        .collect();
+    assert_eq!(
+        pending,
+        ["early", "middle", "late"],
+        "earliest received first"
+    );
+    let e = b.entry("early").await.unwrap().unwrap();
+    assert_eq!(
+        e.received_at.unwrap().timestamp_micros(),
+        (t0 + Duration::milliseconds(10)).timestamp_millis() * 1000,
+        "kept in whole milliseconds"
+    );
+    assert_eq!(a.page(0, 0).await.unwrap().len(), 1, "a limit of 0 is 1");
+    assert_eq!(a.pending(0).await.unwrap().len(), 1);
+    assert_eq!(a.recent(0).await.unwrap().len(), 1);
+    let feed: Vec<String> = a
+        .page(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.transaction)
+        .collect();
+    assert_eq!(
+        feed,
+        ["late", "early", "middle"],
+        "the feed in commit order"
+    );
+    // Outcomes recorded (unpublished) in another order: the outbox comes in feed order.
+    for tx in ["middle", "late", "early"] {
+        b.record_outcome(tx, &outcome("westeurope"), false, Utc::now())
+            .await
+            .unwrap();
+    }
+    let outbox: Vec<String> = a
+        .unpublished(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.transaction)
+        .collect();
+    assert_eq!(outbox, ["middle", "late", "early"]);
+    let recent: Vec<String> = a
+        .recent(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.transaction)
+        .collect();
+    assert_eq!(recent, ["early", "late"], "newest change first");
+    let many: Vec<NewCommand> = (0..MAX_PAGE + 20)
+        .map(|i| NewCommand {
+            transaction: format!("m{i:04}"),
+            ..cmd("")
+        })
+        .collect();
+    a.insert_commands(&many).await.unwrap();
+    assert_eq!(b.page(0, 10 * MAX_PAGE).await.unwrap().len(), MAX_PAGE);
+    assert_eq!(b.pending(10 * MAX_PAGE).await.unwrap().len(), MAX_PAGE);
+}
+
+/// Executors racing on one transaction through different instances (and regions) apply it
+/// once; executors of different transactions on one product lose no update.
+async fn racing_executors_apply_once_and_lose_no_update<W: World>(w: &W) {
+    let (a, b, c) = w.writers("westeurope").await;
+    let stock = ProductLine {
+        saldo: Some(100),
+        change: None,
+        ..line(1, 0)
+    };
+    a.execute("stock", &[stock], "westeurope", false, Utc::now())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (i, s) in [a, b, c].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut fresh = Vec::new();
+            for k in 0..10 {
+                // The same transaction by all three, and one of each's own.
+                for tx in [format!("same-{k}"), format!("own-{i}-{k}")] {
+                    // Contention past the store's retries is the caller's to retry (a sweep
+                    // does, later): here at once, a bounded number of times.
+                    let mut tries = 0;
+                    let ex = loop {
+                        tries += 1;
+                        match s
+                            .execute(&tx, &[line(1, -1)], "westeurope", false, Utc::now())
+                            .await
+                        {
+                            Err(StoreError::Contended(e)) if tries < 20 => {
+                                eprintln!("contended, again: {e}")
+                            }
+                            other => break other.unwrap(),
+                        }
+                    };
+                    if ex.fresh {
+                        fresh.push(tx);
+                    }
+                }
+            }
+            fresh
+        }));
+    }
+    let mut fresh = Vec::new();
+    for t in tasks {
+        fresh.extend(t.await.unwrap());
+    }
+    let unique: BTreeSet<&String> = fresh.iter().collect();
+    assert_eq!(
+        unique.len(),
+        fresh.len(),
+        "a transaction applied twice: {fresh:?}"
+    );
+    assert_eq!(fresh.len(), 10 + 30);
+    let (_, _, r) = w.writers("westeurope").await;
+    assert_eq!(
+        r.product(1).await.unwrap().unwrap().saldo,
+        100 - 40,
+        "no lost update"
+    );
 }
