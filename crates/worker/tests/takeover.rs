@@ -7,7 +7,7 @@ use saldo_core::events::EventGridEvent;
 use saldo_core::ledger::ranking;
 use saldo_core::views::{LedgerPage, NodeStatusView};
 use saldo_store::{MemDb, MemStore};
-use saldo_worker::{Bus, Config, ManualClock, Node, PeerClient};
+use saldo_worker::{Bus, Clock, Config, ManualClock, Node, PeerClient};
 use serde_json::{Value, json};
 
 #[derive(Clone, Default)]
