@@ -95,6 +95,7 @@ fn api_app() {
             "openapi",
             "orders",
             "products",
+            "reconcile",
             "stock",
             "transactions"
         ]

@@ -7,8 +7,10 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
 use clap::Parser;
 use saldo_store::MongoStore;
 use saldo_worker::adapters::HttpPeers;
@@ -95,15 +97,17 @@ async fn main() -> anyhow::Result<()> {
     // unreachable database must not keep the process from answering (it answers 503).
     let starter = node.clone();
     tokio::spawn(async move {
-        let mut wait = std::time::Duration::from_millis(250);
-        loop {
-            match starter.start().await {
-                Ok(()) => break,
-                Err(e) => tracing::warn!(error = %e, "start-up failed; retrying"),
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(std::time::Duration::from_secs(5));
-        }
+        // 250 ms doubling to 5 s, for as long as it takes: without its database the worker can
+        // only answer 503, and giving up would leave a process that never recovers.
+        let schedule = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_factor(2.0)
+            .without_max_times();
+        let _ = (|| starter.start())
+            .retry(schedule)
+            .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "start-up failed; retrying"))
+            .await;
         match starter.catch_up().await {
             Ok(n) => tracing::info!(repairs = n, "start-up catch-up done"),
             Err(e) => tracing::warn!(error = %e, "start-up catch-up failed; the sweep will retry"),
