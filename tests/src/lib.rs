@@ -314,6 +314,20 @@ impl TestStack {
         Ok(sum)
     }
 
+    /// The emulator's `GET /metrics` (`accepted`, `walFsyncs`, and per subscription `delivered`,
+    /// `failedAttempts`, ...): what tests wait on instead of sleeping.
+    pub async fn topic_metrics(&self) -> Result<serde_json::Value> {
+        let topic = self.manifest().topic.as_ref().context("no topic")?;
+        let resp = self
+            .http
+            .get(format!("{}/metrics", topic.management))
+            .header("aeg-sas-key", &topic.key)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(resp.json().await?)
+    }
+
     /// Publishes raw events to the topic with its key.
     pub async fn publish(&self, events: &serde_json::Value) -> Result<()> {
         let topic = self.manifest().topic.as_ref().context("no topic")?;

@@ -462,6 +462,7 @@ impl Topic {
             "topic": self.topic_id,
             "accepted": self.accepted.load(SeqCst),
             "walFsyncs": self.wal.fsyncs(),
+            "walQueued": self.wal.queued(),
             "delivered": total("delivered"),
             "retried": total("retried"),
             "deadLettered": total("deadLettered"),
