@@ -154,7 +154,8 @@ impl Topic {
         let mut per_sub: BTreeMap<String, Vec<(Item, i64)>> = BTreeMap::new();
         let mut k = 0usize;
         replay.for_each_pending(&wal_path, |seq, pe, json| {
-            let ev = Arc::new(Event::from_raw(seq, pe.publish_ms, json));
+            let targets: Vec<&SubState> = pe.targets.keys().map(|s| &*subs[s]).collect();
+            let ev = Arc::new(Event::restored(seq, pe.publish_ms, json, &targets));
             for (sub, (n, due)) in &pe.targets {
                 per_sub.entry(sub.clone()).or_default().push((
                     Item {
@@ -468,6 +469,7 @@ impl Topic {
             "deadLettered": total("deadLettered"),
             "dropped": total("dropped"),
             "pending": total("pending"),
+            "unreadable": total("unreadable"),
             "subscriptions": subs,
         })
     }
