@@ -257,10 +257,10 @@ impl SubState {
                 .iter()
                 .map(|(i, due)| Spilled {
                     seq: i.ev.seq,
-                    pt: i.ev.publish_ms,
-                    n: i.attempts,
+                    publish_ms: i.ev.publish_ms,
+                    attempts: i.attempts,
                     due: *due,
-                    ev: i.ev.json.clone(),
+                    event: i.ev.json.clone(),
                 })
                 .collect();
             match spill.push(&lines) {
@@ -305,8 +305,8 @@ impl SubState {
             .map(|s| {
                 (
                     Item {
-                        ev: Arc::new(Event::restored(s.seq, s.pt, s.ev, &[self])),
-                        attempts: s.n,
+                        ev: Arc::new(Event::restored(s.seq, s.publish_ms, s.event, &[self])),
+                        attempts: s.attempts,
                         last: None,
                     },
                     s.due,
