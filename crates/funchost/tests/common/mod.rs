@@ -64,6 +64,8 @@ pub struct HostProc {
     pub child: Child,
     pub base: String,
     pub app: tempfile::TempDir,
+    /// Every line the host printed on stdout so far.
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for HostProc {
@@ -131,10 +133,13 @@ pub fn start(app: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Ho
         }
     });
     let (tx, rx) = mpsc::channel();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = lines.clone();
     // Keep draining stdout for the life of the process so its pipe never fills.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            kept.lock().unwrap().push(line.clone());
             if let Some(rest) = line.strip_prefix("listening on ") {
                 let _ = tx.send(rest.trim().to_string());
             }
@@ -149,7 +154,12 @@ pub fn start(app: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Ho
             panic!("saldo-funchost did not print `listening on` ({e}); exit: {status:?}");
         }
     };
-    HostProc { child, base, app }
+    HostProc {
+        child,
+        base,
+        app,
+        stdout: lines,
+    }
 }
 
 /// Runs a host that is expected to refuse to start: returns (exit code, stderr).
