@@ -191,6 +191,7 @@ module workers 'modules/worker-app.bicep' = [for (region, i) in regions: {
     storageName: workerStorageNames[i]
     nodeName: region
     fleetUrls: workerUrls
+    fleetNodes: regions
     cosmosAccountName: database.outputs.accountName
     databaseName: databaseName
     topicName: topic.outputs.topicName

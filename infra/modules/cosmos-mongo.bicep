@@ -22,8 +22,9 @@
 //     `ledger_<node>` (a node allocates its sequence numbers in its ledger, which the feed design
 //     may do in a transaction with the entry);
 //   * the others, sharded on `_id` and sharing the database's autoscale throughput:
-//     `idempotency` and every `peers_<node>`, which the code reads and writes one document at a
-//     time by `_id` (or scans a range of it), so `_id` is the natural shard key.
+//     `idempotency`, every `peers_<node>` and every `quarantine_<node>` (the bad events a node
+//     kept), which the code reads and writes one document at a time by `_id` (or scans a range
+//     of it), so `_id` is the natural shard key.
 //   infra/tests/azure_rules.py checks both rules and that every collection the code opens is
 //   declared here (a collection created by a first write would be unsharded, hence refused).
 // - Server version 4.2 with EnableMongoRetryableWrites (drivers retry a write once after a
@@ -45,9 +46,10 @@ var transactionalCollections = concat([
 ], nodeLedgers)
 // Sharded on `_id`, in the database's shared throughput.
 var nodePeers = [for region in regions: 'peers_${region}']
+var nodeQuarantines = [for region in regions: 'quarantine_${region}']
 var shardedCollections = concat([
   'idempotency'
-], nodePeers)
+], nodePeers, nodeQuarantines)
 var collectionNames = concat(transactionalCollections, shardedCollections)
 
 resource account 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' = {

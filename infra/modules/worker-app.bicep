@@ -7,6 +7,8 @@ param storageName string
 param nodeName string
 @description('Base URLs of every worker, this one included (the peers are the others).')
 param fleetUrls array
+@description('Node names of every worker, this one included: heartbeats and completions from any other node are refused (SALDO_FLEET).')
+param fleetNodes array
 param cosmosAccountName string
 param databaseName string
 param topicName string
@@ -60,6 +62,7 @@ module app 'flex-function-app.bicep' = {
       SALDO_TOPIC_ENDPOINT: topic.properties.endpoint
       SALDO_PUBLIC_URL: publicUrl
       SALDO_PEERS: join(peerUrls, ',')
+      SALDO_FLEET: join(fleetNodes, ',')
       SALDO_FLEET_KEY: fleetKey
       SALDO_TAKEOVER_MS: string(takeoverMs)
       SALDO_LIVENESS_MS: string(livenessMs)

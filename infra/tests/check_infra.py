@@ -643,7 +643,7 @@ def check_worker_settings() -> None:
     assert not missing, f"function.json uses app settings the template does not set: {sorted(missing)}"
     required = {
         "SALDO_NODE", "SALDO_REGION", "SALDO_MONGODB_URI", "SALDO_DATABASE", "SALDO_TOPIC_ENDPOINT",
-        "SALDO_PUBLIC_URL", "SALDO_PEERS", "SALDO_FLEET_KEY", "SALDO_TAKEOVER_MS", "SALDO_LIVENESS_MS",
+        "SALDO_PUBLIC_URL", "SALDO_PEERS", "SALDO_FLEET", "SALDO_FLEET_KEY", "SALDO_TAKEOVER_MS", "SALDO_LIVENESS_MS",
         "APPLICATIONINSIGHTS_CONNECTION_STRING",
     }
     assert required <= settings.keys(), f"worker settings missing: {sorted(required - settings.keys())}"

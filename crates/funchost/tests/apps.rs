@@ -100,6 +100,12 @@ fn api_app() {
             "transactions"
         ]
     );
+    // The reconciler is a timer: no HTTP route reaches it.
+    assert!(matches!(
+        app.function("reconcile").unwrap().trigger,
+        Trigger::Timer(_)
+    ));
+    assert_eq!(route(&app, "POST", "/api/reconcile"), None);
     let a = |name: &str| Some((name.to_string(), AuthLevel::Anonymous));
     assert_eq!(route(&app, "GET", "/api/products"), a("products"));
     assert_eq!(route(&app, "GET", "/api/products/7"), a("products"));

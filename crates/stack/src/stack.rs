@@ -476,6 +476,13 @@ impl Stack {
             ("SALDO_PUBLIC_URL".into(), node.url.clone()),
             ("SALDO_PEERS".into(), peers.join(",")),
             (
+                "SALDO_FLEET".into(),
+                all.iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
                 "SALDO_FLEET_KEY".into(),
                 self.keys.fleet_function_key.clone(),
             ),

@@ -88,6 +88,10 @@ fn try_spawn(port: u16, storage: &str) -> Option<Secantus> {
             "--storage-path",
             storage,
         ])
+        // On disk, as `saldo up` runs it: without --sync-on-commit a SIGKILL loses acknowledged
+        // transaction commits (../shared/reference/local-tooling.md), and a "database down,
+        // then up" test would see a history no real database would give.
+        .args((storage != ":memory:").then_some("--sync-on-commit"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -20,8 +20,17 @@
 //!   Hence the deploy order: workers first, then the API (the producer of new versions).
 //! - A malformed event (bad envelope, bad id, invalid data) is quarantined with the reason.
 //! - Event Grid's own `SubscriptionDeletedEvent` is neither taken nor bad: it is skipped.
+//!
+//! Events that parse but cannot be true are bad too ([`Admission`]): a heartbeat or completion
+//! from a node that is not in the fleet (`SALDO_FLEET`), and an event stamped further ahead of
+//! this node's clock than any real clock drifts (`SALDO_MAX_AHEAD_MS`, an hour by default). The
+//! latter is a sanity bound, not a decision: no ordering or liveness verdict ever compares a
+//! timestamp with this clock; but a heartbeat stamped a year ahead would outrank every later
+//! heartbeat of its sender's incarnation, so it is refused at the door.
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
 use saldo_core::events::{self, SaldoEvent};
 use saldo_store::Quarantined;
 use serde_json::Value;
@@ -67,8 +76,68 @@ impl Intake {
     }
 }
 
+/// What this node admits of events that parse (see the module's comment).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The fleet's node names (`SALDO_FLEET`); `None` admits any node (a node configured without
+    /// the list, which says so at start-up).
+    pub fleet: Option<BTreeSet<String>>,
+    /// How far ahead of this node's clock an event's stamps may be.
+    pub max_ahead: Duration,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            fleet: None,
+            max_ahead: Duration::hours(1),
+        }
+    }
+}
+
+impl Admission {
+    /// Why `e` cannot be true, if it cannot.
+    pub fn refuse(&self, e: &SaldoEvent, now: DateTime<Utc>) -> Option<String> {
+        let (sender, stamps): (Option<&str>, Vec<(&str, DateTime<Utc>)>) = match e {
+            SaldoEvent::RecordUpdated(e) => (None, vec![("eventTime", e.event_time)]),
+            SaldoEvent::TransactionCompleted(e) => (
+                Some(&e.data.node),
+                vec![
+                    ("eventTime", e.event_time),
+                    ("data.timestamp", e.data.timestamp),
+                ],
+            ),
+            SaldoEvent::Heartbeat(e) => (
+                Some(&e.data.node),
+                vec![
+                    ("eventTime", e.event_time),
+                    ("data.timestamp", e.data.timestamp),
+                    ("data.startedAt", e.data.started_at),
+                ],
+            ),
+        };
+        if let (Some(node), Some(fleet)) = (sender, &self.fleet)
+            && !fleet.contains(node)
+        {
+            return Some(format!(
+                "unknown node {node:?}: not in this fleet (SALDO_FLEET: {})",
+                fleet.iter().cloned().collect::<Vec<_>>().join(",")
+            ));
+        }
+        let limit = now + self.max_ahead;
+        stamps.into_iter().find(|(_, t)| *t > limit).map(|(field, t)| {
+            format!(
+                "{field} {} is more than {} s ahead of this node's clock ({}): no clock drifts that far",
+                t.to_rfc3339(),
+                self.max_ahead.num_seconds(),
+                now.to_rfc3339()
+            )
+        })
+    }
+}
+
 /// Sorts `items` (a delivery's events, already known to be a bounded, non-empty array).
-pub fn sort(items: &[Value], now: DateTime<Utc>) -> Intake {
+pub fn sort(items: &[Value], now: DateTime<Utc>, admission: &Admission) -> Intake {
     let mut intake = Intake::default();
     for raw in items {
         let event_type = raw.get("eventType").and_then(Value::as_str);
@@ -76,7 +145,10 @@ pub fn sort(items: &[Value], now: DateTime<Utc>) -> Intake {
             continue;
         }
         match events::parse_event(raw) {
-            Ok(e) => intake.taken.push(e),
+            Ok(e) => match admission.refuse(&e, now) {
+                None => intake.taken.push(e),
+                Some(why) => intake.bad.push(quarantined(raw, why, now)),
+            },
             Err(e) => intake.bad.push(quarantined(raw, e.to_string(), now)),
         }
     }
@@ -127,7 +199,7 @@ mod tests {
             json!({"id": "gone", "eventType": SUBSCRIPTION_DELETED, "subject": "s", "eventTime": "2026-01-01T00:00:00Z", "dataVersion": "1", "data": {}}),
             command("b", "1.0"),
         ];
-        let intake = sort(&items, now);
+        let intake = sort(&items, now, &Admission::default());
         assert_eq!(intake.taken.len(), 2, "both valid commands are taken");
         assert_eq!(intake.bad.len(), 3, "the deletion notice is skipped");
         let newer = &intake.bad[0];
@@ -147,5 +219,72 @@ mod tests {
             "the same event is the same entry"
         );
         assert!(intake.summary().starts_with("3 bad event(s)"));
+    }
+
+    fn heartbeat(node: &str, at: &str) -> Value {
+        json!({
+            "id": format!("hb-{node}-{at}"), "eventType": "nodeHeartbeat", "subject": format!("saldo/nodes/{node}"),
+            "eventTime": at, "dataVersion": "1.0",
+            "data": {"node": node, "region": node, "url": "http://127.0.0.9:1", "ready": true,
+                     "startedAt": "2026-01-01T00:00:00Z", "timestamp": at, "incarnation": 1}
+        })
+    }
+
+    fn completion(node: &str, at: &str) -> Value {
+        json!({
+            "id": format!("done-{node}"), "eventType": "transactionCompleted", "subject": "saldo/transactions/t1",
+            "eventTime": at, "dataVersion": "1.0",
+            "data": {"transaction": "t1", "status": "completed", "timestamp": at, "node": node, "region": node}
+        })
+    }
+
+    #[test]
+    fn a_node_outside_the_fleet_and_a_stamp_from_the_future_are_refused_by_name() {
+        let now: DateTime<Utc> = "2026-01-01T00:00:10Z".parse().unwrap();
+        let admission = Admission {
+            fleet: Some(["a".to_string(), "b".to_string()].into()),
+            max_ahead: Duration::minutes(5),
+        };
+        let items = vec![
+            heartbeat("b", "2026-01-01T00:00:09Z"),
+            heartbeat("mallory", "2026-01-01T00:00:09Z"),
+            completion("mallory", "2026-01-01T00:00:09Z"),
+            completion("a", "2026-01-01T00:00:09Z"),
+            // Four minutes ahead: within the bound (clocks do drift), taken.
+            heartbeat("a", "2026-01-01T00:04:10Z"),
+            // A year ahead: refused.
+            heartbeat("b", "2027-01-01T00:00:00Z"),
+            command("c", "1.0"),
+        ];
+        let intake = sort(&items, now, &admission);
+        assert_eq!(intake.taken.len(), 4, "{:?}", intake.summary());
+        assert_eq!(intake.bad.len(), 3);
+        assert!(
+            intake.bad[0].reason.starts_with("unknown node \"mallory\""),
+            "{}",
+            intake.bad[0].reason
+        );
+        assert_eq!(
+            intake.bad[1].event_type.as_deref(),
+            Some("transactionCompleted")
+        );
+        assert!(intake.bad[1].reason.contains("mallory"));
+        assert!(
+            intake.bad[2].reason.contains("ahead of this node's clock"),
+            "{}",
+            intake.bad[2].reason
+        );
+
+        // Without a fleet list any node is admitted; the clock bound still holds.
+        let open = sort(
+            &items,
+            now,
+            &Admission {
+                fleet: None,
+                ..admission
+            },
+        );
+        assert_eq!(open.taken.len(), 6);
+        assert_eq!(open.bad.len(), 1);
     }
 }

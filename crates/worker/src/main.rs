@@ -75,13 +75,15 @@ async fn main() -> anyhow::Result<()> {
     .with_timeout(settings.db_timeout);
     let bus = saldo_publish::Publisher::from_env()?;
     let peers = HttpPeers::new(settings.fleet_key.clone());
-    let node: Arc<WorkerNode> = Arc::new(Node::new(
-        settings.config.clone(),
-        store,
-        SystemClock,
-        bus,
-        peers,
-    ));
+    if settings.admission.fleet.is_none() {
+        tracing::warn!(
+            "SALDO_FLEET is not set: heartbeats and completions from any node are admitted"
+        );
+    }
+    let node: Arc<WorkerNode> = Arc::new(
+        Node::new(settings.config.clone(), store, SystemClock, bus, peers)
+            .with_admission(settings.admission.clone()),
+    );
     // The node's counters, as Application Insights metrics (they stay where they are kept).
     let counted = node.clone();
     saldo_telemetry::export_counters(

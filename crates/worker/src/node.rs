@@ -201,6 +201,7 @@ counters! {
     conflicts => "conflicts",
     invalid => "invalid",
     contended => "contended",
+    inline_failed => "inlineFailed",
 }
 
 fn inc(c: &AtomicU64, n: usize) {
@@ -313,6 +314,8 @@ pub struct Node<S, C, B, P> {
     /// recorded it, on that machine's clock; comparing it with ours would compare two clocks.)
     /// Lost on restart, which only delays a takeover; bounded by [`SWEEP_SCAN`].
     pending_seen: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    /// What this node admits of events that parse (see [`intake::Admission`]).
+    admission: intake::Admission,
 }
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
@@ -333,7 +336,15 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             incarnation: AtomicU64::new(0),
             peers: Mutex::new(PeerCache::default()),
             pending_seen: Mutex::new(BTreeMap::new()),
+            admission: intake::Admission::default(),
         }
+    }
+
+    /// Sets what this node admits (the fleet's names, the clock bound); the default admits any
+    /// node and an hour of drift.
+    pub fn with_admission(mut self, admission: intake::Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     pub fn is_ready(&self) -> bool {
@@ -443,7 +454,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             };
         }
         // One bad event never takes good ones with it (see `intake`).
-        let mut sorted = intake::sort(items, self.clock.now());
+        let mut sorted = intake::sort(items, self.clock.now(), &self.admission);
         inc(&self.counters.invalid, sorted.bad.len());
         if sorted.taken.is_empty() && !sorted.bad.is_empty() {
             // Nothing here can ever be taken: 400, so Event Grid dead-letters it. Quarantined
@@ -584,6 +595,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 }
                 Ok(None) => executed += 1,
                 Err(e) => {
+                    // Possibly after its commit (a timeout, a conflict recording the outcome):
+                    // the sweep then adopts our own marker.
+                    inc(&self.counters.inline_failed, 1);
                     tracing::warn!(transaction = %c.transaction, error = %e, "inline execution failed; the sweep will retry")
                 }
             }

@@ -9,6 +9,8 @@
 //! | `SALDO_TOPIC_ENDPOINT`, `SALDO_TOPIC_KEY` | Event Grid topic (see `saldo-publish`) | required / managed identity |
 //! | `SALDO_PUBLIC_URL` | this node's base URL as peers see it | `http://127.0.0.1:<port>` |
 //! | `SALDO_PEERS` | comma-separated peer base URLs (catch-up bootstrap) | none |
+//! | `SALDO_FLEET` | comma-separated names of every node of the fleet, this one included; heartbeats and completions from others are refused | any node (warned) |
+//! | `SALDO_MAX_AHEAD_MS` | an event stamped further ahead of this node's clock is refused | 3600000 |
 //! | `SALDO_FLEET_KEY` | function key sent to peers as `x-functions-key` | none |
 //! | `SALDO_TAKEOVER_MS` | wait per rank before taking over | 10000 |
 //! | `SALDO_LIVENESS_MS` | a peer whose stored heartbeat changed within this is live | 15000 |
@@ -30,6 +32,8 @@ pub struct Settings {
     pub mongodb_uri: String,
     pub database: String,
     pub fleet_key: Option<String>,
+    /// Which nodes' heartbeats and completions are admitted, and the clock bound.
+    pub admission: crate::intake::Admission,
     /// Bound on one database operation (`MongoStore::with_timeout`).
     pub db_timeout: std::time::Duration,
     pub standalone_timers: bool,
@@ -93,7 +97,34 @@ impl Settings {
             peers_cache: millis("SALDO_PEERS_CACHE_MS", 1_000)?,
             catch_up_every,
         };
+        let fleet = match var("SALDO_FLEET") {
+            None => None,
+            Some(v) => {
+                let names: std::collections::BTreeSet<String> = v
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if let Some(bad) = names.iter().find(|n| !saldo_store::valid_node_name(n)) {
+                    bail!(
+                        "SALDO_FLEET: {bad:?} is not a node name (1..=60 letters, digits, - or _)"
+                    );
+                }
+                if !names.contains(&config.node) {
+                    bail!(
+                        "SALDO_FLEET {v:?} must name this node ({:?}) too",
+                        config.node
+                    );
+                }
+                Some(names)
+            }
+        };
+        let admission = crate::intake::Admission {
+            fleet,
+            max_ahead: millis("SALDO_MAX_AHEAD_MS", 3_600_000)?,
+        };
         Ok(Settings {
+            admission,
             config,
             mongodb_uri: var("SALDO_MONGODB_URI").context("SALDO_MONGODB_URI is not set")?,
             database: var("SALDO_DATABASE").unwrap_or_else(|| "saldo".into()),

@@ -40,6 +40,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(saldo_worker::intake::Admission::default()).await
+}
+
+async fn fixture_with(admission: saldo_worker::intake::Admission) -> Fixture {
     let db = spawn_secantus();
     let store = MongoStore::connect(&db.uri(), "saldo", "westeurope")
         .await
@@ -55,7 +59,9 @@ async fn fixture() -> Fixture {
         peers_cache: chrono::Duration::milliseconds(200),
         catch_up_every: 5,
     };
-    let node = Arc::new(Node::new(cfg, store, SystemClock, bus.clone(), NoPeers));
+    let node = Arc::new(
+        Node::new(cfg, store, SystemClock, bus.clone(), NoPeers).with_admission(admission),
+    );
     node.start().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -252,6 +258,71 @@ async fn a_mixed_delivery_takes_the_good_events_and_quarantines_the_bad() {
     assert_eq!(status, 200);
     assert_eq!(body["duplicates"], 2);
     assert_eq!(f.node.store.quarantined(10).await.unwrap().len(), 3);
+}
+
+fn heartbeat(node: &str, at: chrono::DateTime<Utc>) -> Value {
+    json!({
+        "id": format!("hb-{node}-{}", at.timestamp_millis()), "eventType": "nodeHeartbeat",
+        "subject": format!("saldo/nodes/{node}"), "eventTime": at, "dataVersion": "1.0",
+        "data": {"node": node, "region": node, "url": format!("http://127.0.0.9/{node}"), "ready": true,
+                 "startedAt": at, "timestamp": at, "incarnation": 1}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_from_outside_the_fleet_or_the_future_are_refused_and_nothing_is_written() {
+    let f = fixture_with(saldo_worker::intake::Admission {
+        fleet: Some(["westeurope".to_string(), "northeurope".to_string()].into()),
+        max_ahead: chrono::Duration::minutes(5),
+    })
+    .await;
+    let peers_before = f.node.store.peers().await.unwrap();
+    // Nothing but an intruder's heartbeat: a delivery that can never succeed.
+    let (status, body) = f.post(&json!([heartbeat("mallory", Utc::now())])).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("unknown node"), "{body}");
+    // Mixed with a good command and a heartbeat stamped a year ahead: the command is taken.
+    let delivery = json!([
+        heartbeat("mallory", Utc::now()),
+        heartbeat("northeurope", Utc::now() + chrono::Duration::days(365)),
+        command(
+            "admitted-1",
+            json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}])
+        ),
+    ]);
+    let (status, body) = f.post(&delivery).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["newCommands"], 1);
+    assert_eq!(body["quarantined"], 2);
+    let q = f.node.store.quarantined(10).await.unwrap();
+    assert!(
+        q.iter()
+            .any(|e| e.reason.contains("unknown node \"mallory\"")),
+        "{q:?}"
+    );
+    assert!(
+        q.iter()
+            .any(|e| e.reason.contains("ahead of this node's clock")),
+        "{q:?}"
+    );
+    let peers = f.node.store.peers().await.unwrap();
+    assert_eq!(
+        peers.iter().map(|p| &p.node).collect::<Vec<_>>(),
+        peers_before.iter().map(|p| &p.node).collect::<Vec<_>>(),
+        "no peer record was written for a refused heartbeat"
+    );
+    // A heartbeat of a fleet member, on time, is heard.
+    let (status, body) = f.post(&json!([heartbeat("northeurope", Utc::now())])).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        f.node
+            .store
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.node == "northeurope")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
