@@ -3,7 +3,7 @@
 //! their own timers. Asserts the final stock and every node's ledger.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use saldo_core::ledger::ranking;
@@ -13,13 +13,7 @@ use serde_json::{Value, json};
 const NODES: [&str; 3] = ["westeurope", "northeurope", "swedencentral"];
 const KEY: &str = "fleet-test-topic-key";
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use saldo_testkit::KillOnDrop as Proc;
 
 struct Fleet {
     db: Secantus,
@@ -46,19 +40,13 @@ fn eventgrid_binary() -> PathBuf {
     p
 }
 
+/// Polls `f` until it holds; panics naming `what` after `limit` ([`saldo_testkit::until`]).
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
+    saldo_testkit::until(limit, what, async || f().await.then_some(())).await
 }
 
 impl Fleet {

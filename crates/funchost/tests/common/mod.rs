@@ -205,23 +205,9 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Polls `f` every 100 ms until it returns Some, or panics after `secs`.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Polls `f` until it returns Some, or panics after `secs` ([`saldo_testkit::until`]).
+pub async fn eventually<T>(secs: u64, what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    saldo_testkit::until(Duration::from_secs(secs), what, f).await
 }
 
 /// Waits until the test handler has recorded at least `n` invocations in `record` (one JSON
