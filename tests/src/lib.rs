@@ -226,7 +226,7 @@ where
 
 /// True while any process of the group `pgid` exists.
 pub fn group_alive(pgid: i32) -> bool {
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+    saldo_process::group_alive(pgid as u32)
 }
 
 /// The TCP ports in a URL-ish string (`http://127.0.0.1:1234/...`, `mongodb://127.0.0.1:5/?..`).

@@ -2,7 +2,7 @@
 //! healthy, SIGTERM stops it without leaving a process or a bound port, a second `up` is refused,
 //! and a restarted stack still has its data.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use saldo_stack::Manifest;
@@ -15,12 +15,7 @@ fn saldo(root: &std::path::Path) -> Command {
 }
 
 /// Kills the supervisor if the test fails half-way (its components die with their groups below).
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
+use saldo_testkit::KillOnDrop as Guard;
 
 fn start_up(root: &std::path::Path) -> Guard {
     Guard(
