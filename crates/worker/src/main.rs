@@ -110,10 +110,10 @@ async fn main() -> anyhow::Result<()> {
             .retry(schedule)
             .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "start-up failed; retrying"))
             .await;
-        match starter.catch_up().await {
-            Ok(n) => tracing::info!(repairs = n, "start-up catch-up done"),
-            Err(e) => tracing::warn!(error = %e, "start-up catch-up failed; the sweep will retry"),
-        }
+        // No catch-up here: the sweep catches up on its first round, and only the instance
+        // that runs the timers sweeps. A catch-up on every instance's start would have all of a
+        // region's instances merge the same peer pages at once, write-conflicting on the same
+        // ledger documents (a restarted region then took 40 s to catch up instead of seconds).
     });
 
     if settings.standalone_timers {
