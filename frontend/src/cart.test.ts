@@ -1,7 +1,10 @@
 // @vitest-environment node
 // Pure logic: no DOM needed, and the node environment starts much faster than jsdom.
 import { describe, expect, it } from 'vitest';
-import { addToCart, cartCount, cartRows, cartSignature, emptyCart, MAX_LINES, MAX_QUANTITY, parseCart, removeFromCart, setQuantity } from './cart';
+import { addToCart, cartCount, cartRows, cartSignature, emptyCart, MAX_LINES, MAX_QUANTITY, MAX_SALDO, parseCart, removeFromCart, setQuantity } from './cart';
+// The API's bounds as its OpenAPI document states them; crates/api/src/contract.rs fails when this
+// file and the document the API generates differ.
+import apiLimits from './api-limits.json';
 
 const orange = { id: 1, ean: 1111, name: 'Orange', saldo: 5 };
 const apple = { id: 2, ean: 2222, name: 'Apple', saldo: 0 };
@@ -25,6 +28,12 @@ describe('cart arithmetic', () => {
     expect(setQuantity(c, 1, -4)).toEqual([]);
     expect(setQuantity(c, 1, Number.NaN)).toEqual([]);
     expect(setQuantity(c, 1, 2.9)).toEqual([{ id: 1, quantity: 2 }]);
+  });
+
+  it('uses the limits the API enforces', () => {
+    expect(MAX_LINES).toBe(apiLimits.maxLines);
+    expect(MAX_QUANTITY).toBe(apiLimits.maxOrderQuantity);
+    expect(MAX_SALDO).toBe(apiLimits.maxSaldo);
   });
 
   it('caps quantities and lines at the API limits', () => {

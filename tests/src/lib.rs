@@ -226,7 +226,7 @@ where
 
 /// True while any process of the group `pgid` exists.
 pub fn group_alive(pgid: i32) -> bool {
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+    saldo_process::group_alive(pgid as u32)
 }
 
 /// The TCP ports in a URL-ish string (`http://127.0.0.1:1234/...`, `mongodb://127.0.0.1:5/?..`).
@@ -312,6 +312,20 @@ impl TestStack {
             }
         }
         Ok(sum)
+    }
+
+    /// The emulator's `GET /metrics` (`accepted`, `walFsyncs`, and per subscription `delivered`,
+    /// `failedAttempts`, ...): what tests wait on instead of sleeping.
+    pub async fn topic_metrics(&self) -> Result<serde_json::Value> {
+        let topic = self.manifest().topic.as_ref().context("no topic")?;
+        let resp = self
+            .http
+            .get(format!("{}/metrics", topic.management))
+            .header("aeg-sas-key", &topic.key)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(resp.json().await?)
     }
 
     /// Publishes raw events to the topic with its key.

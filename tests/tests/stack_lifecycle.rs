@@ -2,7 +2,7 @@
 //! healthy, SIGTERM stops it without leaving a process or a bound port, a second `up` is refused,
 //! and a restarted stack still has its data.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use saldo_stack::Manifest;
@@ -15,12 +15,7 @@ fn saldo(root: &std::path::Path) -> Command {
 }
 
 /// Kills the supervisor if the test fails half-way (its components die with their groups below).
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
+use saldo_testkit::KillOnDrop as Guard;
 
 fn start_up(root: &std::path::Path) -> Guard {
     Guard(
@@ -74,13 +69,36 @@ async fn up_status_sigterm_leaves_nothing_and_data_survives_a_restart() {
         );
     }
 
-    let status = saldo(root).arg("status").output().unwrap();
+    let status = saldo(root).args(["status", "--json"]).output().unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "status is healthy:\n{text}");
-    assert!(
-        text.contains("worker-westeurope") && text.contains("up"),
-        "{text}"
-    );
+    // Every component by name, each one up (a substring "up" would match any table).
+    let v: serde_json::Value = serde_json::from_str(&text).expect("status --json is JSON");
+    let states: std::collections::BTreeMap<String, String> = v["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .map(|c| {
+            (
+                c["component"].as_str().unwrap().to_string(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for name in [
+        "mongodb",
+        "topic",
+        "worker-westeurope",
+        "worker-northeurope",
+        "worker-swedencentral",
+        "api",
+    ] {
+        assert_eq!(
+            states.get(name).map(String::as_str),
+            Some("up"),
+            "{name} in {states:?}"
+        );
+    }
 
     // A second `up` on the same root is refused, and does not disturb the first.
     let second = saldo(root).args(["up", "--no-seed"]).output().unwrap();

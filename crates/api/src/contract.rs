@@ -269,6 +269,28 @@ mod tests {
         );
     }
 
+    /// The SPA's limits are checked against `frontend/src/api-limits.json` (`cart.test.ts`); this
+    /// checks that file against the document, so a bound changed here fails one of the two.
+    #[test]
+    fn the_spas_limits_file_states_the_documents_bounds() {
+        let d = doc();
+        let s = &d["components"]["schemas"];
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../frontend/src/api-limits.json"
+        );
+        let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let expected = json!({
+            "maxLines": s["OrderRequest"]["properties"]["lines"]["maxItems"],
+            "maxOrderQuantity": s["OrderLine"]["properties"]["quantity"]["maximum"],
+            "maxSaldo": s["SetSaldoRequest"]["properties"]["saldo"]["maximum"],
+        });
+        assert_eq!(
+            file, expected,
+            "frontend/src/api-limits.json must state the OpenAPI document's bounds"
+        );
+    }
+
     #[test]
     fn stock_and_product_id_bounds_are_the_validations() {
         let d = doc();

@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{read, serve};
 use saldo_api::{AppState, Settings};
@@ -20,13 +19,7 @@ use serde_json::{Value, json};
 
 const KEY: &str = "c2FsZG8tYXBpLXN0YWNrLXRlc3Qta2V5LWZvci10aGUtdG9waWM=";
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use saldo_testkit::KillOnDrop as Proc;
 
 fn exe(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -49,33 +42,13 @@ fn start(mut cmd: Command) -> (Proc, String) {
         .spawn()
         .expect("start");
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("listening on ") {
-                let _ = tx.send(url.to_string());
-            }
-        }
-    });
     let proc = Proc(child);
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("no listening line within 30 s");
+    let url = saldo_testkit::listening_url(stdout, "process", Duration::from_secs(30));
     (proc, url)
 }
 
-async fn poll_until(what: &str, mut f: impl AsyncFnMut() -> Option<Value>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn poll_until(what: &str, f: impl AsyncFnMut() -> Option<Value>) -> Value {
+    saldo_testkit::until(Duration::from_secs(60), what, f).await
 }
 
 #[tokio::test]

@@ -21,8 +21,10 @@ pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// A publish time as a date. Every `publish_ms` an [`Event`] holds is in range (taken from our
+/// clock, or checked by [`Event::from_raw`]), so the fallback is never reached.
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+    DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now)
 }
 
 /// An accepted event, shared by every subscription that has to deliver it.
@@ -37,18 +39,62 @@ pub struct Event {
 
 impl Event {
     /// An event as stored (log or spill file): its id and dataVersion are read from the JSON.
-    pub(crate) fn from_raw(seq: u64, publish_ms: i64, json: Box<RawValue>) -> Self {
-        let head: Head = serde_json::from_str(json.get()).unwrap_or(Head {
-            id: None,
-            data_version: None,
-        });
-        Self {
+    ///
+    /// What we stored was accepted, so it reads back; if it does not (a damaged file), the event
+    /// is still delivered as it is (it was acknowledged, and the subscriber decides), but the
+    /// second value says what is wrong, for the caller to log and count (`unreadable`): an event
+    /// without a string `id`, or a publish time out of range (then it is now, not 1970).
+    pub(crate) fn from_raw(
+        seq: u64,
+        publish_ms: i64,
+        json: Box<RawValue>,
+    ) -> (Self, Option<String>) {
+        let mut problems = Vec::new();
+        let head = match serde_json::from_str::<Head>(json.get()) {
+            Ok(h) => h,
+            Err(e) => {
+                problems.push(format!("unreadable event head: {e}"));
+                Head {
+                    id: None,
+                    data_version: None,
+                }
+            }
+        };
+        if head.id.is_none() && problems.is_empty() {
+            problems.push("the event has no id".to_string());
+        }
+        let publish_ms = if DateTime::from_timestamp_millis(publish_ms).is_some() {
+            publish_ms
+        } else {
+            problems.push(format!("publish time {publish_ms} ms is out of range"));
+            now_ms()
+        };
+        let event = Self {
             seq,
             publish_ms,
             id: head.id.unwrap_or_default(),
+            // Absent in the CloudEvents schema: no header then, as in Azure.
             data_version: head.data_version.unwrap_or_default(),
             json,
+        };
+        (event, (!problems.is_empty()).then(|| problems.join("; ")))
+    }
+
+    /// [`Event::from_raw`], logging and counting on `sub` what is wrong with a stored event.
+    pub(crate) fn restored(
+        seq: u64,
+        publish_ms: i64,
+        json: Box<RawValue>,
+        subs: &[&SubState],
+    ) -> Self {
+        let (event, problem) = Self::from_raw(seq, publish_ms, json);
+        if let Some(why) = problem {
+            tracing::error!(seq, %why, "a stored event reads back damaged; delivering it as it is");
+            for s in subs {
+                s.counters.unreadable.fetch_add(1, SeqCst);
+            }
         }
+        event
     }
 }
 
@@ -98,6 +144,8 @@ pub struct Counters {
     pub attempts: AtomicU64,
     pub failed_attempts: AtomicU64,
     pub spill_errors: AtomicU64,
+    /// Stored events that read back damaged (see [`Event::from_raw`]).
+    pub unreadable: AtomicU64,
 }
 
 impl Counters {
@@ -111,6 +159,7 @@ impl Counters {
             "attempts": self.attempts.load(SeqCst),
             "failedAttempts": self.failed_attempts.load(SeqCst),
             "spillErrors": self.spill_errors.load(SeqCst),
+            "unreadable": self.unreadable.load(SeqCst),
         })
     }
 }
@@ -208,10 +257,10 @@ impl SubState {
                 .iter()
                 .map(|(i, due)| Spilled {
                     seq: i.ev.seq,
-                    pt: i.ev.publish_ms,
-                    n: i.attempts,
+                    publish_ms: i.ev.publish_ms,
+                    attempts: i.attempts,
                     due: *due,
-                    ev: i.ev.json.clone(),
+                    event: i.ev.json.clone(),
                 })
                 .collect();
             match spill.push(&lines) {
@@ -256,8 +305,8 @@ impl SubState {
             .map(|s| {
                 (
                     Item {
-                        ev: Arc::new(Event::from_raw(s.seq, s.pt, s.ev)),
-                        attempts: s.n,
+                        ev: Arc::new(Event::restored(s.seq, s.publish_ms, s.event, &[self])),
+                        attempts: s.attempts,
                         last: None,
                     },
                     s.due,
@@ -336,4 +385,36 @@ pub(crate) struct Head {
     pub(crate) id: Option<String>,
     #[serde(default, rename = "dataVersion")]
     pub(crate) data_version: Option<String>,
+}
+
+#[cfg(test)]
+mod stored_event_tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_stored_event_reads_back_with_its_id_and_time() {
+        let (e, problem) = Event::from_raw(1, 1_000, raw(r#"{"id": "a", "dataVersion": "1.0"}"#));
+        assert_eq!(problem, None);
+        assert_eq!((e.id.as_str(), e.data_version.as_str()), ("a", "1.0"));
+        assert_eq!(ms_to_time(e.publish_ms).timestamp_millis(), 1_000);
+        // The CloudEvents schema has no dataVersion: not a problem.
+        assert_eq!(Event::from_raw(1, 1_000, raw(r#"{"id": "a"}"#)).1, None);
+    }
+
+    #[test]
+    fn a_damaged_stored_event_is_reported_not_silently_given_an_empty_id_or_1970() {
+        let (e, problem) = Event::from_raw(1, 1_000, raw(r#"{"id": 7}"#));
+        assert!(problem.unwrap().contains("unreadable event head"));
+        assert_eq!(e.id, "");
+        let (_, problem) = Event::from_raw(1, 1_000, raw(r#"{"subject": "s"}"#));
+        assert_eq!(problem.as_deref(), Some("the event has no id"));
+        let before = now_ms();
+        let (e, problem) = Event::from_raw(1, i64::MAX, raw(r#"{"id": "a"}"#));
+        assert!(problem.unwrap().contains("out of range"));
+        assert!(e.publish_ms >= before, "the publish time is now, not 1970");
+    }
 }

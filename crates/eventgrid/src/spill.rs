@@ -23,12 +23,15 @@ use serde_json::value::RawValue;
 pub struct Spilled {
     pub seq: u64,
     /// Publish time, ms since the epoch.
-    pub pt: i64,
+    #[serde(rename = "pt")]
+    pub publish_ms: i64,
     /// Attempts made so far.
-    pub n: u32,
+    #[serde(rename = "n")]
+    pub attempts: u32,
     /// When the next attempt is due (ms since the epoch).
     pub due: i64,
-    pub ev: Box<RawValue>,
+    #[serde(rename = "ev")]
+    pub event: Box<RawValue>,
 }
 
 /// The spill file of one subscription: appended at the end, read from the front.
@@ -142,10 +145,10 @@ mod tests {
     fn ev(seq: u64) -> Spilled {
         Spilled {
             seq,
-            pt: 1,
-            n: 0,
+            publish_ms: 1,
+            attempts: 0,
             due: 2,
-            ev: RawValue::from_string(format!("{{\"id\":\"{seq}\"}}")).unwrap(),
+            event: RawValue::from_string(format!("{{\"id\":\"{seq}\"}}")).unwrap(),
         }
     }
 
@@ -170,7 +173,7 @@ mod tests {
             "drained: emptied"
         );
         s.push(&[ev(5)]).unwrap();
-        assert_eq!(s.take(10).unwrap()[0].ev.get(), "{\"id\":\"5\"}");
+        assert_eq!(s.take(10).unwrap()[0].event.get(), "{\"id\":\"5\"}");
         s.remove();
         assert!(!path.exists());
     }

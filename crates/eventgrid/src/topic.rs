@@ -120,11 +120,11 @@ impl Topic {
         if let Some(f) = &config.subscriptions_file {
             lists.push(read_subscription_list(f)?);
         }
-        for np in lists.into_iter().flatten() {
-            let sub = Subscription::new(&np.name, np.properties, schema)
-                .map_err(|e| anyhow::anyhow!("subscription {}: {}", np.name, e.message))?;
+        for named in lists.into_iter().flatten() {
+            let sub = Subscription::new(&named.name, named.properties, schema)
+                .map_err(|e| anyhow::anyhow!("subscription {}: {}", named.name, e.message))?;
             subs.insert(
-                np.name.clone(),
+                named.name.clone(),
                 Arc::new(SubState::new(
                     sub,
                     config.max_in_flight,
@@ -153,16 +153,17 @@ impl Topic {
         // spill files as it comes.
         let mut per_sub: BTreeMap<String, Vec<(Item, i64)>> = BTreeMap::new();
         let mut k = 0usize;
-        replay.for_each_pending(&wal_path, |seq, pe, json| {
-            let ev = Arc::new(Event::from_raw(seq, pe.publish_ms, json));
-            for (sub, (n, due)) in &pe.targets {
+        replay.for_each_pending(&wal_path, |seq, pending, json| {
+            let targets: Vec<&SubState> = pending.targets.keys().map(|s| &*subs[s]).collect();
+            let ev = Arc::new(Event::restored(seq, pending.publish_ms, json, &targets));
+            for (sub, due) in &pending.targets {
                 per_sub.entry(sub.clone()).or_default().push((
                     Item {
                         ev: ev.clone(),
-                        attempts: *n,
+                        attempts: due.attempts,
                         last: None,
                     },
-                    *due,
+                    due.at,
                 ));
                 restored += 1;
             }
@@ -292,19 +293,19 @@ impl Topic {
                 continue; // nobody to deliver to: nothing to keep
             }
             let seq = first + k as u64;
-            let subs_t = t
+            let item_targets = t
                 .iter()
                 .map(|&i| Target {
                     sub: subs[i].name.clone(),
-                    n: 0,
+                    attempts: 0,
                     due: now,
                 })
                 .collect();
             items.push(PubItem {
                 seq,
-                pt: now,
-                subs: subs_t,
-                ev: e.json,
+                publish_ms: now,
+                targets: item_targets,
+                event: e.json,
             });
             heads.push((e.id, e.data_version, t));
         }
@@ -324,7 +325,7 @@ impl Topic {
                     publish_ms: now,
                     id,
                     data_version,
-                    json: it.ev,
+                    json: it.event,
                 });
                 for &i in t {
                     per_sub_items[i].push((
@@ -462,11 +463,13 @@ impl Topic {
             "topic": self.topic_id,
             "accepted": self.accepted.load(SeqCst),
             "walFsyncs": self.wal.fsyncs(),
+            "walQueued": self.wal.queued(),
             "delivered": total("delivered"),
             "retried": total("retried"),
             "deadLettered": total("deadLettered"),
             "dropped": total("dropped"),
             "pending": total("pending"),
+            "unreadable": total("unreadable"),
             "subscriptions": subs,
         })
     }

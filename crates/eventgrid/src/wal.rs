@@ -29,13 +29,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-/// One subscription an event still has to reach.
+/// One subscription an event still has to reach. (The keys on disk are short, as the log holds
+/// one per event and subscription; the serde renames keep them.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Target {
     pub sub: String,
     /// Attempts made so far.
-    #[serde(default)]
-    pub n: u32,
+    #[serde(default, rename = "n")]
+    pub attempts: u32,
     /// When the next attempt is due (ms since the epoch).
     pub due: i64,
 }
@@ -44,24 +45,48 @@ pub struct Target {
 pub struct PubItem {
     pub seq: u64,
     /// Publish time, ms since the epoch.
-    pub pt: i64,
-    pub subs: Vec<Target>,
-    pub ev: Box<RawValue>,
+    #[serde(rename = "pt")]
+    pub publish_ms: i64,
+    #[serde(rename = "subs")]
+    pub targets: Vec<Target>,
+    #[serde(rename = "ev")]
+    pub event: Box<RawValue>,
+}
+
+/// What a log line records (`t` on disk).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordKind {
+    /// Accepted events and the subscriptions each must reach.
+    #[default]
+    #[serde(rename = "pub")]
+    Publish,
+    /// A failed attempt: the new attempt count and when the next one is due.
+    #[serde(rename = "try")]
+    Attempt,
+    /// Delivered, dead-lettered or dropped for one subscription.
+    #[serde(rename = "done")]
+    Done,
+    /// A subscription was deleted; its pending events go with it.
+    #[serde(rename = "unsub")]
+    Unsubscribe,
 }
 
 /// A log line. A flat struct rather than a tagged enum: serde's tagged enums cannot carry a
 /// `RawValue` (the event is kept as the exact JSON text it was accepted as).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Record {
-    pub t: String,
+    #[serde(rename = "t")]
+    pub kind: RecordKind,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<PubItem>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seqs: Vec<u64>,
-    #[serde(default)]
-    pub n: u32,
+    /// For an attempt: the attempts made so far.
+    #[serde(default, rename = "n")]
+    pub attempts: u32,
+    /// For an attempt: when the next one is due (ms since the epoch).
     #[serde(default)]
     pub due: i64,
 }
@@ -69,24 +94,24 @@ pub struct Record {
 impl Record {
     pub fn publish(items: Vec<PubItem>) -> Self {
         Self {
-            t: "pub".into(),
+            kind: RecordKind::Publish,
             items,
             ..Default::default()
         }
     }
-    pub fn attempt(sub: &str, seqs: Vec<u64>, n: u32, due: i64) -> Self {
+    pub fn attempt(sub: &str, seqs: Vec<u64>, attempts: u32, due: i64) -> Self {
         Self {
-            t: "try".into(),
+            kind: RecordKind::Attempt,
             sub: Some(sub.into()),
             seqs,
-            n,
+            attempts,
             due,
             ..Default::default()
         }
     }
     pub fn done(sub: &str, seqs: Vec<u64>) -> Self {
         Self {
-            t: "done".into(),
+            kind: RecordKind::Done,
             sub: Some(sub.into()),
             seqs,
             ..Default::default()
@@ -94,7 +119,7 @@ impl Record {
     }
     pub fn unsubscribe(sub: &str) -> Self {
         Self {
-            t: "unsub".into(),
+            kind: RecordKind::Unsubscribe,
             sub: Some(sub.into()),
             ..Default::default()
         }
@@ -110,29 +135,42 @@ impl Record {
 #[derive(Debug)]
 pub struct PendingEvent {
     pub publish_ms: i64,
-    pub targets: BTreeMap<String, (u32, i64)>,
+    /// Per subscription: where its delivery stands.
+    pub targets: BTreeMap<String, Due>,
+}
+
+/// Where one subscription's delivery of one event stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (ms since the epoch).
+    pub at: i64,
 }
 
 /// A `pub` item without its event: what the index reads (serde skips `ev` without keeping it).
 #[derive(Deserialize)]
 struct IndexItem {
     seq: u64,
-    pt: i64,
-    subs: Vec<Target>,
+    #[serde(rename = "pt")]
+    publish_ms: i64,
+    #[serde(rename = "subs")]
+    targets: Vec<Target>,
 }
 
 /// A log line as the index reads it.
 #[derive(Deserialize)]
 struct IndexRecord {
-    t: String,
+    #[serde(rename = "t")]
+    kind: RecordKind,
     #[serde(default)]
     items: Vec<IndexItem>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
     seqs: Vec<u64>,
-    #[serde(default)]
-    n: u32,
+    #[serde(default, rename = "n")]
+    attempts: u32,
     #[serde(default)]
     due: i64,
 }
@@ -147,32 +185,45 @@ pub struct Replay {
 
 impl Replay {
     fn apply(&mut self, r: IndexRecord) -> Result<(), String> {
-        match r.t.as_str() {
-            "pub" => {
+        match r.kind {
+            RecordKind::Publish => {
                 for it in r.items {
                     self.max_seq = self.max_seq.max(it.seq);
-                    if it.subs.is_empty() {
+                    if it.targets.is_empty() {
                         continue; // only a sequence-number marker
                     }
-                    let targets = it.subs.into_iter().map(|t| (t.sub, (t.n, t.due))).collect();
+                    let targets = it
+                        .targets
+                        .into_iter()
+                        .map(|t| {
+                            let due = Due {
+                                attempts: t.attempts,
+                                at: t.due,
+                            };
+                            (t.sub, due)
+                        })
+                        .collect();
                     self.events.insert(
                         it.seq,
                         PendingEvent {
-                            publish_ms: it.pt,
+                            publish_ms: it.publish_ms,
                             targets,
                         },
                     );
                 }
             }
-            "try" | "done" => {
+            RecordKind::Attempt | RecordKind::Done => {
                 let sub = r.sub.ok_or("record without sub")?;
                 for seq in r.seqs {
                     let Some(ev) = self.events.get_mut(&seq) else {
                         continue;
                     };
-                    if r.t == "try" {
+                    if r.kind == RecordKind::Attempt {
                         if let Some(t) = ev.targets.get_mut(&sub) {
-                            *t = (r.n, r.due);
+                            *t = Due {
+                                attempts: r.attempts,
+                                at: r.due,
+                            };
                         }
                     } else {
                         ev.targets.remove(&sub);
@@ -182,14 +233,13 @@ impl Replay {
                     }
                 }
             }
-            "unsub" => {
+            RecordKind::Unsubscribe => {
                 let sub = r.sub.ok_or("record without sub")?;
                 self.events.retain(|_, ev| {
                     ev.targets.remove(&sub);
                     !ev.targets.is_empty()
                 });
             }
-            other => return Err(format!("unknown record type {other:?}")),
         }
         Ok(())
     }
@@ -243,14 +293,14 @@ impl Replay {
             let Ok(r) = serde_json::from_str::<Record>(&line) else {
                 continue;
             };
-            if r.t != "pub" {
+            if r.kind != RecordKind::Publish {
                 continue;
             }
             for it in r.items {
                 if let Some(pe) = self.events.get(&it.seq)
                     && seen.insert(it.seq)
                 {
-                    f(it.seq, pe, it.ev)?;
+                    f(it.seq, pe, it.event)?;
                 }
             }
         }
@@ -275,17 +325,17 @@ impl Replay {
             self.for_each_pending(path, |seq, ev, json| {
                 chunk.push(PubItem {
                     seq,
-                    pt: ev.publish_ms,
-                    subs: ev
+                    publish_ms: ev.publish_ms,
+                    targets: ev
                         .targets
                         .iter()
-                        .map(|(s, (n, due))| Target {
+                        .map(|(s, due)| Target {
                             sub: s.clone(),
-                            n: *n,
-                            due: *due,
+                            attempts: due.attempts,
+                            due: due.at,
                         })
                         .collect(),
-                    ev: json,
+                    event: json,
                 });
                 if chunk.len() >= 256 {
                     flush(&mut chunk, &mut f)?;
@@ -297,9 +347,9 @@ impl Replay {
             // are never reused.
             let marker = PubItem {
                 seq: self.max_seq,
-                pt: 0,
-                subs: vec![],
-                ev: RawValue::from_string("null".into()).expect("valid"),
+                publish_ms: 0,
+                targets: vec![],
+                event: RawValue::from_string("null".into()).expect("valid"),
             };
             f.write_all(&Record::publish(vec![marker]).line())?;
             f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -324,6 +374,11 @@ pub struct Wal {
     tx: mpsc::Sender<Append>,
     /// fsyncs done so far (the benchmark prints fsyncs per accepted event).
     fsyncs: Arc<AtomicU64>,
+    /// Records handed to the writer, and records it has taken out of its queue and written
+    /// (or failed to): their difference is what a crash right now could lose, so tests wait
+    /// for it to be 0 instead of sleeping ([`Wal::queued`]).
+    enqueued: Arc<AtomicU64>,
+    processed: Arc<AtomicU64>,
 }
 
 /// Lines waiting for the writer. Bounded: a slow disk slows publishers down instead of
@@ -338,6 +393,8 @@ impl Wal {
         let (tx, mut rx) = mpsc::channel::<Append>(QUEUE);
         let fsyncs = Arc::new(AtomicU64::new(0));
         let counted = fsyncs.clone();
+        let processed = Arc::new(AtomicU64::new(0));
+        let done = processed.clone();
         std::thread::Builder::new().name("eventgrid-wal".into()).spawn(move || {
             let mut file = file;
             let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -364,6 +421,7 @@ impl Wal {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "writing the event log failed");
                 }
+                done.fetch_add(batch.len() as u64, Ordering::SeqCst);
                 for a in batch {
                     if let Some(s) = a.synced {
                         let _ = s.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -385,7 +443,12 @@ impl Wal {
                 }
             }
         })?;
-        Ok(Self { tx, fsyncs })
+        Ok(Self {
+            tx,
+            fsyncs,
+            enqueued: Arc::new(AtomicU64::new(0)),
+            processed,
+        })
     }
 
     /// How many fsyncs the writer has done.
@@ -393,8 +456,20 @@ impl Wal {
         self.fsyncs.load(Ordering::Relaxed)
     }
 
+    /// Records appended that the writer has not yet written to the file (`walQueued` in
+    /// `/metrics`). Every record appended before this reads 0 is in the file (the page cache at
+    /// least: only `pub` records are fsync'd before their 200).
+    pub fn queued(&self) -> u64 {
+        // Read `processed` first: a record counted there was counted in `enqueued` before.
+        let processed = self.processed.load(Ordering::SeqCst);
+        self.enqueued
+            .load(Ordering::SeqCst)
+            .saturating_sub(processed)
+    }
+
     /// Appends and waits until the line is on disk.
     pub async fn append_synced(&self, record: &Record) -> Result<(), String> {
+        self.enqueued.fetch_add(1, Ordering::SeqCst);
         let (s, r) = oneshot::channel();
         self.tx
             .send(Append {
@@ -409,6 +484,7 @@ impl Wal {
 
     /// Appends without waiting for the disk.
     pub async fn append(&self, record: &Record) {
+        self.enqueued.fetch_add(1, Ordering::SeqCst);
         if self
             .tx
             .send(Append {
@@ -427,19 +503,50 @@ impl Wal {
 mod tests {
     use super::*;
 
+    /// The names in the code explain themselves; the keys on disk stay short and stay the same,
+    /// so a log written before the renames replays after them.
+    #[test]
+    fn the_disk_format_keeps_its_short_keys() {
+        let line = |r: &Record| String::from_utf8(r.line()).unwrap();
+        assert_eq!(
+            line(&Record::attempt("a", vec![1, 2], 3, 5000)),
+            "{\"t\":\"try\",\"sub\":\"a\",\"seqs\":[1,2],\"n\":3,\"due\":5000}\n"
+        );
+        assert_eq!(
+            line(&Record::publish(vec![item(7, &["a"])])),
+            "{\"t\":\"pub\",\"items\":[{\"seq\":7,\"pt\":1000,\"subs\":[{\"sub\":\"a\",\"n\":0,\"due\":1000}],\"ev\":{\"id\":\"7\"}}],\"n\":0,\"due\":0}\n"
+        );
+        assert_eq!(
+            line(&Record::unsubscribe("a")),
+            "{\"t\":\"unsub\",\"sub\":\"a\",\"n\":0,\"due\":0}\n"
+        );
+        let old = "{\"t\":\"pub\",\"items\":[{\"seq\":4,\"pt\":9,\"subs\":[{\"sub\":\"b\",\"n\":2,\"due\":11}],\"ev\":{\"id\":\"x\"}}]}";
+        let r: IndexRecord = serde_json::from_str(old).unwrap();
+        let mut replay = Replay::default();
+        replay.apply(r).unwrap();
+        assert_eq!(replay.events[&4].publish_ms, 9);
+        assert_eq!(
+            replay.events[&4].targets["b"],
+            Due {
+                attempts: 2,
+                at: 11
+            }
+        );
+    }
+
     fn item(seq: u64, subs: &[&str]) -> PubItem {
         PubItem {
             seq,
-            pt: 1000,
-            subs: subs
+            publish_ms: 1000,
+            targets: subs
                 .iter()
                 .map(|s| Target {
                     sub: s.to_string(),
-                    n: 0,
+                    attempts: 0,
                     due: 1000,
                 })
                 .collect(),
-            ev: RawValue::from_string(format!("{{\"id\":\"{seq}\"}}")).unwrap(),
+            event: RawValue::from_string(format!("{{\"id\":\"{seq}\"}}")).unwrap(),
         }
     }
 
@@ -463,11 +570,23 @@ mod tests {
         let r = Replay::read(&path).unwrap();
         assert_eq!(r.max_seq, 3);
         assert_eq!(r.events.keys().copied().collect::<Vec<_>>(), vec![1]);
-        assert_eq!(r.events[&1].targets["b"], (2, 5000));
+        assert_eq!(
+            r.events[&1].targets["b"],
+            Due {
+                attempts: 2,
+                at: 5000
+            }
+        );
         r.write_compacted(&path).unwrap();
         let again = Replay::read(&path).unwrap();
         assert_eq!(again.max_seq, 3);
-        assert_eq!(again.events[&1].targets["b"], (2, 5000));
+        assert_eq!(
+            again.events[&1].targets["b"],
+            Due {
+                attempts: 2,
+                at: 5000
+            }
+        );
         let mut json = Vec::new();
         again
             .for_each_pending(&path, |seq, _, ev| {

@@ -1,5 +1,14 @@
 //! Durability: an event answered 200 survives a crash of the emulator, pending retries keep
 //! their attempt count, and the log is compacted once work is done.
+//!
+//! What these prove, and what not: the crash is a SIGKILL of the process, which keeps the
+//! kernel's page cache, so they prove that every record is written to the log (`write(2)`)
+//! before it matters (a `pub` record before its 200) and that replay rebuilds the pending work
+//! from the file. They do not prove the fsync: only a power cut or a kernel crash loses what is
+//! in the page cache and not on the disk. That the 200 waits for an fsync is the writer's code
+//! (`append_synced`), counted by `walFsyncs`, which the first test checks an answered publish raised.
+//! Before each kill the test waits for `walQueued` (records the writer has not yet written) to
+//! be 0, so a kill never races the writer thread.
 
 mod common;
 
@@ -32,10 +41,21 @@ async fn accepted_events_and_pending_retries_survive_a_kill() {
         201
     );
     let events: Vec<Value> = (0..5).map(|i| event(&format!("e{i}"), "t", "s")).collect();
+    let fsyncs = get_json(&emu, "/metrics").await.1["walFsyncs"]
+        .as_u64()
+        .unwrap();
     assert_eq!(publish(&emu, &Value::Array(events)).await.0, 200);
+    assert!(
+        get_json(&emu, "/metrics").await.1["walFsyncs"]
+            .as_u64()
+            .unwrap()
+            > fsyncs,
+        "the 200 came after an fsync"
+    );
     // Every event has failed once (503) and waits for its retry.
     wait_metric(&emu, "region", "retried", 5, 20).await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // let the log writer take the retry records
+    // The retry records were appended before `retried` counted them: wait until they are written.
+    wal_written(&emu).await;
 
     let emu = emu.restart();
     rx.set_default(200);
@@ -58,14 +78,33 @@ async fn accepted_events_and_pending_retries_survive_a_kill() {
     assert_eq!(fresh.got().len(), 0);
 
     // Delivered work is not delivered again after another restart. "Done" records are not
-    // fsync'd (a lost one only means a duplicate, which Event Grid allows), so give the log
-    // writer a moment to take them before the kill.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rx.got().len();
+    // fsync'd (a lost one only means a duplicate, which Event Grid allows), so the kill waits
+    // until the writer has written them.
+    wal_written(&emu).await;
     let emu = emu.restart();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rx.got().len(), before, "nothing left to deliver");
-    assert_eq!(metrics(&emu, "region").await["pending"], 0);
+    // The restarted emulator replayed the log before it listened: nothing is pending.
+    assert_eq!(
+        metrics(&emu, "region").await["pending"],
+        0,
+        "nothing left to deliver"
+    );
+}
+
+/// Waits until the log writer has written every record appended so far (`walQueued` is 0).
+async fn wal_written(emu: &Emulator) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, m) = get_json(emu, "/metrics").await;
+        assert_eq!(s, 200, "{m}");
+        if m["walQueued"] == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log writer did not catch up: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

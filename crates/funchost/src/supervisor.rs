@@ -1,5 +1,5 @@
 //! Runs the custom handler process: starts it on a free port, waits until the port accepts
-//! connections, restarts it (with bounded exponential backoff) when it crashes, and stops and
+//! connections, restarts it (with a bounded exponential back-off from `backon`) when it crashes, and stops and
 //! starts it on request. One task owns the child; everyone else sends it commands and watches
 //! its [`HandlerState`].
 //!
@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -75,10 +75,11 @@ impl Supervisor {
         let (tx, rx) = mpsc::channel(8);
         let restarts = Arc::new(AtomicU64::new(0));
         let task = Task {
+            schedule: schedule(&spec),
             spec,
             child: Some(child),
             want_running: true,
-            backoff: Duration::ZERO,
+            delay: Duration::ZERO,
             state: state_tx,
             restarts: restarts.clone(),
         };
@@ -140,7 +141,11 @@ struct Task {
     spec: HandlerSpec,
     child: Option<Running>,
     want_running: bool,
-    backoff: Duration,
+    /// Restart waits: doubling from `backoff_min` to `backoff_max`. No jitter: one supervisor
+    /// restarts one handler, so there is no herd to spread.
+    schedule: ExponentialBackoff,
+    /// The wait before the next restart.
+    delay: Duration,
     state: watch::Sender<HandlerState>,
     restarts: Arc<AtomicU64>,
 }
@@ -151,7 +156,7 @@ impl Task {
             if self.want_running && self.child.is_none() {
                 // Crashed or failed to come up: wait, then try again, unless told otherwise.
                 tokio::select! {
-                    _ = tokio::time::sleep(self.backoff) => {}
+                    _ = tokio::time::sleep(self.delay) => {}
                     cmd = rx.recv() => {
                         if self.handle(cmd).await { return; }
                         continue;
@@ -187,12 +192,12 @@ impl Task {
                     // A handler that ran a while before crashing starts over at the shortest wait;
                     // one that keeps crashing right away backs off up to the maximum.
                     if r.since.elapsed() > self.spec.backoff_max * 3 {
-                        self.backoff = Duration::ZERO;
+                        self.reset_backoff();
                     }
                     self.bump_backoff();
-                    tracing::error!(%reason, retry_in_ms = self.backoff.as_millis() as u64, "handler crashed; restarting");
+                    tracing::error!(%reason, retry_in_ms = self.delay.as_millis() as u64, "handler crashed; restarting");
                     // Kill any processes the handler left behind in its group.
-                    let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGKILL);
+                    saldo_process::kill_group(r.pid);
                     let _ = self.state.send(HandlerState::Restarting { reason });
                 }
                 cmd = rx.recv() => {
@@ -203,7 +208,12 @@ impl Task {
     }
 
     fn bump_backoff(&mut self) {
-        self.backoff = (self.backoff * 2).clamp(self.spec.backoff_min, self.spec.backoff_max);
+        // Without max_times the schedule never ends; backoff_max is the fallback all the same.
+        self.delay = self.schedule.next().unwrap_or(self.spec.backoff_max);
+    }
+
+    fn reset_backoff(&mut self) {
+        self.schedule = schedule(&self.spec);
     }
 
     fn publish_running(&mut self, r: Running) {
@@ -237,7 +247,7 @@ impl Task {
                 let result = match spawn_ready(&self.spec).await {
                     Ok(r) => {
                         tracing::info!(port = r.port, pid = r.pid, "handler started on request");
-                        self.backoff = Duration::ZERO;
+                        self.reset_backoff();
                         self.publish_running(r);
                         Ok(())
                     }
@@ -265,6 +275,17 @@ impl Task {
             None => true,
         }
     }
+}
+
+/// The restart waits of one handler: `backoff_min`, doubling, capped at `backoff_max`, for ever
+/// (a host whose handler cannot start keeps trying, as Azure's does, and answers 503 meanwhile).
+fn schedule(spec: &HandlerSpec) -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(spec.backoff_min)
+        .with_max_delay(spec.backoff_max)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
 }
 
 /// Picks a free loopback port by binding port 0. Another process could take it before the
@@ -350,15 +371,33 @@ async fn spawn_ready(spec: &HandlerSpec) -> Result<Running, String> {
     }
 }
 
-/// SIGTERM to the handler's process group, then SIGKILL if it has not exited after `grace`.
+/// SIGTERM to the handler's process group, then SIGKILL if it has not exited after `grace`;
+/// returns once nothing of the group is left ([`saldo_process::stop_group`]).
 async fn terminate(mut r: Running, grace: Duration) {
-    let group = Pid::from_raw(r.pid as i32);
-    let _ = killpg(group, Signal::SIGTERM);
-    if tokio::time::timeout(grace, r.child.wait()).await.is_err() {
-        tracing::warn!(pid = r.pid, "handler ignored SIGTERM; killing it");
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = r.child.wait().await;
+    if saldo_process::stop_group(&mut r.child, grace).await == saldo_process::Stopped::Killed {
+        tracing::warn!(pid = r.pid, "handler ignored SIGTERM; killed it");
     }
-    // Children of the handler that outlived it.
-    let _ = killpg(group, Signal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_waits_double_from_the_minimum_to_the_maximum_and_stay_there() {
+        let spec = HandlerSpec {
+            program: PathBuf::from("/bin/true"),
+            args: vec![],
+            working_dir: PathBuf::from("."),
+            startup_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+            stop_grace: Duration::from_secs(1),
+        };
+        let waits: Vec<u64> = schedule(&spec)
+            .take(7)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000, 1000]);
+    }
 }

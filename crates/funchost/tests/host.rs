@@ -546,3 +546,56 @@ async fn a_killed_host_takes_its_handler_along() {
     })
     .await;
 }
+
+/// Launchers read the host's stdout for its `listening on` line: the handler prints one of its
+/// own (on a port nobody should call), and a restart prints another, so the handler's stdout must
+/// go elsewhere (stderr). Checked after a request and a crash and restart of the handler.
+#[tokio::test]
+async fn stdout_carries_only_the_listening_on_line() {
+    let mut host = start(forwarding_app(), &[], &[]);
+    let c = client();
+    let status = |c: &reqwest::Client, b: &str| {
+        c.get(format!("{b}/admin/host/status"))
+            .header("x-functions-key", MASTER)
+            .send()
+    };
+    let pid = |v: &Value| v["handler"]["pid"].as_u64();
+    let before: Value = status(&c, &host.base).await.unwrap().json().await.unwrap();
+    let first = pid(&before).expect("a running handler");
+    assert!(
+        c.get(format!("{}/api/things", host.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    // The handler crashes; the supervisor starts a new one, which prints its line again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(30, "the handler to be restarted", || async {
+        let v: Value = status(&c, &host.base).await.ok()?.json().await.ok()?;
+        (v["handler"]["state"] == "Running" && pid(&v).is_some_and(|p| p != first)).then_some(())
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while host.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "host did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The reader thread sees EOF once the host and its handlers are gone.
+    eventually(10, "the host's stdout to close", || async {
+        (std::sync::Arc::strong_count(&host.stdout) == 1).then_some(())
+    })
+    .await;
+    let lines = host.stdout.lock().unwrap().clone();
+    assert_eq!(lines, [format!("listening on {}", host.base)], "{lines:?}");
+}

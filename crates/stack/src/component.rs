@@ -9,8 +9,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 /// How to tell that a component is up.
@@ -188,29 +186,16 @@ impl Running {
         }
     }
 
-    /// SIGTERM to the whole group, then SIGKILL after `grace`. Waits for the leader to exit.
+    /// SIGTERM to the whole group, then SIGKILL after `grace`; returns once no process of the
+    /// group is left ([`saldo_process::stop_group`]).
     pub async fn stop(&mut self, grace: Duration) {
         if self.stopped {
             return;
         }
         self.stopped = true;
-        let group = Pid::from_raw(self.pgid);
-        let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
+        if saldo_process::stop_group(&mut self.child, grace).await == saldo_process::Stopped::Killed
         {
-            tracing::warn!(component = %self.spec.name, "did not stop in {grace:?}; killing");
-        }
-        // Whatever is left in the group (a leader that ignored SIGTERM, or children it left behind)
-        // gets SIGKILL; a group with no processes left simply answers ESRCH.
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = self.child.wait().await;
-        // Children of the leader are reaped by init, not by us: wait (bounded) until the group is
-        // really empty, so that "stopped" means no process is left and every port is free.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while killpg(group, None).is_ok() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tracing::warn!(component = %self.spec.name, "did not stop in {grace:?}; killed");
         }
     }
 
@@ -218,7 +203,7 @@ impl Running {
     pub fn kill_now(&mut self) {
         if !self.stopped {
             self.stopped = true;
-            let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+            saldo_process::kill_group(self.pgid as u32);
         }
     }
 
@@ -229,7 +214,7 @@ impl Running {
 
     /// SIGKILL whatever is left in the process group (after the leader died on its own).
     pub fn kill_group(&self) {
-        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+        saldo_process::kill_group(self.pgid as u32);
     }
 
     /// Has the process exited on its own?

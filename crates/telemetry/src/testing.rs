@@ -105,14 +105,22 @@ impl FakeIngestion {
         self.envelopes.lock().expect("envelopes lock").clone()
     }
 
-    /// Polls until `done(all envelopes)` holds or `timeout` passes; returns the envelopes either
-    /// way, so the caller's assertions report what did arrive.
+    /// Polls until `done(all envelopes)` holds and returns them; panics after `timeout`,
+    /// listing what did arrive (never returns quietly: the caller's assertions would then run
+    /// on a partial set and fail, or pass, for the wrong reason).
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let all = self.envelopes();
-            if done(&all) || Instant::now() >= deadline {
+            if done(&all) {
                 return all;
+            }
+            if Instant::now() >= deadline {
+                let kinds: Vec<&str> = all.iter().filter_map(|e| e["name"].as_str()).collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for the expected envelopes; got {}: {kinds:?}",
+                    all.len()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

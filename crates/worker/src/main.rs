@@ -7,8 +7,10 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
 use clap::Parser;
 use saldo_store::MongoStore;
 use saldo_worker::adapters::HttpPeers;
@@ -97,15 +99,17 @@ async fn main() -> anyhow::Result<()> {
     // unreachable database must not keep the process from answering (it answers 503).
     let starter = node.clone();
     tokio::spawn(async move {
-        let mut wait = std::time::Duration::from_millis(250);
-        loop {
-            match starter.start().await {
-                Ok(()) => break,
-                Err(e) => tracing::warn!(error = %e, "start-up failed; retrying"),
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(std::time::Duration::from_secs(5));
-        }
+        // 250 ms doubling to 5 s, for as long as it takes: without its database the worker can
+        // only answer 503, and giving up would leave a process that never recovers.
+        let schedule = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_factor(2.0)
+            .without_max_times();
+        let _ = (|| starter.start())
+            .retry(schedule)
+            .notify(|e, wait| tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "start-up failed; retrying"))
+            .await;
         // No catch-up here: the sweep catches up on its first round, and only the instance
         // that runs the timers sweeps. A catch-up on every instance's start would have all of a
         // region's instances merge the same peer pages at once, write-conflicting on the same

@@ -1,9 +1,9 @@
-//! The whole fleet as processes: SecantusDB, the Event Grid emulator (`saldo-eventgrid`, built by
-//! `cargo build -p saldo-eventgrid`) and three `saldo-worker` processes with fast settings and
+//! The whole fleet as processes: SecantusDB, the Event Grid emulator (`saldo-eventgrid`, built
+//! beforehand by `cargo build --bins`) and three `saldo-worker` processes with fast settings and
 //! their own timers. Asserts the final stock and every node's ledger.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use saldo_core::ledger::ranking;
@@ -13,13 +13,7 @@ use serde_json::{Value, json};
 const NODES: [&str; 3] = ["westeurope", "northeurope", "swedencentral"];
 const KEY: &str = "fleet-test-topic-key";
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use saldo_testkit::KillOnDrop as Proc;
 
 struct Fleet {
     db: Secantus,
@@ -34,33 +28,25 @@ struct Fleet {
     http: reqwest::Client,
 }
 
-/// The emulator binary, built (or found up to date) by cargo so the test never runs a stale one.
+/// The emulator binary, built beforehand (`cargo build --bins`; `./dev test` does): a test that
+/// ran cargo itself would take the build lock and rebuild beside the test run.
 fn eventgrid_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "saldo-eventgrid"])
-        .current_dir(repo_root())
-        .status()
-        .expect("run cargo build -p saldo-eventgrid");
-    assert!(status.success(), "cargo build -p saldo-eventgrid failed");
     let p = repo_root().join("target/debug/saldo-eventgrid");
-    assert!(p.exists(), "{} is missing after building it", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        p.display()
+    );
     p
 }
 
+/// Polls `f` until it holds; panics naming `what` after `limit` ([`saldo_testkit::until`]).
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
+    saldo_testkit::until(limit, what, async || f().await.then_some(())).await
 }
 
 impl Fleet {
@@ -125,25 +111,49 @@ impl Fleet {
         for i in 0..NODES.len() {
             fleet.start_worker(i).await;
         }
-        for (i, node) in NODES.iter().enumerate() {
-            let body = json!({"properties": {"destination": {"endpointType": "WebHook", "properties": {
-                "endpointUrl": format!("{}/api/eventgrid", fleet.url(i)), "maxEventsPerBatch": 20}}}});
-            let r = fleet
-                .http
-                .put(format!("{}/subscriptions/{node}-sub", fleet.topic))
-                .header("aeg-sas-key", KEY)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert!(
-                r.status().is_success(),
-                "subscription for {node}: {} {}",
-                r.status(),
-                r.text().await.unwrap()
-            );
+        for i in 0..NODES.len() {
+            fleet.subscribe(i).await;
         }
         fleet
+    }
+
+    /// Creates node `i`'s subscription (the handshake reaches the worker).
+    async fn subscribe(&self, i: usize) {
+        let node = NODES[i];
+        let body = json!({"properties": {"destination": {"endpointType": "WebHook", "properties": {
+            "endpointUrl": format!("{}/api/eventgrid", self.url(i)), "maxEventsPerBatch": 20}}}});
+        let r = self
+            .http
+            .put(format!("{}/subscriptions/{node}-sub", self.topic))
+            .header("aeg-sas-key", KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "subscription for {node}: {} {}",
+            r.status(),
+            r.text().await.unwrap()
+        );
+    }
+
+    /// Deletes node `i`'s subscription: the topic drops what it still had to deliver there.
+    async fn unsubscribe(&self, i: usize) {
+        let r = self
+            .http
+            .delete(format!("{}/subscriptions/{}-sub", self.topic, NODES[i]))
+            .header("aeg-sas-key", KEY)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "unsubscribe: {}", r.status());
+    }
+
+    async fn counter(&self, i: usize, name: &str) -> u64 {
+        self.get(i, "/api/status").await.expect("status")["counters"][name]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     fn url(&self, i: usize) -> String {
@@ -367,6 +377,9 @@ async fn the_fleet_executes_once_takes_over_and_catches_up() {
         .find(|t| ranking(t, NODES)[0] == NODES[0])
         .unwrap();
     fleet.kill_worker(0);
+    // Nothing of what follows may reach the region by redelivery: its subscription goes while
+    // it is down (the topic drops its pending events), so only catch-up can bring it back.
+    fleet.unsubscribe(0).await;
     let killed_at = Instant::now();
     fleet
         .publish(json!([command(&tx, json!([orange(-1)]))]))
@@ -383,9 +396,15 @@ async fn the_fleet_executes_once_takes_over_and_catches_up() {
         .outcome(2, "while-down", Duration::from_secs(60))
         .await;
     fleet.start_worker(0).await;
+    fleet.subscribe(0).await;
     let mut txs = txs;
     txs.extend([tx, "while-down".to_string()]);
     fleet.assert_agree(&txs, &all).await;
+    // The two it missed came through catch-up (the restarted process counts from zero).
+    assert!(
+        fleet.counter(0, "catchUpRepairs").await >= 2,
+        "catch-up repaired what the region missed"
+    );
     assert_eq!(fleet.stock(1).await, 10 - 2 - 1 - 3 - 1 - 1);
     // Fleet-wide database round trips per transaction, background work (heartbeats, sweeps,
     // catch-up) included: a rough figure for the report; `saldo bench` measures it properly.

@@ -265,16 +265,13 @@ impl Receiver {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `secs` seconds.
+/// Polls `cond` until it holds; panics with `what` after `secs` seconds
+/// ([`saldo_testkit::until`]).
 pub async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    saldo_testkit::until(Duration::from_secs(secs), what, async || {
+        cond().then_some(())
+    })
+    .await
 }
 
 pub fn client() -> reqwest::Client {

@@ -64,6 +64,8 @@ pub struct HostProc {
     pub child: Child,
     pub base: String,
     pub app: tempfile::TempDir,
+    /// Every line the host printed on stdout so far.
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for HostProc {
@@ -131,10 +133,13 @@ pub fn start(app: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Ho
         }
     });
     let (tx, rx) = mpsc::channel();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = lines.clone();
     // Keep draining stdout for the life of the process so its pipe never fills.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            kept.lock().unwrap().push(line.clone());
             if let Some(rest) = line.strip_prefix("listening on ") {
                 let _ = tx.send(rest.trim().to_string());
             }
@@ -149,7 +154,12 @@ pub fn start(app: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Ho
             panic!("saldo-funchost did not print `listening on` ({e}); exit: {status:?}");
         }
     };
-    HostProc { child, base, app }
+    HostProc {
+        child,
+        base,
+        app,
+        stdout: lines,
+    }
 }
 
 /// Runs a host that is expected to refuse to start: returns (exit code, stderr).
@@ -195,23 +205,9 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Polls `f` every 100 ms until it returns Some, or panics after `secs`.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Polls `f` until it returns Some, or panics after `secs` ([`saldo_testkit::until`]).
+pub async fn eventually<T>(secs: u64, what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    saldo_testkit::until(Duration::from_secs(secs), what, f).await
 }
 
 /// Waits until the test handler has recorded at least `n` invocations in `record` (one JSON

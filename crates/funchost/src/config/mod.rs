@@ -2,7 +2,10 @@
 //!
 //! [`load_app`] does all checks that need no app settings; [`App::resolve_settings`] then replaces
 //! `%NAME%` in timer schedules with app settings. Both refuse bad input with a [`ConfigError`]
-//! naming the file and the reason. [`App::route`] is the request router, usable in tests:
+//! naming the file and the reason (a field of the wrong type by its path in the file, e.g.
+//! `bindings[0].methods[1]`). `host` and `function` hold the serde types of the two files and the
+//! rules serde cannot express; `json` turns serde's errors into those reasons. [`App::route`] is
+//! the request router, usable in tests:
 //!
 //! ```no_run
 //! use saldo_funchost::config::{load_app, Match};
@@ -14,7 +17,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
+mod function;
+mod host;
+mod json;
 
 use crate::route::RouteTemplate;
 use crate::schedule::Ncrontab;
@@ -321,8 +326,7 @@ pub fn load_app(dir: &Path) -> Result<App, ConfigError> {
     let host_path = dir.join("host.json");
     let host_text = std::fs::read_to_string(&host_path)
         .map_err(|e| err(&host_path, format!("cannot read: {e}")))?;
-    let host: Value = parse_json(&host_path, &host_text)?;
-    let host_cfg = parse_host(&host_path, &host)?;
+    let host_cfg = host::parse_host(&host_path, &host_text)?;
 
     let mut functions = Vec::new();
     let entries =
@@ -339,14 +343,13 @@ pub fn load_app(dir: &Path) -> Result<App, ConfigError> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let text =
             std::fs::read_to_string(&file).map_err(|e| err(&file, format!("cannot read: {e}")))?;
-        let json = parse_json(&file, &text)?;
-        if let Some(f) = parse_function(&name, &file, &json, host_cfg.forwarding)? {
+        if let Some(f) = function::parse_function(&name, &file, &text, host_cfg.forwarding)? {
             functions.push(f);
         }
     }
     functions.sort_by(|a, b| a.name.cmp(&b.name));
 
-    if host_cfg.bundle.is_none()
+    if !host_cfg.bundle
         && functions
             .iter()
             .any(|f| !matches!(f.trigger, Trigger::Http(_)))
@@ -376,329 +379,6 @@ pub fn load_app(dir: &Path) -> Result<App, ConfigError> {
     })
 }
 
-fn parse_json(file: &Path, text: &str) -> Result<Value, ConfigError> {
-    let v: Value =
-        serde_json::from_str(text).map_err(|e| err(file, format!("invalid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(err(file, "must be a JSON object"));
-    }
-    Ok(v)
-}
-
-struct HostConfig {
-    executable: String,
-    arguments: Vec<String>,
-    working_directory: Option<String>,
-    forwarding: bool,
-    route_prefix: String,
-    function_timeout: Duration,
-    bundle: Option<()>,
-}
-
-fn opt_str<'v>(file: &Path, v: &'v Value, key: &str) -> Result<Option<&'v str>, ConfigError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(err(file, format!("`{key}` must be a string"))),
-    }
-}
-
-fn parse_host(file: &Path, v: &Value) -> Result<HostConfig, ConfigError> {
-    match opt_str(file, v, "version")? {
-        Some("2.0") => {}
-        Some(other) => {
-            return Err(err(
-                file,
-                format!("`version` must be \"2.0\", found \"{other}\""),
-            ));
-        }
-        None => return Err(err(file, "`version` is missing (must be \"2.0\")")),
-    }
-    let ch = v
-        .get("customHandler")
-        .ok_or_else(|| err(file, "`customHandler` is missing"))?;
-    let desc = ch
-        .get("description")
-        .ok_or_else(|| err(file, "`customHandler.description` is missing"))?;
-    let executable = opt_str(file, desc, "defaultExecutablePath")?
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
-            err(
-                file,
-                "`customHandler.description.defaultExecutablePath` is missing or empty",
-            )
-        })?
-        .to_string();
-    let arguments = match desc.get("arguments") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| x.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                err(
-                    file,
-                    "`customHandler.description.arguments` must be an array of strings",
-                )
-            })?,
-        Some(_) => {
-            return Err(err(
-                file,
-                "`customHandler.description.arguments` must be an array of strings",
-            ));
-        }
-    };
-    let working_directory = opt_str(file, desc, "workingDirectory")?
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    let forwarding = match ch.get("enableForwardingHttpRequest") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(err(
-                file,
-                "`customHandler.enableForwardingHttpRequest` must be true or false",
-            ));
-        }
-    };
-    let bundle = match v.get("extensionBundle") {
-        None | Some(Value::Null) => None,
-        Some(b) => {
-            let id = opt_str(file, b, "id")?;
-            if id != Some("Microsoft.Azure.Functions.ExtensionBundle") {
-                return Err(err(
-                    file,
-                    "`extensionBundle.id` must be \"Microsoft.Azure.Functions.ExtensionBundle\"",
-                ));
-            }
-            if opt_str(file, b, "version")?.is_none_or(|s| s.trim().is_empty()) {
-                return Err(err(
-                    file,
-                    "`extensionBundle.version` is missing (e.g. \"[4.*, 5.0.0)\")",
-                ));
-            }
-            Some(())
-        }
-    };
-    let route_prefix = match v.pointer("/extensions/http") {
-        Some(http) => opt_str(file, http, "routePrefix")?.unwrap_or("api"),
-        None => "api",
-    }
-    .trim_matches('/')
-    .to_string();
-    let function_timeout = match opt_str(file, v, "functionTimeout")? {
-        None => Duration::from_secs(300),
-        Some(s) => parse_timespan(s)
-            .ok_or_else(|| err(file, format!("`functionTimeout` \"{s}\" is not hh:mm:ss")))?,
-    };
-    Ok(HostConfig {
-        executable,
-        arguments,
-        working_directory,
-        forwarding,
-        route_prefix,
-        function_timeout,
-        bundle,
-    })
-}
-
-/// `hh:mm:ss` (the TimeSpan form host.json uses) → Duration.
-fn parse_timespan(s: &str) -> Option<Duration> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let [h, m, sec] = parts.as_slice() else {
-        return None;
-    };
-    let (h, m, sec): (u64, u64, f64) = (h.parse().ok()?, m.parse().ok()?, sec.parse().ok()?);
-    if m >= 60 || !(0.0..60.0).contains(&sec) {
-        return None;
-    }
-    Some(Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(sec))
-}
-
-const METHODS: [&str; 8] = [
-    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE",
-];
-
-/// Parses one function.json. `Ok(None)` for a function marked `"disabled": true`.
-fn parse_function(
-    name: &str,
-    file: &Path,
-    v: &Value,
-    forwarding: bool,
-) -> Result<Option<Function>, ConfigError> {
-    // The host's rule for function names.
-    let mut chars = name.chars();
-    if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(err(
-            file,
-            format!(
-                "function name `{name}` (the folder name) must start with a letter and hold only letters, digits, `_` and `-`"
-            ),
-        ));
-    }
-    if v.get("disabled").and_then(Value::as_bool) == Some(true) {
-        return Ok(None);
-    }
-    let Some(Value::Array(raw)) = v.get("bindings") else {
-        return Err(err(file, "`bindings` must be an array"));
-    };
-    let mut bindings = Vec::new();
-    for (i, b) in raw.iter().enumerate() {
-        if !b.is_object() {
-            return Err(err(file, format!("bindings[{i}] must be an object")));
-        }
-        let field = |k: &str| -> Result<String, ConfigError> {
-            opt_str(file, b, k)?
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| err(file, format!("bindings[{i}].{k} is missing")))
-        };
-        let binding = Binding {
-            name: field("name")?,
-            kind: field("type")?,
-            direction: field("direction")?.to_ascii_lowercase(),
-        };
-        if !["in", "out", "inout"].contains(&binding.direction.as_str()) {
-            return Err(err(
-                file,
-                format!("bindings[{i}].direction must be in, out or inout"),
-            ));
-        }
-        if bindings
-            .iter()
-            .any(|x: &Binding| x.name.eq_ignore_ascii_case(&binding.name))
-        {
-            return Err(err(
-                file,
-                format!("binding name `{}` is used twice", binding.name),
-            ));
-        }
-        bindings.push(binding);
-    }
-    let triggers: Vec<usize> = (0..raw.len())
-        .filter(|&i| bindings[i].kind.to_ascii_lowercase().ends_with("trigger"))
-        .collect();
-    let [t] = triggers.as_slice() else {
-        return Err(err(
-            file,
-            format!(
-                "a function needs exactly one trigger binding, found {}",
-                triggers.len()
-            ),
-        ));
-    };
-    let (tb, traw) = (&bindings[*t], &raw[*t]);
-    if tb.direction != "in" {
-        return Err(err(
-            file,
-            format!("trigger `{}` must have direction `in`", tb.name),
-        ));
-    }
-    // Only the bindings Saldo uses; anything else would silently do nothing locally.
-    for b in &bindings {
-        let k = b.kind.as_str();
-        let ok = k.eq_ignore_ascii_case("httpTrigger")
-            || k.eq_ignore_ascii_case("timerTrigger")
-            || (k.eq_ignore_ascii_case("http") && b.direction == "out");
-        if !ok {
-            return Err(err(
-                file,
-                format!(
-                    "binding type `{k}` ({}) is not supported by the local Functions host stand-in",
-                    b.direction
-                ),
-            ));
-        }
-    }
-    let trigger = if tb.kind.eq_ignore_ascii_case("httpTrigger") {
-        let auth = match opt_str(file, traw, "authLevel")?
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            // Azure's default when authLevel is absent.
-            None | Some("function") => AuthLevel::Function,
-            Some("anonymous") => AuthLevel::Anonymous,
-            // "system" keys do not exist locally; treat them like admin (master key only).
-            Some("admin") | Some("system") => AuthLevel::Admin,
-            Some(other) => {
-                return Err(err(
-                    file,
-                    format!("authLevel `{other}` must be anonymous, function or admin"),
-                ));
-            }
-        };
-        let methods = match traw.get("methods") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => {
-                let mut ms = Vec::new();
-                for m in a {
-                    let m = m
-                        .as_str()
-                        .map(str::to_ascii_uppercase)
-                        .filter(|m| METHODS.contains(&m.as_str()))
-                        .ok_or_else(|| {
-                            err(file, format!("`methods` has an unknown HTTP method {m}"))
-                        })?;
-                    ms.push(m);
-                }
-                ms
-            }
-            Some(_) => return Err(err(file, "`methods` must be an array of strings")),
-        };
-        let route_text = opt_str(file, traw, "route")?.unwrap_or(name);
-        let route = RouteTemplate::parse(route_text).map_err(|r| err(file, r))?;
-        let outputs: Vec<&Binding> = bindings
-            .iter()
-            .filter(|b| b.kind.eq_ignore_ascii_case("http"))
-            .collect();
-        if outputs.len() > 1 {
-            return Err(err(file, "at most one `http` output binding is allowed"));
-        }
-        let output = outputs.first().map(|b| b.name.clone());
-        Trigger::Http(HttpTrigger {
-            binding: tb.name.clone(),
-            auth,
-            methods,
-            route,
-            forwarded: forwarding && bindings.len() == 2 && output.is_some(),
-            output,
-        })
-    } else {
-        if bindings.len() != 1 {
-            return Err(err(file, "a timer function takes no other bindings here"));
-        }
-        let schedule_text = opt_str(file, traw, "schedule")?
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| err(file, "timerTrigger `schedule` is missing"))?
-            .to_string();
-        // A literal schedule is checked now; `%SETTING%` ones when settings are resolved.
-        let schedule = if schedule_text.contains('%') {
-            None
-        } else {
-            Some(Ncrontab::parse(&schedule_text).map_err(|r| err(file, r))?)
-        };
-        let run_on_startup = match traw.get("runOnStartup") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(err(file, "`runOnStartup` must be true or false")),
-        };
-        Trigger::Timer(TimerTrigger {
-            binding: tb.name.clone(),
-            schedule_text,
-            schedule,
-            run_on_startup,
-        })
-    };
-    Ok(Some(Function {
-        name: name.to_string(),
-        file: file.to_path_buf(),
-        trigger,
-        bindings,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,11 +401,5 @@ mod tests {
         assert_eq!(strip_prefix("/API", "api"), Some(""));
         assert_eq!(strip_prefix("/apix", "api"), None);
         assert_eq!(strip_prefix("/x", ""), Some("x"));
-    }
-
-    #[test]
-    fn timespan() {
-        assert_eq!(parse_timespan("00:05:00"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_timespan("5"), None);
     }
 }
