@@ -157,9 +157,8 @@ fn expected(body: &[u8]) -> (BTreeSet<String>, BTreeSet<String>, bool) {
     (txs, peers, handshake)
 }
 
-async fn deliver(body: Vec<u8>) -> Result<(), TestCaseError> {
-    let db = MemDb::new();
-    let store = db.store(NODE);
+/// One node's configuration and clock, the same for every property.
+fn node_config() -> (Config, ManualClock) {
     let cfg = Config {
         node: NODE.into(),
         region: NODE.into(),
@@ -171,6 +170,13 @@ async fn deliver(body: Vec<u8>) -> Result<(), TestCaseError> {
         catch_up_every: 5,
     };
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap());
+    (cfg, clock)
+}
+
+async fn deliver(body: Vec<u8>) -> Result<(), TestCaseError> {
+    let db = MemDb::new();
+    let store = db.store(NODE);
+    let (cfg, clock) = node_config();
     let node = Arc::new(Node::new(cfg, store.clone(), clock, NullBus, NoPeers));
     node.start()
         .await
@@ -231,17 +237,7 @@ async fn deliver(body: Vec<u8>) -> Result<(), TestCaseError> {
 /// `/api/products/{id}`): any query or path is answered 2xx or 4xx with a body, never 5xx.
 async fn read(path: String) -> Result<(), TestCaseError> {
     let db = MemDb::new();
-    let cfg = Config {
-        node: NODE.into(),
-        region: NODE.into(),
-        public_url: "http://127.0.0.1:1".into(),
-        peers: vec![],
-        takeover: chrono::Duration::seconds(10),
-        liveness: chrono::Duration::seconds(15),
-        peers_cache: chrono::Duration::zero(),
-        catch_up_every: 5,
-    };
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap());
+    let (cfg, clock) = node_config();
     let node = Arc::new(Node::new(cfg, db.store(NODE), clock, NullBus, NoPeers));
     node.start()
         .await
