@@ -69,6 +69,7 @@ fn node_error(e: NodeError) -> Response {
         e @ (NodeError::Publish(_) | NodeError::Peer(_)) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
+        e @ NodeError::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -94,6 +95,25 @@ pub fn app<S: Store, C: Clock, B: Bus, P: PeerClient>(node: Arc<Node<S, C, B, P>
 
 type St<S, C, B, P> = State<Arc<Node<S, C, B, P>>>;
 
+/// Runs `work` on its own task and waits for it, so that it finishes even when the caller gives
+/// up. Event Grid (and the Functions host) time a request out and close the connection, which
+/// drops the handler's future wherever it is: after a warehouse commit but before the outcome is
+/// recorded, the counters counted or the completion published. Every such cut is repaired later
+/// (the sweep adopts our own marker), but only later, and the work is already paid for; letting
+/// it finish costs nothing. Bounded: a request waits for its task, so only requests whose caller
+/// has gone leave one running, and each ends within the store's timeout.
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, NodeError>> + Send + 'static,
+) -> Result<T, NodeError> {
+    use tracing::Instrument;
+    // The request's span goes along: the work stays in the purchase's trace.
+    match tokio::spawn(work.instrument(tracing::Span::current())).await {
+        Ok(r) => r,
+        // A panic in the work (a broken invariant) answers 500 and Event Grid retries.
+        Err(e) => Err(NodeError::Internal(format!("the request's work ended abnormally: {e}"))),
+    }
+}
+
 async fn eventgrid<S: Store, C: Clock, B: Bus, P: PeerClient>(
     State(node): St<S, C, B, P>,
     req: Request,
@@ -118,7 +138,8 @@ async fn eventgrid<S: Store, C: Clock, B: Bus, P: PeerClient>(
             );
         }
     };
-    match node.handle_delivery(&body).await {
+    let done = to_completion(async move { node.handle_delivery(&body).await }).await;
+    match done {
         Ok(Delivery::Validation { code }) => {
             Json(json!({"validationResponse": code})).into_response()
         }
@@ -247,7 +268,9 @@ fn invocation(status: StatusCode, logs: Vec<String>, value: Value) -> Response {
 
 fn invocation_error(e: NodeError) -> Response {
     let status = match &e {
-        NodeError::Store(StoreError::Failed(_)) | NodeError::Invalid(_) => {
+        NodeError::Store(StoreError::Failed(_))
+        | NodeError::Invalid(_)
+        | NodeError::Internal(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -260,7 +283,7 @@ async fn heartbeat<S: Store, C: Clock, B: Bus, P: PeerClient>(
     State(node): St<S, C, B, P>,
     _body: Body,
 ) -> Response {
-    match node.heartbeat().await {
+    match to_completion(async move { node.heartbeat().await }).await {
         Ok(()) => invocation(StatusCode::OK, vec![], Value::Null),
         Err(e) => invocation_error(e),
     }
@@ -270,7 +293,7 @@ async fn sweep<S: Store, C: Clock, B: Bus, P: PeerClient>(
     State(node): St<S, C, B, P>,
     _body: Body,
 ) -> Response {
-    match node.sweep().await {
+    match to_completion(async move { node.sweep().await }).await {
         Ok(r) => invocation(
             StatusCode::OK,
             vec![format!(

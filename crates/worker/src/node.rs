@@ -148,6 +148,9 @@ pub enum NodeError {
     /// A peer could not be reached or answered nonsense (catch-up skips it).
     #[error("peer: {0}")]
     Peer(String),
+    /// A broken invariant ended the work (a panic): HTTP 500, retried.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// What a successful delivery amounted to.

@@ -181,7 +181,11 @@ impl Fleet {
             .env("SALDO_STANDALONE_TIMERS", "1")
             .env("SALDO_HEARTBEAT_SCHEDULE", "* * * * * *")
             .env("SALDO_SWEEP_SCHEDULE", "* * * * * *")
-            .env("RUST_LOG", "error")
+            // SALDO_TEST_WORKER_LOG=info shows what the workers decided when a test fails.
+            .env(
+                "RUST_LOG",
+                std::env::var("SALDO_TEST_WORKER_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .unwrap();

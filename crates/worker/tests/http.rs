@@ -1,5 +1,6 @@
 //! The worker's router in-process over real HTTP (port 0), against a real SecantusDB.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -10,11 +11,13 @@ use saldo_store::{MongoStore, Store};
 use saldo_worker::{Bus, Config, Node, PeerClient, SystemClock};
 use serde_json::{Value, json};
 
-/// Captures what the node publishes.
+/// Captures what the node publishes, after `delay_ms` (a slow topic).
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<EventGridEvent<Value>>>>);
+struct Captured(Arc<Mutex<Vec<EventGridEvent<Value>>>>, Arc<AtomicU64>);
 impl Bus for Captured {
     async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
+        let delay = self.1.load(Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         self.0.lock().unwrap().extend(events);
         Ok(())
     }
@@ -430,6 +433,53 @@ async fn commands_execute_once_and_redelivery_is_recognised() {
     assert_eq!(st["counters"]["executed"], 3);
     assert_eq!(st["counters"]["duplicates"], 2);
     assert!(st["counters"]["dbOps"].as_u64().unwrap() > 10);
+}
+
+/// Event Grid and the Functions host time a request out and close the connection; the work the
+/// delivery started (execute, record, publish the completion) must still finish, not wait for
+/// the sweep. Without `to_completion` the handler's future is dropped in the slow publish and
+/// the completion never goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_caller_gives_up_still_finishes_its_work() {
+    let f = fixture().await;
+    f.bus.1.store(1_500, Ordering::Relaxed);
+    let stock = command(
+        "slow-1",
+        json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}]),
+    );
+    let gave_up = f
+        .http
+        .post(format!("{}/api/eventgrid", f.base))
+        .timeout(std::time::Duration::from_millis(300))
+        .json(&json!([stock]))
+        .send()
+        .await;
+    assert!(
+        gave_up.as_ref().is_err_and(|e| e.is_timeout()),
+        "the caller timed out: {gave_up:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while f.bus.0.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the completion of a delivery whose caller gave up was never published"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let published = f.bus.0.lock().unwrap().clone();
+    assert_eq!(published.len(), 1);
+    assert_eq!(
+        published[0].id,
+        saldo_worker::node::completion_event_id("slow-1")
+    );
+    // Marked published once the publish returned (no sweep runs in this test).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f.node.store.unpublished(10).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "still in the outbox");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, st) = f.get("/api/status").await;
+    assert_eq!(st["counters"]["executed"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
