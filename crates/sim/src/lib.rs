@@ -1131,8 +1131,11 @@ impl World {
         self.at(self.cfg.active_ms, Action::Heal);
         let end = self.cfg.active_ms + self.cfg.heal_ms;
         let mut steps = 0u64;
-        while let Some(Reverse((t, _, action))) = self.queue.pop() {
+        while let Some(Reverse((t, seq, action))) = self.queue.pop() {
             if t > end {
+                // Not due before the end: back in the queue, where the end-of-run accounting
+                // below finds it (dropping it here lost a delivery that was still owed).
+                self.queue.push(Reverse((t, seq, action)));
                 break;
             }
             steps += 1;

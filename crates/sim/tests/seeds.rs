@@ -199,3 +199,24 @@ fn the_simulation_catches_an_acknowledged_command_not_in_the_ledger() {
         "{failed:?}"
     );
 }
+
+/// Seed 7031 (3 instances, clocks 3 s apart, 40 commands) once failed with "published, never
+/// executed, and dead-lettered by only 2 of 3 regions": the run's last queued action, a retry
+/// due after the end, was popped to find the end and then dropped, so the end-of-run accounting
+/// never dead-lettered it. The fleet was right; the simulation lost the delivery. Seeds 4205 and
+/// 4401 were the same.
+#[test]
+fn a_retry_due_after_the_end_is_accounted_for() {
+    let cfg = SimConfig {
+        clock_skew_ms: 3_000,
+        commands: 40,
+        ..SimConfig::with_instances(3)
+    };
+    for seed in [4205, 4401, 7031] {
+        let r = run(seed, &cfg).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(
+            !r.undeliverable.is_empty(),
+            "seed {seed} no longer ends with an undeliverable command: the scenario moved"
+        );
+    }
+}
