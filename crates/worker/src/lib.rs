@@ -2,7 +2,8 @@
 //!
 //! - [`node`]: the node's behaviour ([`Node`]: handle a delivery, sweep, heartbeat, catch up),
 //!   generic over the store, the clock, the outbound bus and the peer client, so that the HTTP
-//!   handlers and the deterministic simulation (`saldo-sim`) run the very same code.
+//!   handlers and the deterministic simulation (`saldo-sim`) run the very same code; one
+//!   submodule per job (delivery, execution, outbox, sweep, catch-up, liveness, reads).
 //! - [`intake`]: a delivery's events sorted into those taken and those quarantined.
 //! - [`http`]: the axum router (the Functions custom handler's routes).
 //! - [`settings`]: configuration from the environment.

@@ -1,0 +1,26 @@
+//! Why a delivery or timer invocation failed.
+
+use saldo_store::StoreError;
+
+/// Why a delivery or timer invocation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// Can never succeed (HTTP 400: Event Grid dead-letters it, never retries).
+    #[error("{0}")]
+    Invalid(String),
+    /// Not yet started (HTTP 503: retry).
+    #[error("node is starting: {0}")]
+    NotReady(String),
+    /// The database failed (unavailable → 503, otherwise 500; both retried).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The topic did not take our events (retried by the next sweep: the ledger is the outbox).
+    #[error("publishing failed: {0}")]
+    Publish(String),
+    /// A peer could not be reached or answered nonsense (catch-up skips it).
+    #[error("peer: {0}")]
+    Peer(String),
+    /// A broken invariant ended the work (a panic): HTTP 500, retried.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,91 @@
+//! Executing a transaction against the warehouse (or adopting the outcome already there) and
+//! recording outcomes in this node's ledger.
+
+use chrono::{DateTime, Utc};
+use saldo_core::events::Outcome;
+use saldo_store::{Command, OutcomeRecord, Recorded, Store, StoreError};
+use tracing::Instrument;
+
+use super::counters::inc;
+use super::outbox::Completion;
+use super::{Bus, Clock, Node, PeerClient};
+
+impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
+    /// Records an outcome in our ledger; a conflicting known outcome is logged loudly.
+    pub(super) async fn record(
+        &self,
+        tx: &str,
+        outcome: &OutcomeRecord,
+        published: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded, StoreError> {
+        let r = self
+            .store
+            .record_outcome(tx, outcome, published, now)
+            .await?;
+        if let Recorded::Conflict(known) = &r {
+            inc(&self.counters.conflicts, 1);
+            tracing::error!(
+                transaction = tx, known = ?known, heard = ?outcome,
+                "CONFLICTING OUTCOMES for one transaction: exactly-once is broken; keeping the first"
+            );
+        }
+        Ok(r)
+    }
+
+    /// Executes (or adopts) one transaction and records the outcome. Returns the completion
+    /// this node owes the fleet (when the marker is its own), to be published.
+    pub(super) async fn execute_one(
+        &self,
+        tx: &str,
+        command: &Command,
+        rank: usize,
+    ) -> Result<Option<Completion>, StoreError> {
+        let span = tracing::info_span!(
+            "execute",
+            otel.kind = "consumer",
+            transaction = tx,
+            node = %self.cfg.node,
+            region = %self.cfg.region,
+            rank
+        );
+        saldo_telemetry::set_parent_with_state(
+            &span,
+            command.traceparent.as_deref(),
+            command.tracestate.as_deref(),
+        );
+        let result = async {
+            let now = self.clock.now();
+            let ex = self.store.execute(tx, &command.products, &self.cfg.region, rank > 0, now).await?;
+            if ex.fresh {
+                inc(&self.counters.executed, 1);
+                if ex.outcome.status == Outcome::Rejected {
+                    inc(&self.counters.rejected, 1);
+                }
+                if rank > 0 {
+                    inc(&self.counters.taken_over, 1);
+                }
+                tracing::info!(status = ?ex.outcome.status, reason = ?ex.outcome.reason, "executed");
+            } else {
+                inc(&self.counters.adopted, 1);
+            }
+            let ours = ex.outcome.node == self.cfg.node;
+            self.record(tx, &ex.outcome, !ours, now).await?;
+            let traceparent = saldo_telemetry::current_traceparent().or_else(|| command.traceparent.clone());
+            Ok(ours.then(|| Completion {
+                transaction: tx.to_string(),
+                outcome: ex.outcome,
+                traceparent,
+                tracestate: command.tracestate.clone(),
+            }))
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(e) = &result {
+            // Inside the execution's span, so the failure is an exception of this purchase's
+            // trace (Application Insights), not a loose log line.
+            span.in_scope(|| tracing::error!(error = %e, "execution failed"));
+        }
+        result
+    }
+}
