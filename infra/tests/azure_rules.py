@@ -58,7 +58,7 @@ COLLECTION_TYPE = "Microsoft.DocumentDB/databaseAccounts/mongodbDatabases/collec
 DATABASE_TYPE = "Microsoft.DocumentDB/databaseAccounts/mongodbDatabases"
 
 # Collections the store runs multi-document transactions in, so they must be unsharded:
-# - warehouse: products and "applied" markers change together (crates/store/src/mongo.rs, execute);
+# - warehouse: products and "applied" markers change together (crates/store/src/mongo/execute.rs);
 # - ledger_<node>: a node's sequence numbers are allocated in the ledger collection itself, so the
 #   feed design may allocate them in a transaction with the entry (issue 11); unsharded keeps
 #   that open whatever the fleet settles on.

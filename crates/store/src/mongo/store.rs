@@ -1,0 +1,439 @@
+//! The [`Store`] operations over MongoDB.
+
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::IndexModel;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::error::ErrorKind;
+use mongodb::options::{IndexOptions, ReturnDocument};
+use saldo_core::events::ProductLine;
+use saldo_core::views::ProductView;
+
+use super::documents::{
+    MarkerDoc, PeerDoc, ProductDoc, marker_key, ms, parse_ledger, product_key, to_i64,
+};
+use super::retry::{DUPLICATE_KEY, classify, code};
+use super::transaction::Attempt;
+use super::{COUNTER_ID, MongoStore};
+use crate::model::*;
+use crate::{MAX_PAGE, MAX_PRODUCTS, Quarantined, Result, Store, StoreError};
+
+impl MongoStore {
+    pub(super) async fn find_ledger(
+        &self,
+        what: &str,
+        filter: Document,
+        sort: Document,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>> {
+        let limit = limit.clamp(1, MAX_PAGE) as i64;
+        let docs: Vec<Document> = self
+            .retry(what, || async {
+                self.ledger
+                    .find(filter.clone())
+                    .sort(sort.clone())
+                    .limit(limit)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        docs.into_iter().map(parse_ledger).collect()
+    }
+}
+
+impl Store for MongoStore {
+    async fn quarantine(&self, events: &[Quarantined]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let docs = events
+            .iter()
+            .map(|q| {
+                bson::to_document(q)
+                    .map_err(|e| StoreError::Failed(format!("encode quarantined event: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let coll = self.quarantine_collection();
+        match self
+            .retry_raw("quarantine", || {
+                coll.insert_many(docs.clone()).ordered(false)
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let ErrorKind::InsertMany(im) = e.kind.as_ref()
+                    && im.write_concern_error.is_none()
+                    && let Some(errors) = &im.write_errors
+                    && errors.iter().all(|w| w.code == DUPLICATE_KEY)
+                {
+                    return Ok(()); // already quarantined: the same event delivered again
+                }
+                Err(classify("quarantine", e))
+            }
+        }
+    }
+
+    async fn quarantined(&self, limit: usize) -> Result<Vec<Quarantined>> {
+        let coll = self
+            .quarantine_collection()
+            .clone_with_type::<Quarantined>();
+        let limit = limit.clamp(1, crate::MAX_PAGE) as i64;
+        let cursor = self
+            .retry("read quarantine", || {
+                coll.find(doc! {}).sort(doc! {"atMs": -1}).limit(limit)
+            })
+            .await?;
+        cursor
+            .try_collect()
+            .await
+            .map_err(|e| classify("read quarantine", e))
+    }
+
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    async fn init(&self) -> Result<()> {
+        let idx = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_string()).build())
+                .build()
+        };
+        let ledger_indexes = [
+            idx(doc! {"seq": 1}, "seq"),
+            idx(doc! {"state": 1, "received_at_ms": 1}, "state_received"),
+            idx(doc! {"published": 1}, "published"),
+            // Cosmos DB sorts only by indexed fields: the pending scan sorts by this one.
+            idx(doc! {"received_at_ms": 1}, "received"),
+        ];
+        for model in ledger_indexes {
+            self.retry("create ledger index", || {
+                self.ledger.create_index(model.clone())
+            })
+            .await?;
+        }
+        // The warehouse and peers are only ever read by `_id` (ranges of it): no extra index.
+        // The counter starts above every number already given out (a ledger written before the
+        // counter existed numbered entries from the clock; peers' cursors point into that
+        // range). `$max` never lowers it, so running this while others write is harmless.
+        let last: Option<Document> = self
+            .retry("read last seq", || {
+                self.ledger
+                    .find_one(doc! {"seq": {"$gte": 0}})
+                    .sort(doc! {"seq": -1})
+            })
+            .await?;
+        let last_seq = match last {
+            Some(d) => to_i64(parse_ledger(d)?.seq, "seq")?,
+            None => 0,
+        };
+        self.retry("init sequence counter", || {
+            self.ledger
+                .update_one(doc! {"_id": COUNTER_ID}, doc! {"$max": {"next": last_seq}})
+                .upsert(true)
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn db_ops(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+
+    async fn insert_commands(&self, cmds: &[NewCommand]) -> Result<Vec<Inserted>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Optimistic first (every command new); after a duplicate, look before inserting.
+        let look = &std::sync::atomic::AtomicBool::new(false);
+        self.transact("insert commands", move |mut session| async move {
+            let r = self
+                .insert_once(&mut session, cmds, look.load(Ordering::Relaxed))
+                .await;
+            if matches!(&r, Err(e) if code(e) == Some(DUPLICATE_KEY)) {
+                look.store(true, Ordering::Relaxed);
+                return (session, Ok(Attempt::Again));
+            }
+            (session, r)
+        })
+        .await
+    }
+
+    async fn record_outcome(
+        &self,
+        transaction: &str,
+        outcome: &OutcomeRecord,
+        published: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded> {
+        self.transact("record outcome", move |mut session| async move {
+            let r = self
+                .record_once(&mut session, transaction, outcome, published, now)
+                .await;
+            (session, r)
+        })
+        .await
+    }
+
+    async fn mark_published(&self, transactions: &[String]) -> Result<()> {
+        if transactions.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Bson> = transactions
+            .iter()
+            .map(|t| Bson::String(t.clone()))
+            .collect();
+        self.retry("mark published", || {
+            self.ledger.update_many(
+                doc! {"_id": {"$in": ids.clone()}},
+                doc! {"$set": {"published": true}},
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn pending(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
+        self.find_ledger(
+            "pending",
+            doc! {"state": "pending"},
+            doc! {"received_at_ms": 1},
+            limit,
+        )
+        .await
+    }
+
+    async fn unpublished(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
+        self.find_ledger(
+            "unpublished",
+            doc! {"published": false},
+            doc! {"seq": 1},
+            limit,
+        )
+        .await
+    }
+
+    async fn entry(&self, transaction: &str) -> Result<Option<LedgerEntry>> {
+        let d = self
+            .retry("ledger entry", || {
+                self.ledger.find_one(doc! {"_id": transaction})
+            })
+            .await?;
+        d.map(parse_ledger).transpose()
+    }
+
+    async fn page(&self, after: u64, limit: usize) -> Result<Vec<LedgerEntry>> {
+        // One snapshot (a read-only transaction), so that the page is a prefix of the commit
+        // order: whatever it holds, it holds every entry numbered below it (see `ledger`). A
+        // plain find may see a later commit after passing an earlier one between its batches.
+        let after = to_i64(after, "cursor")?;
+        let limit = limit.clamp(1, MAX_PAGE) as i64;
+        self.transact("ledger page", move |mut session| async move {
+            let r = async {
+                self.count();
+                let mut cursor = self
+                    .ledger
+                    .find(doc! {"seq": {"$gt": after}})
+                    .sort(doc! {"seq": 1})
+                    .limit(limit)
+                    .session(&mut session)
+                    .await?;
+                let mut docs = Vec::new();
+                while let Some(d) = cursor.next(&mut session).await.transpose()? {
+                    docs.push(d);
+                }
+                drop(cursor);
+                self.commit(&mut session).await?;
+                Ok(Attempt::Done(docs))
+            }
+            .await;
+            (session, r)
+        })
+        .await?
+        .into_iter()
+        .map(parse_ledger)
+        .collect()
+    }
+
+    async fn recent(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
+        // `seq` is indexed (Cosmos DB sorts only by indexed fields); the filter leaves out the
+        // sequence counter.
+        self.find_ledger(
+            "ledger recent",
+            doc! {"seq": {"$gte": 0}},
+            doc! {"seq": -1},
+            limit.min(MAX_PAGE),
+        )
+        .await
+    }
+
+    async fn record_peer(&self, peer: &PeerRecord) -> Result<bool> {
+        let mut d = bson::to_document(&PeerDoc::from(peer))
+            .map_err(|e| StoreError::Failed(format!("encode peer: {e}")))?;
+        let id = format!("node:{}", peer.node);
+        d.insert("_id", id.clone());
+        let (inc, beat) = (to_i64(peer.incarnation, "incarnation")?, ms(peer.beat_at));
+        // Matches only an older record; if a newer one is stored, the upsert's insert collides
+        // on `_id` (11000): not newer. One atomic write, whichever instance heard it.
+        let r = self
+            .retry_raw("record peer", || {
+                self.peers
+                    .replace_one(
+                        doc! {"_id": &id, "$or": [
+                            {"incarnation": {"$exists": false}},
+                            {"incarnation": {"$lt": inc}},
+                            {"incarnation": inc, "beat_at_ms": {"$lt": beat}},
+                        ]},
+                        d.clone(),
+                    )
+                    .upsert(true)
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some(DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(classify("record peer", e)),
+        }
+    }
+
+    async fn next_incarnation(&self) -> Result<u64> {
+        let d = self
+            .retry("next incarnation", || {
+                self.peers
+                    .find_one_and_update(doc! {"_id": "incarnation"}, doc! {"$inc": {"n": 1i64}})
+                    .upsert(true)
+                    .return_document(ReturnDocument::After)
+            })
+            .await?;
+        d.and_then(|d| d.get_i64("n").ok())
+            .map(|n| n.max(0) as u64)
+            .ok_or_else(|| StoreError::Failed("unreadable incarnation counter".into()))
+    }
+
+    async fn peers(&self) -> Result<Vec<PeerRecord>> {
+        let docs: Vec<Document> = self
+            .retry("list peers", || async {
+                self.peers
+                    .find(doc! {"_id": {"$gte": "node:", "$lt": "node;"}})
+                    .limit(1000)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        docs.into_iter()
+            .map(|d| {
+                bson::from_document::<PeerDoc>(d)
+                    .map(PeerRecord::from)
+                    .map_err(|e| StoreError::Failed(format!("unreadable peer: {e}")))
+            })
+            .collect()
+    }
+
+    async fn cursor(&self, url: &str) -> Result<u64> {
+        let d = self
+            .retry("read cursor", || {
+                self.peers.find_one(doc! {"_id": format!("cursor:{url}")})
+            })
+            .await?;
+        Ok(d.and_then(|d| d.get_i64("cursor").ok())
+            .map(|c| c.max(0) as u64)
+            .unwrap_or(0))
+    }
+
+    async fn set_cursor(&self, url: &str, cursor: u64) -> Result<()> {
+        let c = to_i64(cursor, "cursor")?;
+        self.retry("write cursor", || {
+            self.peers
+                .update_one(
+                    doc! {"_id": format!("cursor:{url}")},
+                    doc! {"$set": {"url": url, "cursor": c}},
+                )
+                .upsert(true)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn execute(
+        &self,
+        transaction: &str,
+        lines: &[ProductLine],
+        region: &str,
+        takeover: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Execution> {
+        // A product changed under us, the same marker committed first (11000), or the server
+        // saw the conflict (112 / TransientTransactionError): `transact` starts over, which
+        // adopts the winner's marker or re-decides on the new stock.
+        self.transact("execute", move |mut session| async move {
+            let r = self
+                .execute_once(&mut session, transaction, lines, region, takeover, now)
+                .await
+                .map(|done| match done {
+                    Some(done) => Attempt::Done(done),
+                    None => Attempt::Again,
+                });
+            (session, r)
+        })
+        .await
+    }
+
+    async fn marker(&self, transaction: &str) -> Result<Option<OutcomeRecord>> {
+        let d = self
+            .retry("read marker", || {
+                self.warehouse
+                    .find_one(doc! {"_id": marker_key(transaction)})
+            })
+            .await?;
+        d.map(|d| {
+            bson::from_document::<MarkerDoc>(d)
+                .map(|m| m.outcome)
+                .map_err(|e| StoreError::Failed(format!("unreadable marker: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn products(&self) -> Result<Vec<ProductView>> {
+        let docs: Vec<Document> = self
+            .retry("list products", || async {
+                // `_id` range instead of a type field: served by the `_id` index everywhere.
+                self.warehouse
+                    .find(doc! {"_id": {"$gte": "product:", "$lt": "product;"}})
+                    .limit(MAX_PRODUCTS as i64)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let mut v = docs
+            .into_iter()
+            .map(|d| {
+                bson::from_document::<ProductDoc>(d)
+                    .map(|p| p.view())
+                    .map_err(|e| StoreError::Failed(format!("unreadable product: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        v.sort_by_key(|p| p.id);
+        Ok(v)
+    }
+
+    async fn product(&self, id: u64) -> Result<Option<ProductView>> {
+        let d = self
+            .retry("read product", || {
+                self.warehouse.find_one(doc! {"_id": product_key(id)})
+            })
+            .await?;
+        d.map(|d| {
+            bson::from_document::<ProductDoc>(d)
+                .map(|p| p.view())
+                .map_err(|e| StoreError::Failed(format!("unreadable product: {e}")))
+        })
+        .transpose()
+    }
+}
