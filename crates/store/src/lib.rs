@@ -22,12 +22,14 @@ use chrono::{DateTime, Utc};
 use saldo_core::events::ProductLine;
 use saldo_core::views::ProductView;
 
+pub mod error;
 pub mod mem;
 pub mod model;
 pub mod mongo;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
+pub use error::{Detail, Result, StoreError};
 pub use mem::{Applied, Fault, MemDb, MemStore, Mutation};
 pub use model::*;
 pub use mongo::MongoStore;
@@ -36,25 +38,6 @@ pub use mongo::MongoStore;
 pub const MAX_PAGE: usize = 500;
 /// Upper bound on the products a warehouse listing returns.
 pub const MAX_PRODUCTS: usize = 10_000;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The database cannot be reached, or stayed overloaded through our retries. Try later
-    /// (a webhook answers 503 so that Event Grid retries).
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// The database is up but the write kept conflicting with other writers of the same
-    /// documents through every retry (a hot product, many instances writing one ledger). Not an
-    /// outage: try again soon (a webhook answers 503 with `Retry-After`, a sweep goes on with
-    /// the next transaction).
-    #[error("database contended: {0}")]
-    Contended(String),
-    /// The database answered something unexpected (a bug, corrupt data, a broken invariant).
-    #[error("database error: {0}")]
-    Failed(String),
-}
-
-pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Everything a worker node needs from the database. One value is bound to one node (its
 /// ledger and peers collections) and the shared warehouse.

@@ -268,23 +268,25 @@ impl MemStore {
         };
         let mut inner = self.db.lock();
         if inner.down {
-            return Err(StoreError::Unavailable(format!("{name}: database is down")));
+            return Err(StoreError::Unavailable(
+                format!("{name}: database is down").into(),
+            ));
         }
         if fault == Fault::Before {
-            return Err(StoreError::Unavailable(format!(
-                "{name}: injected fault before"
-            )));
+            return Err(StoreError::Unavailable(
+                format!("{name}: injected fault before").into(),
+            ));
         }
         if fault == Fault::Contended {
-            return Err(StoreError::Contended(format!(
-                "{name}: injected: still conflicting after retries"
-            )));
+            return Err(StoreError::Contended(
+                format!("{name}: injected: still conflicting after retries").into(),
+            ));
         }
         let result = f(&mut inner, &self.node);
         if fault == Fault::After {
-            return Err(StoreError::Unavailable(format!(
-                "{name}: injected fault after (it happened)"
-            )));
+            return Err(StoreError::Unavailable(
+                format!("{name}: injected fault after (it happened)").into(),
+            ));
         }
         result
     }
@@ -311,9 +313,10 @@ impl Ledger {
 /// spent.
 fn check_held(db: &Inner, node: &str, what: &str) -> Result<()> {
     if db.held.contains(node) {
-        return Err(StoreError::Contended(format!(
-            "{what}: still conflicting after retries (the ledger's counter is held)"
-        )));
+        return Err(StoreError::Contended(
+            format!("{what}: still conflicting after retries (the ledger's counter is held)")
+                .into(),
+        ));
     }
     Ok(())
 }

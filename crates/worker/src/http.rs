@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use saldo_store::{Store, StoreError};
+use saldo_store::{Detail, Store, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -110,8 +110,9 @@ async fn to_completion<T: Send + 'static>(
     match tokio::spawn(work.instrument(tracing::Span::current())).await {
         Ok(r) => r,
         // A panic in the work (a broken invariant) answers 500 and Event Grid retries.
-        Err(e) => Err(NodeError::Internal(format!(
-            "the request's work ended abnormally: {e}"
+        Err(e) => Err(NodeError::Internal(Detail::caused_by(
+            format!("the request's work ended abnormally: {e}"),
+            e,
         ))),
     }
 }

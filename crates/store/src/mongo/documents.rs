@@ -9,7 +9,7 @@ use saldo_core::views::{LedgerState, ProductView};
 use serde::{Deserialize, Serialize};
 
 use crate::model::*;
-use crate::{Result, StoreError};
+use crate::{Detail, Result, StoreError};
 
 /// The ledger document (`ledger_<node>`); timestamps are epoch milliseconds so they sort and
 /// index the same on every MongoDB flavour.
@@ -57,8 +57,12 @@ pub(super) fn marker_key(tx: &str) -> String {
     format!("tx:{tx}")
 }
 pub(super) fn to_i64(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v)
-        .map_err(|_| StoreError::Failed(format!("{what} {v} does not fit the database")))
+    i64::try_from(v).map_err(|e| {
+        StoreError::Failed(Detail::caused_by(
+            format!("{what} {v} does not fit the database"),
+            e,
+        ))
+    })
 }
 
 impl LedgerDoc {
@@ -70,8 +74,9 @@ impl LedgerDoc {
             outcome: self.outcome,
             published: self.published,
             recorded_at: from_ms(self.recorded_at_ms),
-            seq: u64::try_from(self.seq)
-                .map_err(|_| StoreError::Failed(format!("negative seq {}", self.seq)))?,
+            seq: u64::try_from(self.seq).map_err(|e| {
+                StoreError::Failed(Detail::caused_by(format!("negative seq {}", self.seq), e))
+            })?,
         })
     }
 }
@@ -154,7 +159,11 @@ impl From<PeerDoc> for PeerRecord {
 }
 
 pub(super) fn parse_ledger(d: Document) -> Result<LedgerEntry> {
-    let doc: LedgerDoc = bson::from_document(d)
-        .map_err(|e| StoreError::Failed(format!("unreadable ledger document: {e}")))?;
+    let doc: LedgerDoc = bson::from_document(d).map_err(|e| {
+        StoreError::Failed(Detail::caused_by(
+            format!("unreadable ledger document: {e}"),
+            e,
+        ))
+    })?;
     doc.into_entry()
 }

@@ -96,9 +96,9 @@ impl MongoStore {
     /// for node `node`.
     pub async fn connect(uri: &str, database: &str, node: &str) -> Result<Self> {
         if !valid_node_name(node) {
-            return Err(StoreError::Failed(format!(
-                "invalid node name {node:?}: use letters, digits, - and _"
-            )));
+            return Err(StoreError::Failed(
+                format!("invalid node name {node:?}: use letters, digits, - and _").into(),
+            ));
         }
         let mut opts = ClientOptions::parse(uri)
             .await

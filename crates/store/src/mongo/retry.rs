@@ -6,7 +6,7 @@ use std::time::Duration;
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure};
 
 use super::MongoStore;
-use crate::{Result, StoreError};
+use crate::{Detail, Result, StoreError};
 
 /// Attempts per operation for retryable server errors (16500, 112, transient transaction errors).
 pub const MAX_ATTEMPTS: usize = 8;
@@ -58,7 +58,8 @@ pub(super) fn conflicted(e: &mongodb::error::Error) -> bool {
 /// conflict retries are spent: the database is fine, the document is hot) or failed.
 pub(super) fn classify(what: &str, e: mongodb::error::Error) -> StoreError {
     if conflicted(&e) && !throttled(&e) {
-        return StoreError::Contended(format!("{what}: still conflicting after retries: {e}"));
+        let message = format!("{what}: still conflicting after retries: {e}");
+        return StoreError::Contended(Detail::caused_by(message, e));
     }
     let unavailable = matches!(
         e.kind.as_ref(),
@@ -73,10 +74,11 @@ pub(super) fn classify(what: &str, e: mongodb::error::Error) -> StoreError {
             code(&e),
             Some(6 | 7 | 89 | 91 | 189 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436)
         );
+    let detail = Detail::caused_by(format!("{what}: {e}"), e);
     if unavailable {
-        StoreError::Unavailable(format!("{what}: {e}"))
+        StoreError::Unavailable(detail)
     } else {
-        StoreError::Failed(format!("{what}: {e}"))
+        StoreError::Failed(detail)
     }
 }
 
@@ -101,9 +103,9 @@ impl MongoStore {
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{what}: no answer within {} ms",
-                self.timeout.as_millis()
+            Err(elapsed) => Err(StoreError::Unavailable(Detail::caused_by(
+                format!("{what}: no answer within {} ms", self.timeout.as_millis()),
+                elapsed,
             ))),
         }
     }

@@ -18,7 +18,7 @@ use super::retry::{DUPLICATE_KEY, classify, code};
 use super::transaction::Attempt;
 use super::{COUNTER_ID, MongoStore};
 use crate::model::*;
-use crate::{MAX_PAGE, MAX_PRODUCTS, Quarantined, Result, Store, StoreError};
+use crate::{Detail, MAX_PAGE, MAX_PRODUCTS, Quarantined, Result, Store, StoreError};
 
 impl MongoStore {
     pub(super) async fn find_ledger(
@@ -52,8 +52,12 @@ impl Store for MongoStore {
         let docs = events
             .iter()
             .map(|q| {
-                bson::to_document(q)
-                    .map_err(|e| StoreError::Failed(format!("encode quarantined event: {e}")))
+                bson::to_document(q).map_err(|e| {
+                    StoreError::Failed(Detail::caused_by(
+                        format!("encode quarantined event: {e}"),
+                        e,
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let coll = self.quarantine_collection();
@@ -274,7 +278,7 @@ impl Store for MongoStore {
 
     async fn record_peer(&self, peer: &PeerRecord) -> Result<bool> {
         let mut d = bson::to_document(&PeerDoc::from(peer))
-            .map_err(|e| StoreError::Failed(format!("encode peer: {e}")))?;
+            .map_err(|e| StoreError::Failed(Detail::caused_by(format!("encode peer: {e}"), e)))?;
         let id = format!("node:{}", peer.node);
         d.insert("_id", id.clone());
         let (inc, beat) = (to_i64(peer.incarnation, "incarnation")?, ms(peer.beat_at));
@@ -330,7 +334,9 @@ impl Store for MongoStore {
             .map(|d| {
                 bson::from_document::<PeerDoc>(d)
                     .map(PeerRecord::from)
-                    .map_err(|e| StoreError::Failed(format!("unreadable peer: {e}")))
+                    .map_err(|e| {
+                        StoreError::Failed(Detail::caused_by(format!("unreadable peer: {e}"), e))
+                    })
             })
             .collect()
     }
@@ -394,7 +400,9 @@ impl Store for MongoStore {
         d.map(|d| {
             bson::from_document::<MarkerDoc>(d)
                 .map(|m| m.outcome)
-                .map_err(|e| StoreError::Failed(format!("unreadable marker: {e}")))
+                .map_err(|e| {
+                    StoreError::Failed(Detail::caused_by(format!("unreadable marker: {e}"), e))
+                })
         })
         .transpose()
     }
@@ -416,7 +424,9 @@ impl Store for MongoStore {
             .map(|d| {
                 bson::from_document::<ProductDoc>(d)
                     .map(|p| p.view())
-                    .map_err(|e| StoreError::Failed(format!("unreadable product: {e}")))
+                    .map_err(|e| {
+                        StoreError::Failed(Detail::caused_by(format!("unreadable product: {e}"), e))
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         v.sort_by_key(|p| p.id);
@@ -432,7 +442,9 @@ impl Store for MongoStore {
         d.map(|d| {
             bson::from_document::<ProductDoc>(d)
                 .map(|p| p.view())
-                .map_err(|e| StoreError::Failed(format!("unreadable product: {e}")))
+                .map_err(|e| {
+                    StoreError::Failed(Detail::caused_by(format!("unreadable product: {e}"), e))
+                })
         })
         .transpose()
     }

@@ -13,7 +13,7 @@ use super::documents::{LedgerDoc, ms, parse_ledger};
 use super::retry::{DUPLICATE_KEY, backoff_schedule, classify, code, retryable, throttled};
 use super::{COUNTER_ID, MAX_ATTEMPTS, MongoStore, durable_write_concern};
 use crate::model::*;
-use crate::{Result, StoreError};
+use crate::{Detail, Result, StoreError};
 
 /// What one attempt of a transaction came to.
 pub(super) enum Attempt<T> {
@@ -76,12 +76,16 @@ impl MongoStore {
                     None => {
                         return Err(match last {
                             Some(e) if throttled(&e) => classify(what, e),
-                            Some(e) => StoreError::Contended(format!(
-                                "{what}: still conflicting after {MAX_ATTEMPTS} attempts: {e}"
+                            Some(e) => StoreError::Contended(Detail::caused_by(
+                                format!(
+                                    "{what}: still conflicting after {MAX_ATTEMPTS} attempts: {e}"
+                                ),
+                                e,
                             )),
-                            None => StoreError::Contended(format!(
-                                "{what}: still racing after {MAX_ATTEMPTS} attempts"
-                            )),
+                            None => StoreError::Contended(
+                                format!("{what}: still racing after {MAX_ATTEMPTS} attempts")
+                                    .into(),
+                            ),
                         });
                     }
                 }

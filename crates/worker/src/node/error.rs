@@ -1,6 +1,6 @@
 //! Why a delivery or timer invocation failed.
 
-use saldo_store::StoreError;
+use saldo_store::{Detail, StoreError};
 
 /// Why a delivery or timer invocation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,7 +20,33 @@ pub enum NodeError {
     /// A peer could not be reached or answered nonsense (catch-up skips it).
     #[error("peer: {0}")]
     Peer(String),
-    /// A broken invariant ended the work (a panic): HTTP 500, retried.
+    /// A broken invariant ended the work (a panic): HTTP 500, retried. The task's failure is
+    /// kept as the source.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Detail),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn a_store_failure_keeps_its_cause_and_its_message() {
+        let io = std::io::Error::other("connection reset");
+        let e = NodeError::from(StoreError::Unavailable(Detail::caused_by(
+            "insert commands: connection reset",
+            io,
+        )));
+        assert_eq!(
+            e.to_string(),
+            "database unavailable: insert commands: connection reset"
+        );
+        let cause = e
+            .source()
+            .and_then(Error::source)
+            .expect("the cause is kept");
+        assert_eq!(cause.to_string(), "connection reset");
+    }
 }
