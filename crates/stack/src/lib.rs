@@ -5,8 +5,8 @@
 //! (`Stack::start` with a temporary root and free ports), so what the tests prove is exactly what
 //! `saldo up` runs.
 //!
-//! Adding a component is one entry in [`stack::plan`]: a [`component::Spec`] says how to start it
-//! and how to tell that it is healthy.
+//! Adding a component is one `launch` call in `stack::start`: a [`component::Spec`] (built in
+//! `stack::specs`) says how to start it and how to tell that it is healthy.
 
 pub mod component;
 pub mod config;
