@@ -168,21 +168,7 @@ async fn start_all_regions(m: &Manifest) {
 }
 
 pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
-    if args.netem {
-        bail!(
-            "--netem is not built yet: it needs each region in its own network namespace, \
-             which `saldo up` does not do; run without it"
-        );
-    }
-    if args.faults.is_empty() {
-        bail!("--faults names no fault kind");
-    }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64 % 1_000_000)
-            .unwrap_or(1)
-    });
+    let seed = seed_of(&args)?;
     let m = Manifest::load(root)?;
     let src = verify::Source::local(&m)?;
     let shop = Shop::local(&m)?;
@@ -251,6 +237,25 @@ pub async fn chaos(root: &Path, args: ChaosArgs) -> Result<ExitCode> {
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The run's seed (given, or from the clock), once the arguments are known to be usable.
+fn seed_of(args: &ChaosArgs) -> Result<u64> {
+    if args.netem {
+        bail!(
+            "--netem is not built yet: it needs each region in its own network namespace, \
+             which `saldo up` does not do; run without it"
+        );
+    }
+    if args.faults.is_empty() {
+        bail!("--faults names no fault kind");
+    }
+    Ok(args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64 % 1_000_000)
+            .unwrap_or(1)
+    }))
 }
 
 /// Restocks the chaos products; returns the initial stock.

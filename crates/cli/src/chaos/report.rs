@@ -202,37 +202,8 @@ pub(super) fn analyse(
 
     let mut lat: Vec<u64> = accepted.iter().filter_map(|p| p.latency_ms()).collect();
     lat.sort();
-    // Settling: how long after the last fault ended every purchase accepted before then was
-    // terminal (purchases accepted later are the calm that follows, not the storm).
-    let settle_ms = faults.iter().map(|f| f.healed_ms).max().map(|heal| {
-        accepted
-            .iter()
-            .filter(|p| p.accepted_ms.is_some_and(|a| a <= heal))
-            .filter_map(|p| p.terminal_ms)
-            .max()
-            .map_or(0, |t| t.saturating_sub(heal))
-    });
-    if let (Some(limit), Some(ms)) = (args.max_settle_secs, settle_ms)
-        && ms > limit * 1000
-    {
-        anomalies.push(format!(
-            "settling took {:.1} s after the last fault, more than --max-settle-secs {limit}",
-            ms as f64 / 1000.0
-        ));
-    }
-    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    for f in faults {
-        *by_kind.entry(f.kind.name().to_string()).or_default() += 1;
-    }
-    for k in &args.faults {
-        if !by_kind.contains_key(k.name()) {
-            println!(
-                "saldo chaos: note: no {} fault fitted into {} s",
-                k.name(),
-                args.seconds
-            );
-        }
-    }
+    let settle_ms = settle_time(args, faults, &accepted, &mut anomalies);
+    let by_kind = faults_by_kind(args, faults);
     let summary = Summary {
         seed,
         purchases: purchases.len(),
@@ -261,6 +232,52 @@ pub(super) fn analyse(
         expected,
         final_stock,
     }
+}
+
+/// Settling: how long after the last fault ended every purchase accepted before then was
+/// terminal (purchases accepted later are the calm that follows, not the storm); longer than
+/// `--max-settle-secs` is an anomaly.
+fn settle_time(
+    args: &ChaosArgs,
+    faults: &[Fault],
+    accepted: &[&Purchase],
+    anomalies: &mut Vec<String>,
+) -> Option<u64> {
+    let settle_ms = faults.iter().map(|f| f.healed_ms).max().map(|heal| {
+        accepted
+            .iter()
+            .filter(|p| p.accepted_ms.is_some_and(|a| a <= heal))
+            .filter_map(|p| p.terminal_ms)
+            .max()
+            .map_or(0, |t| t.saturating_sub(heal))
+    });
+    if let (Some(limit), Some(ms)) = (args.max_settle_secs, settle_ms)
+        && ms > limit * 1000
+    {
+        anomalies.push(format!(
+            "settling took {:.1} s after the last fault, more than --max-settle-secs {limit}",
+            ms as f64 / 1000.0
+        ));
+    }
+    settle_ms
+}
+
+/// Faults injected per kind; a note for each chosen kind that did not fit into the run.
+fn faults_by_kind(args: &ChaosArgs, faults: &[Fault]) -> BTreeMap<String, usize> {
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for f in faults {
+        *by_kind.entry(f.kind.name().to_string()).or_default() += 1;
+    }
+    for k in &args.faults {
+        if !by_kind.contains_key(k.name()) {
+            println!(
+                "saldo chaos: note: no {} fault fitted into {} s",
+                k.name(),
+                args.seconds
+            );
+        }
+    }
+    by_kind
 }
 
 /// Every accepted purchase terminal, as the warehouse says; nothing refused; a resubmitted key
