@@ -65,6 +65,32 @@ async fn main() -> anyhow::Result<()> {
         format!("{node_name}@{region}")
     };
     let _telemetry = saldo_telemetry::init("saldo-worker", &instance);
+    let node = build_node(&settings).await?;
+    start_in_background(node.clone());
+    if settings.standalone_timers {
+        start_timers(&settings, &node)?;
+    }
+
+    println!("listening on http://127.0.0.1:{port}");
+    tracing::info!(node = %settings.config.node, region = %settings.config.region, port, "saldo-worker listening");
+    axum::serve(listener, saldo_worker::http::app(node))
+        .with_graceful_shutdown(async {
+            // Ctrl-C, or SIGTERM (what the Functions host sends): a graceful stop lets the
+            // telemetry guard flush its last batch.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+/// The node over its database, topic and peers, its counters exported as metrics.
+async fn build_node(settings: &Settings) -> anyhow::Result<Arc<WorkerNode>> {
     let store = MongoStore::connect(
         &settings.mongodb_uri,
         &settings.database,
@@ -94,10 +120,12 @@ async fn main() -> anyhow::Result<()> {
         ],
         move || counted.counters_snapshot(),
     );
+    Ok(node)
+}
 
-    // Start-up in the background: the host wants the port answering within seconds, and an
-    // unreachable database must not keep the process from answering (it answers 503).
-    let starter = node.clone();
+/// Start-up in the background: the host wants the port answering within seconds, and an
+/// unreachable database must not keep the process from answering (it answers 503).
+fn start_in_background(starter: Arc<WorkerNode>) {
     tokio::spawn(async move {
         // 250 ms doubling to 5 s, for as long as it takes: without its database the worker can
         // only answer 503, and giving up would leave a process that never recovers.
@@ -115,46 +143,30 @@ async fn main() -> anyhow::Result<()> {
         // region's instances merge the same peer pages at once, write-conflicting on the same
         // ledger documents (a restarted region then took 40 s to catch up instead of seconds).
     });
+}
 
-    if settings.standalone_timers {
-        let hb = cron::Schedule::from_str(&settings.heartbeat_schedule)
-            .context("SALDO_HEARTBEAT_SCHEDULE")?;
-        let sw =
-            cron::Schedule::from_str(&settings.sweep_schedule).context("SALDO_SWEEP_SCHEDULE")?;
-        let n = node.clone();
-        tokio::spawn(every("heartbeat", hb, move || {
-            let n = n.clone();
-            async move {
-                if let Err(e) = n.heartbeat().await {
-                    tracing::warn!(error = %e, "heartbeat failed");
-                }
+/// The heartbeat and sweep timers, run by this process itself (`SALDO_STANDALONE_TIMERS`).
+fn start_timers(settings: &Settings, node: &Arc<WorkerNode>) -> anyhow::Result<()> {
+    let hb = cron::Schedule::from_str(&settings.heartbeat_schedule)
+        .context("SALDO_HEARTBEAT_SCHEDULE")?;
+    let sw = cron::Schedule::from_str(&settings.sweep_schedule).context("SALDO_SWEEP_SCHEDULE")?;
+    let n = node.clone();
+    tokio::spawn(every("heartbeat", hb, move || {
+        let n = n.clone();
+        async move {
+            if let Err(e) = n.heartbeat().await {
+                tracing::warn!(error = %e, "heartbeat failed");
             }
-        }));
-        let n = node.clone();
-        tokio::spawn(every("sweep", sw, move || {
-            let n = n.clone();
-            async move {
-                if let Err(e) = n.sweep().await {
-                    tracing::warn!(error = %e, "sweep failed");
-                }
+        }
+    }));
+    let n = node.clone();
+    tokio::spawn(every("sweep", sw, move || {
+        let n = n.clone();
+        async move {
+            if let Err(e) = n.sweep().await {
+                tracing::warn!(error = %e, "sweep failed");
             }
-        }));
-    }
-
-    println!("listening on http://127.0.0.1:{port}");
-    tracing::info!(node = %settings.config.node, region = %settings.config.region, port, "saldo-worker listening");
-    axum::serve(listener, saldo_worker::http::app(node))
-        .with_graceful_shutdown(async {
-            // Ctrl-C, or SIGTERM (what the Functions host sends): a graceful stop lets the
-            // telemetry guard flush its last batch.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("install SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
-        .await?;
+        }
+    }));
     Ok(())
 }
