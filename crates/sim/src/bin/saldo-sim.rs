@@ -3,7 +3,7 @@
 //! summary, and exits non-zero naming the seed of every broken invariant.
 
 use clap::Parser;
-use saldo_sim::{SimConfig, run};
+use saldo_sim::{Report, SimConfig, run};
 use saldo_store::Mutation;
 
 #[derive(Parser)]
@@ -48,25 +48,7 @@ fn parse_mutation(s: &str) -> Result<Mutation, String> {
 
 fn main() {
     let args = Args::parse();
-    if !(1..=8).contains(&args.instances) {
-        eprintln!("--instances must be 1..=8");
-        std::process::exit(2);
-    }
-    if !(0..=60_000).contains(&args.clock_skew_ms) {
-        eprintln!("--clock-skew-ms must be 0..=60000");
-        std::process::exit(2);
-    }
-    if !(1..=10_000).contains(&args.commands) {
-        eprintln!("--commands must be 1..=10000");
-        std::process::exit(2);
-    }
-    let cfg = SimConfig {
-        commands: args.commands,
-        instances: args.instances,
-        clock_skew_ms: args.clock_skew_ms,
-        mutation: args.mutate.unwrap_or_default(),
-        ..SimConfig::default()
-    };
+    let cfg = config(&args);
     if let Some(seed) = args.seed {
         match run(seed, &cfg) {
             Ok(r) => println!("{r:#?}"),
@@ -87,23 +69,7 @@ fn main() {
         .clamp(1, 64) as u64;
     let started = std::time::Instant::now();
     let seeds = args.seeds;
-    let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let cfg = &cfg;
-                s.spawn(move || {
-                    (0..seeds)
-                        .filter(|seed| seed % threads == t)
-                        .map(|seed| (seed, run(seed, cfg)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("simulation thread"))
-            .collect()
-    });
+    let results = run_seeds(&cfg, seeds, threads);
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let (mut applied, mut takeovers, mut repairs, mut dead, mut steps, mut undeliverable) =
         (0, 0, 0, 0, 0, 0);
@@ -130,20 +96,69 @@ fn main() {
         seeds as f64 / secs,
     );
     if !failed.is_empty() {
-        failed.sort_by_key(|(s, _)| *s);
-        let mutate = match cfg.mutation {
-            Mutation::None => "",
-            Mutation::TieSequence => " --mutate tie-sequence",
-            Mutation::SkipMarkerCheck => " --mutate skip-marker-check",
-            Mutation::LoseCommands => " --mutate lose-commands",
-        };
-        for (seed, e) in &failed {
-            eprintln!(
-                "FAILED: {e}\n  replay with: saldo-sim --seed {seed} --instances {} --clock-skew-ms {} --commands {}{mutate}",
-                args.instances, args.clock_skew_ms, args.commands
-            );
-        }
-        eprintln!("{} of {seeds} seeds failed", failed.len());
+        report_failures(&args, &cfg, failed);
         std::process::exit(1);
     }
+}
+
+/// The run's configuration from the arguments (out of range: a message and exit status 2).
+fn config(args: &Args) -> SimConfig {
+    if !(1..=8).contains(&args.instances) {
+        eprintln!("--instances must be 1..=8");
+        std::process::exit(2);
+    }
+    if !(0..=60_000).contains(&args.clock_skew_ms) {
+        eprintln!("--clock-skew-ms must be 0..=60000");
+        std::process::exit(2);
+    }
+    if !(1..=10_000).contains(&args.commands) {
+        eprintln!("--commands must be 1..=10000");
+        std::process::exit(2);
+    }
+    SimConfig {
+        commands: args.commands,
+        instances: args.instances,
+        clock_skew_ms: args.clock_skew_ms,
+        mutation: args.mutate.unwrap_or_default(),
+        ..SimConfig::default()
+    }
+}
+
+/// Seeds `0..seeds` over `threads` threads (each run stays deterministic).
+fn run_seeds(cfg: &SimConfig, seeds: u64, threads: u64) -> Vec<(u64, Result<Report, String>)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..seeds)
+                        .filter(|seed| seed % threads == t)
+                        .map(|seed| (seed, run(seed, cfg)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("simulation thread"))
+            .collect()
+    })
+}
+
+/// Names every failed seed with the command line that replays it.
+fn report_failures(args: &Args, cfg: &SimConfig, mut failed: Vec<(u64, String)>) {
+    let seeds = args.seeds;
+    failed.sort_by_key(|(s, _)| *s);
+    let mutate = match cfg.mutation {
+        Mutation::None => "",
+        Mutation::TieSequence => " --mutate tie-sequence",
+        Mutation::SkipMarkerCheck => " --mutate skip-marker-check",
+        Mutation::LoseCommands => " --mutate lose-commands",
+    };
+    for (seed, e) in &failed {
+        eprintln!(
+            "FAILED: {e}\n  replay with: saldo-sim --seed {seed} --instances {} --clock-skew-ms {} --commands {}{mutate}",
+            args.instances, args.clock_skew_ms, args.commands
+        );
+    }
+    eprintln!("{} of {seeds} seeds failed", failed.len());
 }
