@@ -56,54 +56,7 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
         .timeout(Duration::from_secs(3))
         .build()?;
     for n in &m.nodes {
-        // The host tells whether the app is stopped (the demo) or running; the worker's own
-        // status endpoint tells whether it is ready.
-        let host: Result<serde_json::Value, _> = async {
-            http.get(format!("{}/admin/host/status", n.url))
-                .header("x-functions-key", &n.master_key)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await
-        }
-        .await;
-        let component = format!("worker-{}", n.region);
-        rows.push(match host {
-            Err(e) => Row {
-                component,
-                state: "down".into(),
-                endpoint: n.url.clone(),
-                detail: e.to_string(),
-                restarts: 0,
-                last_exit: None,
-                quarantined: 0,
-            },
-            Ok(v) if v["state"] == "Stopped" => Row {
-                component,
-                state: "stopped".into(),
-                endpoint: n.url.clone(),
-                detail: "region stopped".into(),
-                restarts: 0,
-                last_exit: None,
-                quarantined: 0,
-            },
-            Ok(v) => {
-                let mut r = row(component, &n.url, Health::worker(&n.url)).await;
-                let instances = saldo_stack::manifest::InstanceEntry::from_host_status(&v);
-                let list: Vec<String> = instances
-                    .iter()
-                    .map(|i| {
-                        let pid = i.pid.map(|p| p.to_string()).unwrap_or("-".into());
-                        format!("{} pid {pid}", i.role)
-                    })
-                    .collect();
-                if !list.is_empty() {
-                    r.detail = format!("{}{}", r.detail, list.join(", "));
-                }
-                r
-            }
-        });
+        rows.push(worker_row(&http, n).await);
     }
     // The instances as the hosts report them now (pids change when an instance restarts).
     for n in &mut m.nodes {
@@ -124,9 +77,78 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
             r.last_exit = p.last_exit.clone();
         }
     }
-    // What each node quarantined (durable, in the database): a count, `saldo quarantine` lists.
+    add_quarantined(&m, &mut rows).await;
+    let healthy = rows.iter().all(|r| r.state != "down");
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"manifest": m, "components": rows}))?
+        );
+    } else {
+        print_rows(&rows);
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// A region's row. The host tells whether the app is stopped (the demo) or running; the
+/// worker's own status endpoint tells whether it is ready.
+async fn worker_row(http: &reqwest::Client, n: &saldo_stack::manifest::NodeEntry) -> Row {
+    let host: Result<serde_json::Value, _> = async {
+        http.get(format!("{}/admin/host/status", n.url))
+            .header("x-functions-key", &n.master_key)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+    }
+    .await;
+    let component = format!("worker-{}", n.region);
+    match host {
+        Err(e) => Row {
+            component,
+            state: "down".into(),
+            endpoint: n.url.clone(),
+            detail: e.to_string(),
+            restarts: 0,
+            last_exit: None,
+            quarantined: 0,
+        },
+        Ok(v) if v["state"] == "Stopped" => Row {
+            component,
+            state: "stopped".into(),
+            endpoint: n.url.clone(),
+            detail: "region stopped".into(),
+            restarts: 0,
+            last_exit: None,
+            quarantined: 0,
+        },
+        Ok(v) => {
+            let mut r = row(component, &n.url, Health::worker(&n.url)).await;
+            let instances = saldo_stack::manifest::InstanceEntry::from_host_status(&v);
+            let list: Vec<String> = instances
+                .iter()
+                .map(|i| {
+                    let pid = i.pid.map(|p| p.to_string()).unwrap_or("-".into());
+                    format!("{} pid {pid}", i.role)
+                })
+                .collect();
+            if !list.is_empty() {
+                r.detail = format!("{}{}", r.detail, list.join(", "));
+            }
+            r
+        }
+    }
+}
+
+/// What each node quarantined (durable, in the database): a count, `saldo quarantine` lists.
+async fn add_quarantined(m: &Manifest, rows: &mut [Row]) {
     if m.mongodb.is_some()
-        && let Ok(q) = crate::quarantine::entries(&m, saldo_store::MAX_PAGE).await
+        && let Ok(q) = crate::quarantine::entries(m, saldo_store::MAX_PAGE).await
     {
         for (node, entries) in q {
             if let Some(r) = rows
@@ -145,32 +167,22 @@ pub async fn status(root: &Path, json: bool) -> Result<ExitCode> {
             }
         }
     }
-    let healthy = rows.iter().all(|r| r.state != "down");
-    if json {
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<24} {:<8} {:<45} {:>8}  {:<40} detail",
+        "component", "state", "endpoint", "restarts", "last exit"
+    );
+    for r in rows {
+        let last_exit = r
+            .last_exit
+            .as_ref()
+            .map(|e| format!("{} at {}", e.status, e.at.format("%H:%M:%S")))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"manifest": m, "components": rows}))?
+            "{:<24} {:<8} {:<45} {:>8}  {:<40} {}",
+            r.component, r.state, r.endpoint, r.restarts, last_exit, r.detail
         );
-    } else {
-        println!(
-            "{:<24} {:<8} {:<45} {:>8}  {:<40} detail",
-            "component", "state", "endpoint", "restarts", "last exit"
-        );
-        for r in &rows {
-            let last_exit = r
-                .last_exit
-                .as_ref()
-                .map(|e| format!("{} at {}", e.status, e.at.format("%H:%M:%S")))
-                .unwrap_or_else(|| "-".into());
-            println!(
-                "{:<24} {:<8} {:<45} {:>8}  {:<40} {}",
-                r.component, r.state, r.endpoint, r.restarts, last_exit, r.detail
-            );
-        }
     }
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
 }
