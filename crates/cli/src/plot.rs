@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::chaos::{Fault, Kind};
@@ -46,6 +47,18 @@ fn colour(k: Kind) -> RGBColor {
     }
 }
 
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A drawing error, naming the file.
+fn drawing<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("drawing {}: {e:?}", path.display())
+}
+
+/// A purchase's latency from 202 to terminal, in seconds.
+fn latency_s(p: &Purchase) -> Option<f64> {
+    p.latency_ms().map(|l| l as f64 / 1000.0)
+}
+
 pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]) -> Result<()> {
     let text = font();
     let end_ms = purchases
@@ -55,12 +68,15 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
         .max()
         .unwrap_or(1000);
     let x_max = (end_ms as f64 / 1000.0).max(1.0) * 1.02;
-    let lat = |p: &Purchase| p.latency_ms().map(|l| l as f64 / 1000.0);
-    let y_max = purchases.iter().filter_map(lat).fold(1.0f64, f64::max) * 1.1;
+    let y_max = purchases
+        .iter()
+        .filter_map(latency_s)
+        .fold(1.0f64, f64::max)
+        * 1.1;
 
     let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
-    let e = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
-    root.fill(&WHITE).map_err(e)?;
+    let e = drawing(path);
+    root.fill(&WHITE).map_err(&e)?;
     let mut builder = ChartBuilder::on(&root);
     builder.margin(20);
     if text {
@@ -74,15 +90,30 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
     }
     let mut chart = builder
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-        .map_err(e)?;
+        .map_err(&e)?;
     let mut mesh = chart.configure_mesh();
     if text {
         mesh.x_desc("seconds since start").y_desc("latency (s)");
     } else {
         mesh.x_labels(0).y_labels(0);
     }
-    mesh.draw().map_err(e)?;
+    mesh.draw().map_err(&e)?;
 
+    draw_faults(&mut chart, faults, y_max, text, path)?;
+    draw_purchases(&mut chart, purchases, y_max, text, path)?;
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+/// The fault windows, shaded by kind, with one legend entry per kind that occurred.
+fn draw_faults<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    faults: &[Fault],
+    y_max: f64,
+    text: bool,
+    path: &Path,
+) -> Result<()> {
+    let e = drawing(path);
     for f in faults {
         let (a, b) = (f.start_ms as f64 / 1000.0, f.healed_ms as f64 / 1000.0);
         let c = colour(f.kind);
@@ -91,7 +122,7 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
                 [(a, 0.0), (b.max(a + 0.05), y_max)],
                 c.mix(0.18).filled(),
             )))
-            .map_err(e)?;
+            .map_err(&e)?;
     }
     // One legend entry per kind that occurred.
     if text {
@@ -102,20 +133,33 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
             let c = colour(k);
             chart
                 .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
-                .map_err(e)?
+                .map_err(&e)?
                 .label(k.name())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], c.filled()));
         }
     }
+    Ok(())
+}
+
+/// Each purchase at the time it was accepted: completed, rejected, or (at the top, in red)
+/// never terminal; then the legend.
+fn draw_purchases<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    purchases: &[Purchase],
+    y_max: f64,
+    text: bool,
+    path: &Path,
+) -> Result<()> {
+    let e = drawing(path);
     let points = |status: &'static str| {
         purchases
             .iter()
             .filter(move |p| p.status == status)
-            .filter_map(move |p| Some((p.accepted_ms? as f64 / 1000.0, lat(p)?)))
+            .filter_map(move |p| Some((p.accepted_ms? as f64 / 1000.0, latency_s(p)?)))
     };
     let completed = chart
         .draw_series(points("completed").map(|xy| Circle::new(xy, 2, GREEN.mix(0.8).filled())))
-        .map_err(e)?;
+        .map_err(&e)?;
     if text {
         completed
             .label("completed")
@@ -123,7 +167,7 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
     }
     let rejected = chart
         .draw_series(points("rejected").map(|xy| Circle::new(xy, 2, BLACK.mix(0.6).filled())))
-        .map_err(e)?;
+        .map_err(&e)?;
     if text {
         rejected
             .label("rejected (out of stock)")
@@ -138,7 +182,7 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
                 .filter_map(|p| Some((p.accepted_ms? as f64 / 1000.0, y_max * 0.98)))
                 .map(|xy| TriangleMarker::new(xy, 5, RED.filled())),
         )
-        .map_err(e)?;
+        .map_err(&e)?;
     if text {
         stuck
             .label("not terminal")
@@ -149,9 +193,8 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
             .border_style(BLACK)
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
-            .map_err(e)?;
+            .map_err(&e)?;
     }
-    root.present().map_err(e)?;
     Ok(())
 }
 
