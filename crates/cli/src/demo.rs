@@ -174,118 +174,22 @@ async fn caught_up(
 
 pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> {
     let start = Instant::now();
-    let (shop, src, control, node_name, manifest) = if args.azure {
-        let script = repo.join("infra/scripts/region");
-        let control = Control::Script {
-            script,
-            dry_run: args.dry_run,
-            extra: args.script_args.clone(),
-        };
-        if args.dry_run {
-            say(
-                start,
-                format!(
-                    "dry run: the region commands for stopping and starting {}",
-                    args.region
-                ),
-            );
-            control.act(&args.region, true).await?;
-            say(
-                start,
-                format!("... shoppers would buy for {} s here ...", args.down),
-            );
-            control.act(&args.region, false).await?;
-            say(start, "dry run over: nothing was bought or changed");
-            return Ok(ExitCode::SUCCESS);
-        }
-        let api = args
-            .api
-            .as_deref()
-            .context("--azure needs --api <the shop's URL>")?;
-        let uri = args
-            .mongodb
-            .clone()
-            .context("--azure needs --mongodb <connection string> (or SALDO_MONGODB_URI)")?;
-        let nodes = args
-            .nodes
-            .iter()
-            .map(|n| {
-                n.split_once('=')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .with_context(|| format!("--node {n:?}: give NAME=URL"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        (
-            Shop::new(api)?,
-            verify::Source {
-                uri,
-                database: args.database.clone(),
-                nodes,
-            },
-            control,
-            args.region.clone(),
-            None,
-        )
-    } else {
-        let m = Manifest::load(root)?;
-        let node = m.require_node(&args.region)?.clone();
-        (
-            Shop::local(&m)?,
-            verify::Source::local(&m)?,
-            Control::Local(node.clone()),
-            node.name.clone(),
-            Some(m),
-        )
+    let Some(t) = target(root, repo, &args, start).await? else {
+        return Ok(ExitCode::SUCCESS); // the dry run is over
     };
 
     println!(
         "saldo demo: stop {} while shoppers buy {}/s",
         args.region, args.rate
     );
-    say(
-        start,
-        format!(
-            "step 1/5: restocking the demo products {PRODUCTS:?} to {} each",
-            args.stock
-        ),
-    );
-    let stock: Vec<(u64, i64)> = PRODUCTS.iter().map(|&p| (p, args.stock)).collect();
-    match &manifest {
-        Some(m) => {
-            control.act(&args.region, false).await.ok();
-            load::restock(m, &shop, "demo", &stock).await?;
-        }
-        None => say(
-            start,
-            "  (in Azure the demo buys from the catalogue as it is: restock it from the SPA's warehouse page)",
-        ),
-    }
+    restock(&t, &args, start).await?;
 
     let total = args.before + args.down + args.after;
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(total);
     let deadline = until + Duration::from_secs(args.settle_secs);
     let live = Arc::new(Mutex::new(Live::default()));
-    let sink = live.clone();
-    let shoppers = {
-        let shop = shop.clone();
-        tokio::spawn(async move {
-            load::run(
-                &shop,
-                load::Load {
-                    rate: args.rate,
-                    until,
-                    deadline,
-                    products: PRODUCTS.to_vec(),
-                    max_quantity: 1,
-                    resubmit: 0.05,
-                    seed: 42,
-                },
-                move |p| sink.lock().unwrap().done.push(p.clone()),
-            )
-            .await
-        })
-    };
+    let shoppers = spawn_shoppers(&t.shop, &args, until, deadline, live.clone());
     let progress = |label: &str| {
         let l = live.lock().unwrap();
         let done = l.done.iter().filter(|p| p.status == "completed").count();
@@ -308,6 +212,201 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
     tokio::time::sleep(Duration::from_secs(args.before)).await;
     progress("all regions up");
 
+    let outage = stop_and_start(&t, &args, start, &progress).await?;
+    let catchup = watch_catch_up(&t, &args, &outage);
+
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    progress("after the restart");
+    say(
+        start,
+        "step 4/5: the shoppers stop; waiting for every purchase to be terminal",
+    );
+    let purchases = shoppers.await.context("the shoppers' task failed")?;
+    let (missed, catchup_time) = catchup.await.context("the catch-up watch failed")??;
+
+    say(start, "step 5/5: auditing the database (saldo verify)");
+    let report = crate::chaos::settle_verify(
+        &t.src,
+        Duration::from_secs(args.settle_secs),
+        Duration::from_secs(args.settle_secs),
+    )
+    .await?;
+    report.print();
+
+    let caught_up = CatchUp {
+        missed,
+        took: catchup_time,
+    };
+    let ok = print_figures(
+        &args,
+        &t.node_name,
+        &purchases,
+        &outage,
+        &report,
+        &caught_up,
+    );
+    println!();
+    if ok {
+        println!("saldo demo: nothing lost, nothing applied twice, stock never negative");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("saldo demo: FAILED (see the table)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Where the demo runs: the shop, the database it audits, how the region is stopped and
+/// started, the region's node, and (locally) the stack's manifest.
+struct Target {
+    shop: Shop,
+    src: verify::Source,
+    control: Control,
+    node_name: String,
+    manifest: Option<Manifest>,
+}
+
+/// The local stack, or (`--azure`) the deployment; `None` once a dry run has printed its
+/// commands.
+async fn target(
+    root: &Path,
+    repo: &Path,
+    args: &DemoArgs,
+    start: Instant,
+) -> Result<Option<Target>> {
+    if args.azure {
+        let script = repo.join("infra/scripts/region");
+        let control = Control::Script {
+            script,
+            dry_run: args.dry_run,
+            extra: args.script_args.clone(),
+        };
+        if args.dry_run {
+            say(
+                start,
+                format!(
+                    "dry run: the region commands for stopping and starting {}",
+                    args.region
+                ),
+            );
+            control.act(&args.region, true).await?;
+            say(
+                start,
+                format!("... shoppers would buy for {} s here ...", args.down),
+            );
+            control.act(&args.region, false).await?;
+            say(start, "dry run over: nothing was bought or changed");
+            return Ok(None);
+        }
+        let api = args
+            .api
+            .as_deref()
+            .context("--azure needs --api <the shop's URL>")?;
+        let uri = args
+            .mongodb
+            .clone()
+            .context("--azure needs --mongodb <connection string> (or SALDO_MONGODB_URI)")?;
+        let nodes = args
+            .nodes
+            .iter()
+            .map(|n| {
+                n.split_once('=')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .with_context(|| format!("--node {n:?}: give NAME=URL"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Target {
+            shop: Shop::new(api)?,
+            src: verify::Source {
+                uri,
+                database: args.database.clone(),
+                nodes,
+            },
+            control,
+            node_name: args.region.clone(),
+            manifest: None,
+        }))
+    } else {
+        let m = Manifest::load(root)?;
+        let node = m.require_node(&args.region)?.clone();
+        Ok(Some(Target {
+            shop: Shop::local(&m)?,
+            src: verify::Source::local(&m)?,
+            control: Control::Local(node.clone()),
+            node_name: node.name.clone(),
+            manifest: Some(m),
+        }))
+    }
+}
+
+/// Step 1: the demo products restocked (locally; in Azure the catalogue is bought as it is).
+async fn restock(t: &Target, args: &DemoArgs, start: Instant) -> Result<()> {
+    say(
+        start,
+        format!(
+            "step 1/5: restocking the demo products {PRODUCTS:?} to {} each",
+            args.stock
+        ),
+    );
+    let stock: Vec<(u64, i64)> = PRODUCTS.iter().map(|&p| (p, args.stock)).collect();
+    match &t.manifest {
+        Some(m) => {
+            t.control.act(&args.region, false).await.ok();
+            load::restock(m, &t.shop, "demo", &stock).await?;
+        }
+        None => say(
+            start,
+            "  (in Azure the demo buys from the catalogue as it is: restock it from the SPA's warehouse page)",
+        ),
+    }
+    Ok(())
+}
+
+/// The shoppers, buying until `until`; each finished purchase also lands in `live`.
+fn spawn_shoppers(
+    shop: &Shop,
+    args: &DemoArgs,
+    until: Instant,
+    deadline: Instant,
+    live: Arc<Mutex<Live>>,
+) -> tokio::task::JoinHandle<Vec<Purchase>> {
+    let shop = shop.clone();
+    let rate = args.rate;
+    tokio::spawn(async move {
+        load::run(
+            &shop,
+            load::Load {
+                rate,
+                until,
+                deadline,
+                products: PRODUCTS.to_vec(),
+                max_quantity: 1,
+                resubmit: 0.05,
+                seed: 42,
+            },
+            move |p| live.lock().unwrap().done.push(p.clone()),
+        )
+        .await
+    })
+}
+
+/// When the region was stopped and asked to start again: on the shop's clock (ms since it
+/// started) and on the wall clock.
+struct Outage {
+    down_at: u64,
+    down_wall: chrono::DateTime<chrono::Utc>,
+    up_cmd_at: u64,
+    up_wall: chrono::DateTime<chrono::Utc>,
+}
+
+/// Steps 2 and 3: the region stopped for `--down` seconds while the shoppers buy, then
+/// started again.
+async fn stop_and_start(
+    t: &Target,
+    args: &DemoArgs,
+    start: Instant,
+    progress: &impl Fn(&str),
+) -> Result<Outage> {
+    let (control, shop) = (&t.control, &t.shop);
     say(start, format!("step 2/5: stopping region {}", args.region));
     control.act(&args.region, true).await?;
     let down_at = shop.ms();
@@ -343,11 +442,25 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
             (up_at - up_cmd_at) as f64 / 1000.0
         ),
     );
+    Ok(Outage {
+        down_at,
+        down_wall,
+        up_cmd_at,
+        up_wall,
+    })
+}
 
-    // What the fleet decided while the region was down: its ledger must come to hold each.
-    let catchup = tokio::spawn({
-        let src = src.clone();
-        let node = node_name.clone();
+/// What the fleet decided while the region was down: its ledger must come to hold each.
+/// Returns how many, and how long after the start it took (`None`: not within the settle time).
+fn watch_catch_up(
+    t: &Target,
+    args: &DemoArgs,
+    outage: &Outage,
+) -> tokio::task::JoinHandle<Result<(usize, Option<Duration>)>> {
+    let (down_wall, up_wall) = (outage.down_wall, outage.up_wall);
+    tokio::spawn({
+        let src = t.src.clone();
+        let node = t.node_name.clone();
         let settle = Duration::from_secs(args.settle_secs);
         async move {
             let snap = verify::read(&src).await?;
@@ -361,26 +474,28 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
                 .await
                 .map(|d| (missed.len(), d))
         }
-    });
+    })
+}
 
-    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
-    progress("after the restart");
-    say(
-        start,
-        "step 4/5: the shoppers stop; waiting for every purchase to be terminal",
-    );
-    let purchases = shoppers.await.context("the shoppers' task failed")?;
-    let (missed, catchup_time) = catchup.await.context("the catch-up watch failed")??;
+/// How the stopped region caught up: the purchases it missed, and how long they took to reach
+/// its ledger after it answered.
+struct CatchUp {
+    missed: usize,
+    took: Option<Duration>,
+}
 
-    say(start, "step 5/5: auditing the database (saldo verify)");
-    let report = crate::chaos::settle_verify(
-        &src,
-        Duration::from_secs(args.settle_secs),
-        Duration::from_secs(args.settle_secs),
-    )
-    .await?;
-    report.print();
-
+/// The closing table; returns whether the demo passed (verify, nothing lost, caught up, nothing
+/// executed by the stopped region).
+fn print_figures(
+    args: &DemoArgs,
+    node_name: &str,
+    purchases: &[Purchase],
+    outage: &Outage,
+    report: &verify::Report,
+    caught: &CatchUp,
+) -> bool {
+    let (down_at, up_cmd_at) = (outage.down_at, outage.up_cmd_at);
+    let (missed, catchup_time) = (caught.missed, caught.took);
     // Figures.
     let accepted: Vec<&Purchase> = purchases
         .iter()
@@ -396,17 +511,6 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
         .filter(|p| p.posted_ms >= down_at && p.posted_ms < up_cmd_at)
         .collect();
     let taken: Vec<&&&Purchase> = during.iter().filter(|p| p.takeover).collect();
-    let by_region = |list: &[&&Purchase]| {
-        let mut m = std::collections::BTreeMap::<String, usize>::new();
-        for p in list {
-            *m.entry(p.executed_by.clone().unwrap_or_else(|| "?".into()))
-                .or_default() += 1;
-        }
-        m.into_iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let taken_lat = ms_quantile(taken.iter().filter_map(|p| p.latency_ms()).collect(), 0.5);
     let taken_max = taken
         .iter()
@@ -415,24 +519,18 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
         .unwrap_or(0);
     let executed_by_stopped = during
         .iter()
-        .filter(|p| p.executed_by.as_deref() == Some(node_name.as_str()))
+        .filter(|p| p.executed_by.as_deref() == Some(node_name))
         .count();
-    let once = report.check("once").is_some_and(|c| c.ok);
-    let negative = report.check("negative").is_some_and(|c| c.ok);
-    let markers = report.check("markers").is_some_and(|c| c.ok);
-    let coverage = report.check("coverage").is_some_and(|c| c.ok);
-    let stock_ok = report.check("stock").is_some_and(|c| c.ok);
 
     println!();
     println!("{:<46} figure", "what");
-    let row = |k: &str, v: String| println!("{k:<46} {v}");
     row("purchases accepted", accepted.len().to_string());
     row("  completed", completed.to_string());
     row("  rejected", rejected.to_string());
     row("lost (accepted, never terminal)", lost.to_string());
     row(
         &format!("bought while {} was down", args.region),
-        format!("{} (executed by {})", during.len(), by_region(&during)),
+        format!("{} (executed by {})", during.len(), by_executor(&during)),
     );
     row(
         &format!("  executed by {} while stopped", args.region),
@@ -455,6 +553,36 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
             None => format!("NOT within {} s", args.settle_secs),
         },
     );
+    print_audit_rows(report);
+
+    report.ok() && lost == 0 && catchup_time.is_some() && executed_by_stopped == 0
+}
+
+/// One row of the closing table.
+fn row(k: &str, v: String) {
+    println!("{k:<46} {v}");
+}
+
+/// Purchases per executing region, as `region n, ...`.
+fn by_executor(list: &[&&Purchase]) -> String {
+    let mut m = std::collections::BTreeMap::<String, usize>::new();
+    for p in list {
+        *m.entry(p.executed_by.clone().unwrap_or_else(|| "?".into()))
+            .or_default() += 1;
+    }
+    m.into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The closing table's rows from `verify`'s checks.
+fn print_audit_rows(report: &verify::Report) {
+    let once = report.check("once").is_some_and(|c| c.ok);
+    let negative = report.check("negative").is_some_and(|c| c.ok);
+    let markers = report.check("markers").is_some_and(|c| c.ok);
+    let coverage = report.check("coverage").is_some_and(|c| c.ok);
+    let stock_ok = report.check("stock").is_some_and(|c| c.ok);
     row(
         "markers agree with every ledger",
         if markers { "yes".into() } else { "NO".into() },
@@ -483,14 +611,4 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
         "every ledger holds every transaction",
         if coverage { "yes".into() } else { "NO".into() },
     );
-
-    let ok = report.ok() && lost == 0 && catchup_time.is_some() && executed_by_stopped == 0;
-    println!();
-    if ok {
-        println!("saldo demo: nothing lost, nothing applied twice, stock never negative");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("saldo demo: FAILED (see the table)");
-        Ok(ExitCode::FAILURE)
-    }
 }
