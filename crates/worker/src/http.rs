@@ -110,7 +110,9 @@ async fn to_completion<T: Send + 'static>(
     match tokio::spawn(work.instrument(tracing::Span::current())).await {
         Ok(r) => r,
         // A panic in the work (a broken invariant) answers 500 and Event Grid retries.
-        Err(e) => Err(NodeError::Internal(format!("the request's work ended abnormally: {e}"))),
+        Err(e) => Err(NodeError::Internal(format!(
+            "the request's work ended abnormally: {e}"
+        ))),
     }
 }
 
@@ -270,9 +272,7 @@ fn invocation_error(e: NodeError) -> Response {
     let status = match &e {
         NodeError::Store(StoreError::Failed(_))
         | NodeError::Invalid(_)
-        | NodeError::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        | NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     tracing::warn!(error = %e, "timer invocation failed");
