@@ -83,6 +83,12 @@ pub struct MongoStore {
     /// every entry numbered below n that will ever exist, and the feed serves all it sees: no
     /// horizon, no lag, no clock (ARCHITECTURE.md, invariant 8).
     ledger: Collection<Document>,
+    /// Orders this process's ledger writes (they all write the counter document, so two of
+    /// ours at once could only conflict with each other, 112, and back off: under a burst of
+    /// deliveries that became retry storms and 503s). Held for one attempt of one transaction,
+    /// never across a back-off sleep. Other instances of the region still race with us; the
+    /// counter's conflict orders them, as above.
+    ledger_writes: tokio::sync::Mutex<()>,
     peers: Collection<Document>,
     warehouse: Collection<Document>,
     /// Bound on one operation, its retries included.
@@ -301,6 +307,7 @@ impl MongoStore {
             client,
             node: node.to_string(),
             timeout: DEFAULT_TIMEOUT,
+            ledger_writes: tokio::sync::Mutex::new(()),
             ops: AtomicU64::new(0),
         })
     }
@@ -364,8 +371,14 @@ impl MongoStore {
     /// Runs `attempt` as one multi-document transaction (snapshot reads, durable commit) until
     /// it commits, fails for good, or conflicts past the retry budget ([`StoreError::Contended`]).
     /// `attempt` gets a session with the transaction started; it returns `Again` (after aborting)
-    /// to start over on a fresh snapshot. Bounded by the store's timeout.
-    async fn transact<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    /// to start over on a fresh snapshot. Bounded by the store's timeout. With `gate`, each
+    /// attempt runs holding it (released before any back-off sleep).
+    async fn transact<T, F, Fut>(
+        &self,
+        what: &str,
+        gate: Option<&tokio::sync::Mutex<()>>,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut(ClientSession) -> Fut,
         Fut: Future<Output = (ClientSession, mongodb::error::Result<Attempt<T>>)>,
@@ -373,6 +386,10 @@ impl MongoStore {
         self.bounded(what, async {
             let mut delays = backoff_schedule();
             loop {
+                let held = match gate {
+                    Some(g) => Some(g.lock().await),
+                    None => None,
+                };
                 let mut session = self
                     .client
                     .start_session()
@@ -405,6 +422,7 @@ impl MongoStore {
                         return Err(classify(what, e));
                     }
                 };
+                drop(held);
                 match delays.next() {
                     Some(wait) => {
                         tracing::debug!(what, error = ?last, ?wait, "transaction lost a race; retrying");
@@ -898,16 +916,20 @@ impl Store for MongoStore {
         }
         // Optimistic first (every command new); after a duplicate, look before inserting.
         let look = &std::sync::atomic::AtomicBool::new(false);
-        self.transact("insert commands", move |mut session| async move {
-            let r = self
-                .insert_once(&mut session, cmds, look.load(Ordering::Relaxed))
-                .await;
-            if matches!(&r, Err(e) if code(e) == Some(DUPLICATE_KEY)) {
-                look.store(true, Ordering::Relaxed);
-                return (session, Ok(Attempt::Again));
-            }
-            (session, r)
-        })
+        self.transact(
+            "insert commands",
+            Some(&self.ledger_writes),
+            move |mut session| async move {
+                let r = self
+                    .insert_once(&mut session, cmds, look.load(Ordering::Relaxed))
+                    .await;
+                if matches!(&r, Err(e) if code(e) == Some(DUPLICATE_KEY)) {
+                    look.store(true, Ordering::Relaxed);
+                    return (session, Ok(Attempt::Again));
+                }
+                (session, r)
+            },
+        )
         .await
     }
 
@@ -918,12 +940,16 @@ impl Store for MongoStore {
         published: bool,
         now: DateTime<Utc>,
     ) -> Result<Recorded> {
-        self.transact("record outcome", move |mut session| async move {
-            let r = self
-                .record_once(&mut session, transaction, outcome, published, now)
-                .await;
-            (session, r)
-        })
+        self.transact(
+            "record outcome",
+            Some(&self.ledger_writes),
+            move |mut session| async move {
+                let r = self
+                    .record_once(&mut session, transaction, outcome, published, now)
+                    .await;
+                (session, r)
+            },
+        )
         .await
     }
 
@@ -980,7 +1006,7 @@ impl Store for MongoStore {
         // plain find may see a later commit after passing an earlier one between its batches.
         let after = to_i64(after, "cursor")?;
         let limit = limit.clamp(1, MAX_PAGE) as i64;
-        self.transact("ledger page", move |mut session| async move {
+        self.transact("ledger page", None, move |mut session| async move {
             let r = async {
                 self.count();
                 let mut cursor = self
@@ -1118,7 +1144,7 @@ impl Store for MongoStore {
         // A product changed under us, the same marker committed first (11000), or the server
         // saw the conflict (112 / TransientTransactionError): `transact` starts over, which
         // adopts the winner's marker or re-decides on the new stock.
-        self.transact("execute", move |mut session| async move {
+        self.transact("execute", None, move |mut session| async move {
             let r = self
                 .execute_once(&mut session, transaction, lines, region, takeover, now)
                 .await
