@@ -2,19 +2,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use saldo_testkit::KillOnDrop as Killed;
 
 fn api_command(node: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_saldo-api"));
@@ -45,24 +38,8 @@ async fn the_binary_listens_on_the_custom_handler_port() {
             .unwrap(),
     );
     let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("no listening line");
-    let url = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-    assert!(
-        url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
-        "{url}"
-    );
+    let url = saldo_testkit::first_line_url(stdout, Duration::from_secs(30));
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
     let http = reqwest::Client::new();
     let (status, body) = read(

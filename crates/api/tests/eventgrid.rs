@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,44 +22,30 @@ use serde_json::{Value, json};
 const KEY: &str = "c2FsZG8tYXBpLXRlc3Qta2V5LWZvci10aGUtZW11bGF0b3I=";
 
 enum Emulator {
-    Process(Child),
-    InProcess(#[allow(dead_code)] saldo_eventgrid::Running),
+    Process(#[allow(dead_code)] saldo_testkit::KillOnDrop),
+    InProcess(saldo_eventgrid::Running),
 }
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        match self {
-            Emulator::Process(c) => {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            Emulator::InProcess(r) => r.server.abort(),
+        // (A process is killed by its own guard.)
+        if let Emulator::InProcess(r) = self {
+            r.server.abort();
         }
     }
 }
 
-fn binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("debug/saldo-eventgrid")
-}
-
 /// Starts the emulator; returns it and its base URL.
 async fn start_emulator(dir: &std::path::Path) -> (Emulator, String) {
-    let exe = binary();
-    if !exe.exists() {
-        eprintln!(
-            "{} not built: serving the emulator in-process",
-            exe.display()
-        );
+    let Some(exe) = saldo_testkit::built_binary("saldo-eventgrid") else {
+        eprintln!("saldo-eventgrid not built: serving the emulator in-process");
         let config = saldo_eventgrid::Config::new(KEY, dir.join("data"), dir.join("deadletter"));
         let running = saldo_eventgrid::spawn(config, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let url = running.url();
         return (Emulator::InProcess(running), url);
-    }
+    };
     let mut child = Command::new(&exe)
         .args(["--host", "127.0.0.1", "--port", "0", "--key", KEY])
         .arg("--data-dir")
@@ -74,22 +58,8 @@ async fn start_emulator(dir: &std::path::Path) -> (Emulator, String) {
         .spawn()
         .expect("start saldo-eventgrid");
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        for _ in lines {} // keep draining so the child never blocks on a full pipe
-    });
-    let emulator = Emulator::Process(child);
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("saldo-eventgrid printed no listening line");
-    let url = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .to_string();
+    let emulator = Emulator::Process(saldo_testkit::KillOnDrop(child));
+    let url = saldo_testkit::first_line_url(stdout, Duration::from_secs(30));
     (emulator, url)
 }
 

@@ -22,16 +22,7 @@ const KEY: &str = "c2FsZG8tYXBpLXN0YWNrLXRlc3Qta2V5LWZvci10aGUtdG9waWM=";
 use saldo_testkit::KillOnDrop as Proc;
 
 fn exe(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let path = target.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build -p {name}",
-        path.display()
-    );
-    path
+    saldo_testkit::workspace_binary(name)
 }
 
 /// Starts `cmd` and returns it with the URL of its `listening on URL` line.

@@ -4,7 +4,6 @@
 //! 200) and delivered events/s (all three subscribers have every event), for one-event requests
 //! (how Saldo's API publishes) and for 50-event requests, each with batching off and on.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,14 +56,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0 // USER_HZ is 100 on Linux
 }
 
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn scenario(total: u64, per_request: u64, max_batch: u32) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_saldo-eventgrid"))
@@ -84,17 +75,10 @@ async fn scenario(total: u64, per_request: u64, max_batch: u32) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start saldo-eventgrid");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let stdout = child.stdout.take().unwrap();
     let pid = child.id();
-    let _child = Child(child);
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let _child = saldo_testkit::KillOnDrop(child);
+    let url = saldo_testkit::first_line_url(stdout, std::time::Duration::from_secs(20));
     let http = reqwest::Client::new();
     let mut counters = Vec::new();
     for i in 0..3 {

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -16,15 +15,8 @@ use serde_json::{Value, json};
 const HEADER: &str = "local-identity-header-for-tests";
 
 struct Identity {
-    child: Child,
+    _child: saldo_testkit::KillOnDrop,
     url: String,
-}
-
-impl Drop for Identity {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Identity {
@@ -48,17 +40,13 @@ impl Identity {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start saldo-identity");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let child = saldo_testkit::KillOnDrop(child);
         let url = format!(
             "{}/msi/token",
-            line.trim()
-                .strip_prefix("listening on ")
-                .expect("listening line")
+            saldo_testkit::first_line_url(stdout, Duration::from_secs(20))
         );
-        Identity { child, url }
+        Identity { _child: child, url }
     }
 
     async fn token_response(&self, resource: &str, header: Option<&str>) -> (u16, Value) {

@@ -4,9 +4,13 @@
 //!   what was awaited (a poll that returned quietly would let the assertion after it pass or
 //!   fail for the wrong reason).
 //! - [`listening_url`]: the `listening on URL` line every Saldo binary prints once bound.
+//! - [`first_line_url`]: the same for binaries whose first line must be that line, with
+//!   the rest drained.
 //! - [`KillOnDrop`]: a child process killed and reaped when the test ends, even by a panic.
+//! - [`workspace_binary`]: another crate's binary, built beforehand (`cargo build --bins`).
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
 use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -64,6 +68,51 @@ pub fn listening_url(stdout: impl Read + Send + 'static, label: &str, timeout: D
         .unwrap_or_else(|e| panic!("no `listening on` line within {timeout:?} ({e})"))
 }
 
+/// Reads the first line of `stdout` (a child's piped stdout), which must be `listening on URL`
+/// with a real port, and returns the URL; the rest is drained on a thread so the pipe never
+/// fills. Panics after `timeout`, or naming the line that came instead.
+pub fn first_line_url(stdout: impl Read + Send + 'static, timeout: Duration) -> String {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {} // keep draining so the child never blocks on a full pipe
+    });
+    let line = rx
+        .recv_timeout(timeout)
+        .unwrap_or_else(|e| panic!("no first line within {timeout:?} ({e})"));
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("the first line is not `listening on URL`: {line:?}"))
+        .to_string();
+    assert!(
+        !url.ends_with(":0"),
+        "the listening line must carry the real port: {url}"
+    );
+    url
+}
+
+/// Another crate's binary `name` in the workspace's target folder (`CARGO_TARGET_DIR` when
+/// set), if it has been built. Tests never run cargo themselves: a test that did would take the
+/// build lock and rebuild beside the test run.
+pub fn built_binary(name: &str) -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let path = target.join("debug").join(name);
+    path.exists().then_some(path)
+}
+
+/// [`built_binary`], or a panic that says how to build it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    built_binary(name).unwrap_or_else(|| {
+        panic!("{name} is missing from the target folder: run `cargo build --bins` first")
+    })
+}
+
 /// A child process that is killed and reaped when dropped (the end of a test, or its panic).
 pub struct KillOnDrop(pub Child);
 
@@ -94,6 +143,33 @@ mod tests {
     #[should_panic(expected = "timed out after 200ms waiting for nothing")]
     fn until_blocking_fails_on_timeout_instead_of_returning() {
         until_blocking::<()>(Duration::from_millis(200), "nothing", || None);
+    }
+
+    #[test]
+    fn the_first_line_gives_the_url() {
+        let out = "listening on http://127.0.0.1:5\nmore\n".as_bytes();
+        assert_eq!(
+            first_line_url(out, Duration::from_secs(5)),
+            "http://127.0.0.1:5"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "the first line is not `listening on URL`")]
+    fn a_first_line_that_is_not_the_listening_line_fails() {
+        first_line_url(
+            "starting\nlistening on http://127.0.0.1:5\n".as_bytes(),
+            Duration::from_secs(5),
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "must carry the real port")]
+    fn a_listening_line_with_port_0_fails() {
+        first_line_url(
+            "listening on http://127.0.0.1:0\n".as_bytes(),
+            Duration::from_secs(5),
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use saldo_core::ledger::ranking;
-use saldo_store::test_util::{Secantus, free_port, repo_root, spawn_secantus, spawn_secantus_at};
+use saldo_store::test_util::{Secantus, free_port, spawn_secantus, spawn_secantus_at};
 use serde_json::{Value, json};
 
 const NODES: [&str; 3] = ["westeurope", "northeurope", "swedencentral"];
@@ -28,16 +28,9 @@ struct Fleet {
     http: reqwest::Client,
 }
 
-/// The emulator binary, built beforehand (`cargo build --bins`; `./dev test` does): a test that
-/// ran cargo itself would take the build lock and rebuild beside the test run.
+/// The emulator binary, built beforehand (`cargo build --bins`; `./dev test` does).
 fn eventgrid_binary() -> PathBuf {
-    let p = repo_root().join("target/debug/saldo-eventgrid");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --bins` first",
-        p.display()
-    );
-    p
+    saldo_testkit::workspace_binary("saldo-eventgrid")
 }
 
 /// Polls `f` until it holds; panics naming `what` after `limit` ([`saldo_testkit::until`]).

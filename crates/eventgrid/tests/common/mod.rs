@@ -3,9 +3,8 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use serde_json::{Value, json};
 pub const KEY: &str = "dGVzdC1rZXktZm9yLXRoZS1lbXVsYXRvci0xMjM0NTY=";
 
 pub struct Emulator {
-    child: Child,
+    child: saldo_testkit::KillOnDrop,
     pub url: String,
     pub dir: PathBuf,
     pub args: Vec<String>,
@@ -47,29 +46,9 @@ impl Emulator {
             .spawn()
             .expect("start saldo-eventgrid");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {} // keep draining so the child never blocks on a full pipe
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("saldo-eventgrid did not print its listening line within 20 s");
-            }
-        };
-        let url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        assert!(
-            !url.ends_with(":0"),
-            "the listening line must carry the real port: {url}"
-        );
+        // Guarded from here: a missing listening line kills the process as the test fails.
+        let child = saldo_testkit::KillOnDrop(child);
+        let url = saldo_testkit::first_line_url(stdout, Duration::from_secs(20));
         Emulator {
             child,
             url,
@@ -81,8 +60,8 @@ impl Emulator {
     /// Kills the process (SIGKILL: no chance to flush anything) and starts it again on the
     /// same directories.
     pub fn restart(mut self) -> Emulator {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
+        self.child.0.kill().expect("kill");
+        self.child.0.wait().expect("wait");
         let (dir, args) = (self.dir.clone(), self.args.clone());
         Self::start_in(dir, args)
     }
@@ -92,13 +71,6 @@ impl Emulator {
     }
     pub fn deadletter_dir(&self) -> PathBuf {
         self.dir.join("deadletter")
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -74,6 +74,12 @@ pub struct MongoStore {
     /// every entry numbered below n that will ever exist, and the feed serves all it sees: no
     /// horizon, no lag, no clock (ARCHITECTURE.md, invariant 8).
     ledger: Collection<Document>,
+    /// Orders this process's ledger writes (they all write the counter document, so two of
+    /// ours at once could only conflict with each other, 112, and back off: under a burst of
+    /// deliveries that became retry storms and 503s). Held for one attempt of one transaction,
+    /// never across a back-off sleep. Other instances of the region still race with us; the
+    /// counter's conflict orders them, as above.
+    ledger_writes: tokio::sync::Mutex<()>,
     peers: Collection<Document>,
     warehouse: Collection<Document>,
     /// Bound on one operation, its retries included.
@@ -124,6 +130,7 @@ impl MongoStore {
             client,
             node: node.to_string(),
             timeout: DEFAULT_TIMEOUT,
+            ledger_writes: tokio::sync::Mutex::new(()),
             ops: AtomicU64::new(0),
         })
     }

@@ -155,16 +155,20 @@ impl Store for MongoStore {
         }
         // Optimistic first (every command new); after a duplicate, look before inserting.
         let look = &std::sync::atomic::AtomicBool::new(false);
-        self.transact("insert commands", move |mut session| async move {
-            let r = self
-                .insert_once(&mut session, cmds, look.load(Ordering::Relaxed))
-                .await;
-            if matches!(&r, Err(e) if code(e) == Some(DUPLICATE_KEY)) {
-                look.store(true, Ordering::Relaxed);
-                return (session, Ok(Attempt::Again));
-            }
-            (session, r)
-        })
+        self.transact(
+            "insert commands",
+            Some(&self.ledger_writes),
+            move |mut session| async move {
+                let r = self
+                    .insert_once(&mut session, cmds, look.load(Ordering::Relaxed))
+                    .await;
+                if matches!(&r, Err(e) if code(e) == Some(DUPLICATE_KEY)) {
+                    look.store(true, Ordering::Relaxed);
+                    return (session, Ok(Attempt::Again));
+                }
+                (session, r)
+            },
+        )
         .await
     }
 
@@ -175,12 +179,16 @@ impl Store for MongoStore {
         published: bool,
         now: DateTime<Utc>,
     ) -> Result<Recorded> {
-        self.transact("record outcome", move |mut session| async move {
-            let r = self
-                .record_once(&mut session, transaction, outcome, published, now)
-                .await;
-            (session, r)
-        })
+        self.transact(
+            "record outcome",
+            Some(&self.ledger_writes),
+            move |mut session| async move {
+                let r = self
+                    .record_once(&mut session, transaction, outcome, published, now)
+                    .await;
+                (session, r)
+            },
+        )
         .await
     }
 
@@ -237,7 +245,7 @@ impl Store for MongoStore {
         // plain find may see a later commit after passing an earlier one between its batches.
         let after = to_i64(after, "cursor")?;
         let limit = limit.clamp(1, MAX_PAGE) as i64;
-        self.transact("ledger page", move |mut session| async move {
+        self.transact("ledger page", None, move |mut session| async move {
             let r = async {
                 self.count();
                 let mut cursor = self
@@ -377,7 +385,7 @@ impl Store for MongoStore {
         // A product changed under us, the same marker committed first (11000), or the server
         // saw the conflict (112 / TransientTransactionError): `transact` starts over, which
         // adopts the winner's marker or re-decides on the new stock.
-        self.transact("execute", move |mut session| async move {
+        self.transact("execute", None, move |mut session| async move {
             let r = self
                 .execute_once(&mut session, transaction, lines, region, takeover, now)
                 .await

@@ -27,8 +27,14 @@ impl MongoStore {
     /// Runs `attempt` as one multi-document transaction (snapshot reads, durable commit) until
     /// it commits, fails for good, or conflicts past the retry budget ([`StoreError::Contended`]).
     /// `attempt` gets a session with the transaction started; it returns `Again` (after aborting)
-    /// to start over on a fresh snapshot. Bounded by the store's timeout.
-    pub(super) async fn transact<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    /// to start over on a fresh snapshot. Bounded by the store's timeout. With `gate`, each
+    /// attempt runs holding it (released before any back-off sleep).
+    pub(super) async fn transact<T, F, Fut>(
+        &self,
+        what: &str,
+        gate: Option<&tokio::sync::Mutex<()>>,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut(ClientSession) -> Fut,
         Fut: Future<Output = (ClientSession, mongodb::error::Result<Attempt<T>>)>,
@@ -36,6 +42,10 @@ impl MongoStore {
         self.bounded(what, async {
             let mut delays = backoff_schedule();
             loop {
+                let held = match gate {
+                    Some(g) => Some(g.lock().await),
+                    None => None,
+                };
                 let mut session = self
                     .client
                     .start_session()
@@ -68,6 +78,7 @@ impl MongoStore {
                         return Err(classify(what, e));
                     }
                 };
+                drop(held);
                 match delays.next() {
                     Some(wait) => {
                         tracing::debug!(what, error = ?last, ?wait, "transaction lost a race; retrying");
