@@ -376,3 +376,50 @@ async fn one_process_ledger_writes_do_not_conflict_with_each_other() {
     );
     assert_eq!(s.page(0, 100).await.unwrap().len(), N);
 }
+
+/// A corrupt stored value is never read as something plausible: a timestamp out of range is
+/// refused (not 1970), and a catch-up cursor that is no cursor restarts that peer's feed from
+/// the start (safe: recording what we hold is a no-op), logged, instead of silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_stored_values_are_refused_or_healed_never_misread() {
+    use mongodb::bson::{Document, doc};
+    let db = spawn_secantus();
+    let s = store(&db, "westeurope").await;
+    let raw = mongodb::Client::with_uri_str(db.uri())
+        .await
+        .unwrap()
+        .database("saldo");
+    let peers = raw.collection::<Document>("peers_westeurope");
+    peers
+        .insert_one(doc! {"_id": "cursor:http://peer-a", "cursor": "seven"})
+        .await
+        .unwrap();
+    peers
+        .insert_one(doc! {"_id": "cursor:http://peer-b", "cursor": -4_i64})
+        .await
+        .unwrap();
+    assert_eq!(s.cursor("http://peer-a").await.unwrap(), 0);
+    assert_eq!(s.cursor("http://peer-b").await.unwrap(), 0);
+    s.set_cursor("http://peer-a", 12).await.unwrap();
+    assert_eq!(
+        s.cursor("http://peer-a").await.unwrap(),
+        12,
+        "the next round heals it"
+    );
+
+    s.insert_commands(&[cmd("t-1", vec![line(1, None, Some(-1))])])
+        .await
+        .unwrap();
+    raw.collection::<Document>("ledger_westeurope")
+        .update_one(
+            doc! {"_id": "t-1"},
+            doc! {"$set": {"recorded_at_ms": i64::MAX}},
+        )
+        .await
+        .unwrap();
+    let e = s.entry("t-1").await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Failed(_)) && e.to_string().contains("out of range"),
+        "{e}"
+    );
+}

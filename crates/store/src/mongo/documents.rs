@@ -47,8 +47,12 @@ pub(super) struct MarkerDoc {
 pub(super) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
-pub(super) fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+/// A stored timestamp back as a time; one out of chrono's range (only a corrupt document has
+/// one) is refused, never read as 1970.
+pub(super) fn from_ms(v: i64) -> Result<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(v).single().ok_or_else(|| {
+        StoreError::Failed(format!("stored timestamp {v} ms is out of range").into())
+    })
 }
 pub(super) fn product_key(id: u64) -> String {
     format!("product:{id}")
@@ -70,10 +74,10 @@ impl LedgerDoc {
         Ok(LedgerEntry {
             transaction: self.id,
             command: self.command,
-            received_at: self.received_at_ms.map(from_ms),
+            received_at: self.received_at_ms.map(from_ms).transpose()?,
             outcome: self.outcome,
             published: self.published,
-            recorded_at: from_ms(self.recorded_at_ms),
+            recorded_at: from_ms(self.recorded_at_ms)?,
             seq: u64::try_from(self.seq).map_err(|e| {
                 StoreError::Failed(Detail::caused_by(format!("negative seq {}", self.seq), e))
             })?,
@@ -138,23 +142,24 @@ impl From<&PeerRecord> for PeerDoc {
     }
 }
 
-impl From<PeerDoc> for PeerRecord {
-    fn from(p: PeerDoc) -> Self {
-        PeerRecord {
+impl TryFrom<PeerDoc> for PeerRecord {
+    type Error = StoreError;
+    fn try_from(p: PeerDoc) -> Result<Self> {
+        Ok(PeerRecord {
             node: p.node,
             region: p.region,
             url: p.url,
             ready: p.ready,
-            started_at: from_ms(p.started_at_ms),
-            last_heartbeat: from_ms(p.last_heartbeat_ms),
+            started_at: from_ms(p.started_at_ms)?,
+            last_heartbeat: from_ms(p.last_heartbeat_ms)?,
             incarnation: p.incarnation.max(0) as u64,
-            beat_at: from_ms(p.beat_at_ms),
+            beat_at: from_ms(p.beat_at_ms)?,
             counters: p
                 .counters
                 .into_iter()
                 .map(|(k, v)| (k, v.max(0) as u64))
                 .collect(),
-        }
+        })
     }
 }
 

@@ -341,10 +341,10 @@ impl Store for MongoStore {
         docs.into_iter()
             .map(|d| {
                 bson::from_document::<PeerDoc>(d)
-                    .map(PeerRecord::from)
                     .map_err(|e| {
                         StoreError::Failed(Detail::caused_by(format!("unreadable peer: {e}"), e))
                     })
+                    .and_then(PeerRecord::try_from)
             })
             .collect()
     }
@@ -355,9 +355,18 @@ impl Store for MongoStore {
                 self.peers.find_one(doc! {"_id": format!("cursor:{url}")})
             })
             .await?;
-        Ok(d.and_then(|d| d.get_i64("cursor").ok())
-            .map(|c| c.max(0) as u64)
-            .unwrap_or(0))
+        let Some(d) = d else {
+            return Ok(0); // never caught up from this peer: from the start
+        };
+        match d.get_i64("cursor").ok().and_then(|c| u64::try_from(c).ok()) {
+            Some(c) => Ok(c),
+            // Reading the peer's feed from the start again is safe (recording an outcome we
+            // hold is a no-op) and the next round overwrites the cursor: heal, but loudly.
+            None => {
+                tracing::error!(peer = url, document = %d, "corrupt catch-up cursor; reading the peer's feed from the start");
+                Ok(0)
+            }
+        }
     }
 
     async fn set_cursor(&self, url: &str, cursor: u64) -> Result<()> {
