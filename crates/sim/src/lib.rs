@@ -44,14 +44,16 @@
 //!    state.
 //!
 //! Modules: `config` (the knobs of a run, and its [`Report`]), `adapters` (the clock, topic and
-//! peer network the nodes see), `faults` (seeded fault injection), and `world` (the simulated
+//! peer network the nodes see), `faults` (seeded fault injection), `many` (many seeds over threads), and `world` (the simulated
 //! fleet: its instances, handler tasks, Event Grid, the scenario, the run loop and the checks).
 
 mod adapters;
 mod config;
 mod faults;
+mod many;
 mod world;
 
 pub use adapters::{Directory, SimBus, SimClock, SimNode, SimPeers, Topic};
 pub use config::{Report, SimConfig};
+pub use many::run_seeds;
 pub use world::run;

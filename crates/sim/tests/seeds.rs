@@ -2,7 +2,7 @@
 //! And the mutation tests: with a deliberate store bug the simulation must fail, so that its
 //! passing means something.
 
-use saldo_sim::{Report, SimConfig, run};
+use saldo_sim::{Report, SimConfig, run, run_seeds};
 use saldo_store::Mutation;
 
 /// Runs `seeds` seeds spread over the cores (each run stays deterministic).
@@ -11,23 +11,10 @@ fn run_many(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<Result<Report, 
         .map(|n| n.get())
         .unwrap_or(1)
         .min(8) as u64;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let seeds = seeds.clone();
-                s.spawn(move || {
-                    seeds
-                        .filter(|seed| seed % threads == t)
-                        .map(|seed| run(seed, cfg))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("simulation thread"))
-            .collect()
-    })
+    run_seeds(cfg, seeds, threads)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect()
 }
 
 fn seeds_from_env(default: u64) -> u64 {

@@ -3,7 +3,7 @@
 //! summary, and exits non-zero naming the seed of every broken invariant.
 
 use clap::Parser;
-use saldo_sim::{Report, SimConfig, run};
+use saldo_sim::{SimConfig, run, run_seeds};
 use saldo_store::Mutation;
 
 #[derive(Parser)]
@@ -69,7 +69,7 @@ fn main() {
         .clamp(1, 64) as u64;
     let started = std::time::Instant::now();
     let seeds = args.seeds;
-    let results = run_seeds(&cfg, seeds, threads);
+    let results = run_seeds(&cfg, 0..seeds, threads);
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let (mut applied, mut takeovers, mut repairs, mut dead, mut steps, mut undeliverable) =
         (0, 0, 0, 0, 0, 0);
@@ -122,26 +122,6 @@ fn config(args: &Args) -> SimConfig {
         mutation: args.mutate.unwrap_or_default(),
         ..SimConfig::default()
     }
-}
-
-/// Seeds `0..seeds` over `threads` threads (each run stays deterministic).
-fn run_seeds(cfg: &SimConfig, seeds: u64, threads: u64) -> Vec<(u64, Result<Report, String>)> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    (0..seeds)
-                        .filter(|seed| seed % threads == t)
-                        .map(|seed| (seed, run(seed, cfg)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("simulation thread"))
-            .collect()
-    })
 }
 
 /// Names every failed seed with the command line that replays it.
