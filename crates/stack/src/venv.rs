@@ -18,6 +18,12 @@ impl Venv {
         self.dir.join("bin").join("secantusd-py")
     }
 
+    /// The venv's Python, which runs `tools/secantusd.py` (SecantusDB with Cosmos DB's
+    /// transaction time limit).
+    pub fn python(&self) -> PathBuf {
+        self.dir.join("bin").join("python3")
+    }
+
     /// Makes sure the venv exists and matches the pinned requirements; installs it if not.
     pub fn ensure(dir: &Path, requirements: &Path) -> Result<Venv> {
         let venv = Venv {

@@ -73,13 +73,16 @@ pub fn spawn_secantus_at(port: u16, dir: &std::path::Path) -> Secantus {
 }
 
 fn try_spawn(port: u16, storage: &str) -> Option<Secantus> {
-    let exe = repo_root().join(".saldo/venv/bin/secantusd-py");
+    let exe = repo_root().join(".saldo/venv/bin/python3");
     assert!(
-        exe.exists(),
+        repo_root().join(".saldo/venv/bin/secantusd-py").exists(),
         "{} is missing: run ./dev to create the SecantusDB venv",
         exe.display()
     );
+    // As `saldo up` runs it: with Cosmos DB's 5 s limit on a transaction (tools/secantusd.py).
+    let launcher = repo_root().join("tools/secantusd.py");
     let child = Command::new(&exe)
+        .arg(&launcher)
         .args([
             "--host",
             "127.0.0.1",

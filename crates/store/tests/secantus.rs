@@ -423,3 +423,48 @@ async fn corrupt_stored_values_are_refused_or_healed_never_misread() {
         "{e}"
     );
 }
+
+/// A writer that stops half-way through a ledger transaction (its instance SIGSTOPped or
+/// SIGKILLed after bumping the ledger's counter) holds the counter until the database ends
+/// that transaction. Cosmos DB ends a transaction after 5 s; the stand-in is started with the
+/// same limit, and a writer's retries outlast it, so the region's other writers get through
+/// instead of giving up ("still conflicting") and leaving their work to a later redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_stopped_mid_transaction_does_not_block_the_ledger_for_long() {
+    use mongodb::bson::{Document, doc};
+    let db = spawn_secantus();
+    let s = store(&db, "westeurope").await;
+    s.insert_commands(&[cmd("held", vec![line(1, None, Some(-1))])])
+        .await
+        .unwrap();
+    // Another instance of the region: bumps the counter inside a transaction, then stops.
+    let stalled = mongodb::Client::with_uri_str(db.uri()).await.unwrap();
+    let mut session = stalled.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    stalled
+        .database("saldo")
+        .collection::<Document>("ledger_westeurope")
+        .update_one(doc! {"_id": 0}, doc! {"$inc": {"next": 1_i64}})
+        .session(&mut session)
+        .await
+        .unwrap();
+    // Never committed nor aborted: a stopped process sends nothing more (dropping the session
+    // would abort the transaction).
+    std::mem::forget(session);
+    let outcome = OutcomeRecord {
+        status: Outcome::Completed,
+        node: "westeurope".into(),
+        region: "westeurope".into(),
+        reason: None,
+        quantities: vec![],
+        at: Utc::now(),
+        takeover: false,
+    };
+    let recorded = s.record_outcome("held", &outcome, false, Utc::now()).await;
+    assert_eq!(
+        recorded.unwrap(),
+        Recorded::New,
+        "the stalled writer blocked the ledger past the writer's retries"
+    );
+    assert_eq!(s.unpublished(10).await.unwrap().len(), 1);
+}

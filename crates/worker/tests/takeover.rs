@@ -265,3 +265,69 @@ async fn every_instance_of_a_region_sees_the_liveness_its_records_say() {
     assert_eq!(timers.sweep().await.unwrap().executed, 1);
     assert_eq!(db.markers()[&tx].node, "b");
 }
+
+/// The executor's own record of an outcome can fail after the warehouse commit (its ledger
+/// contended past the retries, the database gone for a moment). The completion is published all
+/// the same, so that the peers record the outcome and the purchase shows as done without waiting
+/// for a sweep or a redelivery; the sweep then adopts the marker into the executor's own ledger
+/// and publishes again under the same event id, which the peers recognise.
+#[tokio::test]
+async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
+    use saldo_store::{Fault, Store};
+    use saldo_worker::node::completion_event_id;
+    let db = MemDb::new();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let a = node(&db, &clock, "a");
+    a.start().await.unwrap();
+    db.set_fault_hook(Some(Box::new(|_, op| {
+        if op == "record_outcome" {
+            Fault::Contended
+        } else {
+            Fault::None
+        }
+    })));
+    let cmd = json!([{"id": "t-1", "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
+                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    a.handle_delivery(&cmd).await.unwrap();
+    assert_eq!(db.markers()["t-1"].node, "a", "executed");
+    let own = db.store("a");
+    assert!(
+        own.entry("t-1").await.unwrap().unwrap().outcome.is_none(),
+        "the outcome record failed"
+    );
+    let published: Vec<String> = a
+        .bus
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(
+        published,
+        vec![completion_event_id("t-1")],
+        "published at once"
+    );
+
+    db.set_fault_hook(None);
+    // The sweep retries a rank-0 transaction half a takeover after it first saw it pending.
+    clock.advance(Duration::seconds(5));
+    a.sweep().await.unwrap();
+    let entry = own.entry("t-1").await.unwrap().unwrap();
+    assert_eq!(
+        entry.outcome.unwrap().node,
+        "a",
+        "the sweep recorded the marker's outcome"
+    );
+    assert!(entry.published);
+    let published: Vec<String> = a
+        .bus
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(published, vec![completion_event_id("t-1"); 2]);
+    assert_eq!(db.applied().len(), 1, "executed once");
+}

@@ -70,7 +70,9 @@ impl Stack {
         let uri = format!("mongodb://{host}:{port}/?directConnection=true");
         let data = c.root.join("data").join("mongodb");
         std::fs::create_dir_all(&data)?;
+        // SecantusDB with Cosmos DB's 5 s limit on a transaction (tools/secantusd.py says why).
         let mut args = vec![
+            c.repo.join("tools/secantusd.py").display().to_string(),
             "--host".into(),
             host.clone(),
             "--port".into(),
@@ -86,7 +88,7 @@ impl Stack {
         }
         self.launch(Spec {
             name: "mongodb".into(),
-            program: venv.secantusd(),
+            program: venv.python(),
             args,
             env: vec![],
             cwd: Some(data.clone()),
@@ -114,7 +116,9 @@ impl Stack {
         let port = self.port("topic", c.ports.topic)?;
         let base = format!("http://{host}:{port}");
         let deadletter = c.root.join("deadletter");
+        // SecantusDB with Cosmos DB's 5 s limit on a transaction (tools/secantusd.py says why).
         let mut args = vec![
+            c.repo.join("tools/secantusd.py").display().to_string(),
             "--host".into(),
             host.clone(),
             "--port".into(),

@@ -13,7 +13,9 @@
 //!   number of times ([`MAX_ATTEMPTS`]), then reports the database unavailable (HTTP 503, Event
 //!   Grid retries). Error 112 (WriteConflict) and the `TransientTransactionError` label are
 //!   retried the same way and, once the retries are spent, reported as
-//!   [`StoreError::Contended`]: the database is up, the document is hot. No lock is held while
+//!   [`StoreError::Contended`]: the database is up, the document is hot. A transaction's retries
+//!   sleep 5 to 7 s in all before giving up, no less than the 5 s after which the database ends a
+//!   transaction whose writer stopped half-way ([`TRANSACTION_LIFETIME`]). No lock is held while
 //!   backing off. Every operation (its retries included) is bounded by the store's timeout
 //!   ([`MongoStore::with_timeout`]).
 //! - The feed's sequence: a counter document (`_id: 0`) in the ledger collection itself, bumped in
@@ -49,7 +51,7 @@ mod retry;
 mod store;
 mod transaction;
 
-pub use retry::MAX_ATTEMPTS;
+pub use retry::{MAX_ATTEMPTS, MAX_TRANSACTION_ATTEMPTS, TRANSACTION_LIFETIME};
 
 use retry::classify;
 

@@ -12,6 +12,24 @@ use crate::{Detail, Result, StoreError};
 pub const MAX_ATTEMPTS: usize = 8;
 pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(20);
 pub(super) const BACKOFF_CAP: Duration = Duration::from_millis(2000);
+/// Cosmos DB ends a multi-document transaction after 5 s (the local stand-in is started with the
+/// same limit, `tools/secantusd.py`). A writer that stopped half-way (its instance SIGKILLed or
+/// SIGSTOPped) holds the documents it wrote, the ledger's counter among them, that long at most.
+pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(5);
+/// A transaction's retries sleep this long in all at most, and at least this less twice
+/// [`TRANSACTION_BACKOFF_CAP`] (the schedule stops before a sleep that would overrun it, and
+/// jitter can double a sleep): 5 to 7 s, no less than [`TRANSACTION_LIFETIME`], so that a
+/// stalled writer cannot make the others of its region give up and answer 503 (and wait out
+/// Event Grid's retry schedule); less than the store's default timeout.
+pub(super) const TRANSACTION_RETRY_BUDGET: Duration = Duration::from_secs(7);
+pub(super) const TRANSACTION_BACKOFF_CAP: Duration = Duration::from_secs(1);
+const _: () = assert!(
+    TRANSACTION_RETRY_BUDGET.as_millis() - 2 * TRANSACTION_BACKOFF_CAP.as_millis()
+        >= TRANSACTION_LIFETIME.as_millis()
+);
+/// Attempts of one transaction at most (the budget ends it first unless the conflicts are
+/// quick): a bound on the loop either way.
+pub const MAX_TRANSACTION_ATTEMPTS: usize = 20;
 
 pub(super) const DUPLICATE_KEY: i32 = 11000;
 pub(super) const WRITE_CONFLICT: i32 = 112;
@@ -94,6 +112,19 @@ pub(super) fn backoff_schedule() -> backon::ExponentialBackoff {
         .build()
 }
 
+/// The retry schedule of a multi-document transaction: the same back-off, bounded by
+/// [`TRANSACTION_RETRY_BUDGET`] of sleep (and [`MAX_TRANSACTION_ATTEMPTS`] attempts).
+pub(super) fn transaction_backoff_schedule() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_BASE)
+        .with_max_delay(TRANSACTION_BACKOFF_CAP)
+        .with_max_times(MAX_TRANSACTION_ATTEMPTS - 1)
+        .with_total_delay(Some(TRANSACTION_RETRY_BUDGET))
+        .with_jitter()
+        .build()
+}
+
 impl MongoStore {
     /// Runs `f` within the store's time bound.
     pub(super) async fn bounded<T>(
@@ -146,5 +177,24 @@ impl MongoStore {
             self.retry_raw(what, f).await.map_err(|e| classify(what, e))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the jitter draws, a transaction's retries sleep at least as long as the
+    /// database keeps a stalled writer's transaction, and never past the budget.
+    #[test]
+    fn a_transactions_retries_outlast_a_stalled_writer() {
+        for _ in 0..1_000 {
+            let delays: Vec<Duration> = transaction_backoff_schedule().collect();
+            let slept: Duration = delays.iter().sum();
+            assert!(slept >= TRANSACTION_LIFETIME, "{slept:?} over {delays:?}");
+            assert!(slept <= TRANSACTION_RETRY_BUDGET, "{slept:?}");
+            // The budget ends the schedule, not the bound on attempts.
+            assert!(delays.len() < MAX_TRANSACTION_ATTEMPTS - 1, "{delays:?}");
+        }
     }
 }

@@ -10,8 +10,10 @@ use mongodb::options::{ReadConcern, ReturnDocument};
 use saldo_core::views::LedgerState;
 
 use super::documents::{LedgerDoc, ms, parse_ledger};
-use super::retry::{DUPLICATE_KEY, backoff_schedule, classify, code, retryable, throttled};
-use super::{COUNTER_ID, MAX_ATTEMPTS, MongoStore, durable_write_concern};
+use super::retry::{
+    DUPLICATE_KEY, classify, code, retryable, throttled, transaction_backoff_schedule,
+};
+use super::{COUNTER_ID, MongoStore, durable_write_concern};
 use crate::model::*;
 use crate::{Detail, Result, StoreError};
 
@@ -25,7 +27,9 @@ pub(super) enum Attempt<T> {
 
 impl MongoStore {
     /// Runs `attempt` as one multi-document transaction (snapshot reads, durable commit) until
-    /// it commits, fails for good, or conflicts past the retry budget ([`StoreError::Contended`]).
+    /// it commits, fails for good, or conflicts past the retry budget ([`StoreError::Contended`];
+    /// the budget outlasts the database's transaction lifetime, see
+    /// [`TRANSACTION_RETRY_BUDGET`](super::retry::TRANSACTION_RETRY_BUDGET)).
     /// `attempt` gets a session with the transaction started; it returns `Again` (after aborting)
     /// to start over on a fresh snapshot. Bounded by the store's timeout. With `gate`, each
     /// attempt runs holding it (released before any back-off sleep).
@@ -40,8 +44,10 @@ impl MongoStore {
         Fut: Future<Output = (ClientSession, mongodb::error::Result<Attempt<T>>)>,
     {
         self.bounded(what, async {
-            let mut delays = backoff_schedule();
+            let mut delays = transaction_backoff_schedule();
+            let mut attempts = 0;
             loop {
+                attempts += 1;
                 let held = match gate {
                     Some(g) => Some(g.lock().await),
                     None => None,
@@ -89,12 +95,12 @@ impl MongoStore {
                             Some(e) if throttled(&e) => classify(what, e),
                             Some(e) => StoreError::Contended(Detail::caused_by(
                                 format!(
-                                    "{what}: still conflicting after {MAX_ATTEMPTS} attempts: {e}"
+                                    "{what}: still conflicting after {attempts} attempts: {e}"
                                 ),
                                 e,
                             )),
                             None => StoreError::Contended(
-                                format!("{what}: still racing after {MAX_ATTEMPTS} attempts")
+                                format!("{what}: still racing after {attempts} attempts")
                                     .into(),
                             ),
                         });

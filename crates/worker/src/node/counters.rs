@@ -35,6 +35,7 @@ counters! {
     invalid => "invalid",
     contended => "contended",
     inline_failed => "inlineFailed",
+    published_unrecorded => "publishedUnrecorded",
 }
 
 pub(super) fn inc(c: &AtomicU64, n: usize) {

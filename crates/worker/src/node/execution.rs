@@ -70,14 +70,24 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 inc(&self.counters.adopted, 1);
             }
             let ours = ex.outcome.node == self.cfg.node;
-            self.record(tx, &ex.outcome, !ours, now).await?;
             let traceparent = saldo_telemetry::current_traceparent().or_else(|| command.traceparent.clone());
-            Ok(ours.then(|| Completion {
+            let completion = ours.then(|| Completion {
                 transaction: tx.to_string(),
-                outcome: ex.outcome,
+                outcome: ex.outcome.clone(),
                 traceparent,
                 tracestate: command.tracestate.clone(),
-            }))
+            });
+            if let Err(e) = self.record(tx, &ex.outcome, !ours, now).await {
+                // The warehouse has the outcome; only our ledger lacks it. Tell the fleet now
+                // rather than after the sweep or Event Grid's next retry: the peers record it
+                // and the purchase is done. The sweep then adopts the marker into our ledger
+                // and publishes once more under the same event id (a no-op for the peers).
+                if let Some(c) = &completion {
+                    self.publish_unrecorded(c).await;
+                }
+                return Err(e);
+            }
+            Ok(completion)
         }
         .instrument(span.clone())
         .await;

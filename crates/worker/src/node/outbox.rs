@@ -8,6 +8,7 @@ use saldo_core::events::{
 use saldo_store::{LedgerEntry, OutcomeRecord, Store};
 use serde_json::Value;
 
+use super::counters::inc;
 use super::{Bus, Clock, Node, NodeError, OUTBOX_BATCH, PeerClient};
 
 /// Subjects of the events the workers publish.
@@ -87,6 +88,23 @@ pub(super) fn owed_completions(unpublished: Vec<LedgerEntry>) -> Vec<Completion>
 }
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
+    /// Publishes a completion our ledger could not record: nothing to mark published (the
+    /// outbox entry is written when the sweep adopts the marker). A failure is logged, not
+    /// returned: the record's failure is what the caller reports, and the sweep publishes again.
+    pub(super) async fn publish_unrecorded(&self, c: &Completion) {
+        inc(&self.counters.published_unrecorded, 1);
+        let event = completion_event(
+            &c.transaction,
+            &c.outcome,
+            c.traceparent.clone(),
+            c.tracestate.clone(),
+            self.clock.now(),
+        );
+        if let Err(e) = self.bus.publish(vec![event]).await {
+            tracing::warn!(transaction = %c.transaction, error = %e, "publishing an unrecorded completion failed; the sweep publishes it");
+        }
+    }
+
     /// Publishes completions in one batch, then marks them published.
     pub(super) async fn publish_completions(
         &self,
