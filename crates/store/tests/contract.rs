@@ -56,17 +56,25 @@ trait World {
     async fn hold(&self, node: &str) -> Hold;
 }
 
-/// A ledger counter held by another writer.
+/// A ledger counter held by another writer, a live one: the database ends a transaction left
+/// idle for its lifetime (5 s, as Cosmos DB; see `secantus.rs` for a writer that stopped), so
+/// the Mongo hold keeps its transaction in use until released.
 enum Hold {
     Mem(MemDb, String),
-    Mongo(Box<mongodb::ClientSession>),
+    Mongo {
+        stop: tokio::sync::oneshot::Sender<()>,
+        holder: tokio::task::JoinHandle<mongodb::ClientSession>,
+    },
 }
 
 impl Hold {
     async fn release(self) {
         match self {
             Hold::Mem(db, node) => db.hold_ledger(&node, false),
-            Hold::Mongo(mut s) => s.abort_transaction().await.unwrap(),
+            Hold::Mongo { stop, holder } => {
+                stop.send(()).unwrap();
+                holder.await.unwrap().abort_transaction().await.unwrap()
+            }
         }
     }
 }
@@ -118,7 +126,18 @@ impl World for Mongo {
             .session(&mut s)
             .await
             .unwrap();
-        Hold::Mongo(Box::new(s))
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let holder = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return s,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                        coll.find_one(doc! {"_id": 0}).session(&mut s).await.unwrap();
+                    }
+                }
+            }
+        });
+        Hold::Mongo { stop, holder }
     }
 }
 
