@@ -116,9 +116,7 @@ impl Stack {
         let port = self.port("topic", c.ports.topic)?;
         let base = format!("http://{host}:{port}");
         let deadletter = c.root.join("deadletter");
-        // SecantusDB with Cosmos DB's 5 s limit on a transaction (tools/secantusd.py says why).
         let mut args = vec![
-            c.repo.join("tools/secantusd.py").display().to_string(),
             "--host".into(),
             host.clone(),
             "--port".into(),
