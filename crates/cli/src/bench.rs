@@ -1,7 +1,8 @@
 //! `saldo bench`: drives purchases through the running stack as shoppers do (the API), and prints
 //! what they cost: purchases per second, latency from the API's 202 to the completion, database
-//! operations and executions per transaction fleet-wide, and how long a stopped region's work
-//! takes to complete elsewhere and to reach the region when it returns.
+//! operations and executions per transaction fleet-wide (broken down by origin, with a request
+//! unit estimate: `cost`), the database's raw rate to compare with, and how long a stopped
+//! region's work takes to complete elsewhere and to reach the region when it returns.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,8 +51,12 @@ struct Ctx {
 pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::process::ExitCode> {
     let m = Manifest::load(root)?;
     let mut shop = crate::load::Shop::local(&m)?;
-    // Latency to the poll: follow each purchase closely (at the cost of more reads, counted).
-    shop.poll_cap = Duration::from_millis(40);
+    // Follow each purchase closely at first (20 ms, then half as long again each time, up to
+    // 250 ms): exact for the fast ones, and the polling does not become the load when
+    // purchases are slow (a fixed 40 ms made 32 shoppers poll 800 times a second). The reads
+    // are counted apart.
+    shop.poll_first = Duration::from_millis(20);
+    shop.poll_cap = Duration::from_millis(250);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -63,6 +68,14 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
     });
 
     restock(&ctx).await?;
+    // The database's own ceiling, measured now, on this machine and its load, before the
+    // purchases (so that they do not share it).
+    let raw = match &ctx.m.mongodb {
+        Some(db) => Some(
+            crate::cost::raw_db_rate(&db.uri, &db.database, Duration::from_secs(3), 1000).await?,
+        ),
+        None => None,
+    };
     let before = counters(&ctx).await?;
     let polls_before = ctx.shop.polls.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
@@ -80,10 +93,15 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
     };
     println!();
     println!("purchases                      {}", args.purchases);
-    println!(
-        "purchases per second           {:.1}",
-        n / elapsed.as_secs_f64()
-    );
+    let rate = n / elapsed.as_secs_f64();
+    println!("purchases per second           {rate:.1}");
+    if let Some((count, raw)) = raw {
+        println!(
+            "database raw rate              {raw:.0} journaled single-document transactions/s \
+             (one client, {count} in a row)"
+        );
+        println!("purchases/s / raw rate         {:.3}", rate / raw);
+    }
     println!(
         "latency 202 -> completed p50   {} ms",
         latencies.value_at_quantile(0.50)
@@ -102,6 +120,15 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
     println!(
         "  + status polling reads       {:.1} (the benchmark's own, not the purchase's)",
         poll_reads as f64 / n
+    );
+    let deltas: BTreeMap<String, u64> = after
+        .keys()
+        .chain(before.keys())
+        .map(|k| (k.clone(), delta(k)))
+        .collect();
+    println!(
+        "{}",
+        crate::cost::table(&crate::cost::breakdown(&deltas, args.purchases as u64))
     );
     println!(
         "executions per transaction     {:.2}",

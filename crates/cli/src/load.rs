@@ -75,7 +75,9 @@ pub struct Shop {
     /// Status reads made (each costs every node a ledger read: the client's cost, not the
     /// purchase's, which `saldo bench` reports apart).
     pub polls: Arc<std::sync::atomic::AtomicU64>,
-    /// Longest wait between two polls of one transaction (bench polls fast for exact latency).
+    /// First and longest wait between two polls of one transaction (bench polls fast for
+    /// exact latency).
+    pub poll_first: Duration,
     pub poll_cap: Duration,
 }
 
@@ -103,6 +105,7 @@ impl Shop {
             api: api.trim_end_matches('/').to_string(),
             start: Instant::now(),
             polls: Default::default(),
+            poll_first: Duration::from_millis(150),
             poll_cap: Duration::from_millis(1000),
         })
     }
@@ -174,7 +177,7 @@ impl Shop {
         let mut last = None;
         // Every poll costs each node a ledger read: start quick, then back off, so that the
         // shoppers' own polling does not become the load.
-        let mut wait = Duration::from_millis(150).min(self.poll_cap);
+        let mut wait = self.poll_first.min(self.poll_cap);
         loop {
             if let Some(s) = self.status(tx).await {
                 if s.status != "pending" {

@@ -4,6 +4,7 @@
 
 mod bench;
 mod chaos;
+mod cost;
 mod deadletter;
 mod demo;
 mod lifecycle;

@@ -26,6 +26,7 @@ pub mod error;
 pub mod mem;
 pub mod model;
 pub mod mongo;
+pub mod origin;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
@@ -53,6 +54,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Database round trips made so far (each attempt of each operation counts).
     fn db_ops(&self) -> u64;
+
+    /// The same round trips by origin and kind (`dbOps.<origin>.<kind>`), and documents
+    /// written by origin (`dbDocs.<origin>`), as [`origin::OpCounters::snapshot`] gives them.
+    /// Empty for a store that does not break them down.
+    fn db_ops_by_origin(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
+    }
 
     // --- this node's ledger ---
 

@@ -468,3 +468,42 @@ async fn a_writer_stopped_mid_transaction_does_not_block_the_ledger_for_long() {
     );
     assert_eq!(s.unpublished(10).await.unwrap().len(), 1);
 }
+
+/// Every round trip is counted under the origin of the work that made it, with its kind, and
+/// the breakdown adds up to the total (`saldo bench` prints it per purchase).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_are_counted_by_origin_and_kind() {
+    use saldo_store::origin::{Origin, scope};
+    let db = spawn_secantus();
+    let s = store(&db, "westeurope").await;
+    let before = s.db_ops();
+    let start = s.db_ops_by_origin();
+    scope(
+        Origin::Command,
+        s.insert_commands(&[cmd("o-1", vec![line(1, None, Some(-1))])]),
+    )
+    .await
+    .unwrap();
+    scope(Origin::Read, s.entry("o-1")).await.unwrap();
+    let after = s.db_ops_by_origin();
+    let delta = |k: &str| after.get(k).copied().unwrap_or(0) - start.get(k).copied().unwrap_or(0);
+    // The counter bump and the insert, then the commit.
+    assert_eq!(delta("dbOps.command.write"), 2, "{after:?}");
+    assert_eq!(delta("dbOps.command.txnEnd"), 1, "{after:?}");
+    assert_eq!(
+        delta("dbDocs.command"),
+        2,
+        "the counter and the entry: {after:?}"
+    );
+    assert_eq!(delta("dbOps.read.pointRead"), 1, "{after:?}");
+    let by_origin: u64 = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("dbOps."))
+        .map(|(k, v)| v - start.get(k).copied().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        by_origin,
+        s.db_ops() - before,
+        "the breakdown adds up to the total"
+    );
+}

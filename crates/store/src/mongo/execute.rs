@@ -2,7 +2,6 @@
 //! products, adopt a known outcome or decide, write the stock optimistically, insert the marker.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use mongodb::ClientSession;
@@ -15,6 +14,7 @@ use super::MongoStore;
 use super::documents::{MarkerDoc, ProductDoc, marker_key, product_key};
 use crate::decide;
 use crate::model::*;
+use crate::origin::Kind;
 
 impl MongoStore {
     /// One attempt of an execution inside `session`'s transaction. `Ok(None)`: a concurrent
@@ -31,7 +31,7 @@ impl MongoStore {
         let mkey = marker_key(transaction);
         let (current, marker) = self.read_warehouse(session, &mkey, lines).await?;
         if let Some(outcome) = marker {
-            self.ops.fetch_add(1, Ordering::Relaxed);
+            self.count(Kind::TxnEnd);
             session.abort_transaction().await?;
             return Ok(Some(Execution {
                 outcome,
@@ -54,7 +54,8 @@ impl MongoStore {
         inserts.push(bson::to_document(&marker_doc)?);
         // A duplicate key here (11000) means a concurrent executor committed the marker (or a
         // product) first: the transaction aborts and the caller re-reads and adopts.
-        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.count(Kind::Write);
+        self.count_docs(inserts.len());
         self.warehouse
             .insert_many(inserts)
             .session(&mut *session)
@@ -80,7 +81,7 @@ impl MongoStore {
             .collect();
         keys.push(Bson::String(mkey.to_string()));
         // One read for the marker and all products (they live in the same collection).
-        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.count(Kind::Query);
         let mut cursor = self
             .warehouse
             .find(doc! {"_id": {"$in": keys}})
@@ -125,7 +126,8 @@ impl MongoStore {
                 Some(old) => {
                     // Optimistic check: only if the stock is still what we read. Catches a
                     // concurrent executor even where the server's snapshot isolation would not.
-                    self.ops.fetch_add(1, Ordering::Relaxed);
+                    self.count(Kind::Write);
+                    self.count_docs(1);
                     let r = self
                         .warehouse
                         .update_one(
@@ -135,7 +137,7 @@ impl MongoStore {
                         .session(&mut *session)
                         .await?;
                     if r.matched_count != 1 {
-                        self.ops.fetch_add(1, Ordering::Relaxed);
+                        self.count(Kind::TxnEnd);
                         session.abort_transaction().await?;
                         return Ok(None);
                     }

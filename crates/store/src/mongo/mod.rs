@@ -27,7 +27,8 @@
 //! - Sorting needs an index in Cosmos DB: the ledger is sorted only by `seq` and by
 //!   `received_at_ms`, both indexed; products are sorted in memory.
 //!
-//! Every round trip is counted ([`Store::db_ops`](crate::Store::db_ops)): Cosmos DB bills each one in request units
+//! Every round trip is counted ([`Store::db_ops`](crate::Store::db_ops)), by its origin in the
+//! worker and its kind ([`Store::db_ops_by_origin`](crate::Store::db_ops_by_origin)): Cosmos DB bills each one in request units
 //! and SecantusDB manages a few hundred writes a second, so writes are batched where Event Grid
 //! batches (one `insert_many` per delivery) and an execution is 3 + (lines) round trips.
 //!
@@ -36,13 +37,13 @@
 //! multi-document transaction loop and the ledger's transactional writes), `execute` (one
 //! execution against the warehouse), and `store` (the `Store` operations).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mongodb::bson::Document;
 use mongodb::options::{Acknowledgment, ClientOptions, CollectionOptions, WriteConcern};
 use mongodb::{Client, Collection};
 
+use crate::origin::{Kind, OpCounters};
 use crate::{Result, StoreError, valid_node_name};
 
 mod documents;
@@ -86,7 +87,8 @@ pub struct MongoStore {
     warehouse: Collection<Document>,
     /// Bound on one operation, its retries included.
     timeout: Duration,
-    ops: AtomicU64,
+    /// Round trips by origin and kind, documents written by origin.
+    ops: OpCounters,
 }
 
 /// Majority + journal: an acknowledged write survives the loss of the primary, so a 2xx to
@@ -133,7 +135,7 @@ impl MongoStore {
             node: node.to_string(),
             timeout: DEFAULT_TIMEOUT,
             ledger_writes: tokio::sync::Mutex::new(()),
-            ops: AtomicU64::new(0),
+            ops: OpCounters::default(),
         })
     }
 
@@ -144,8 +146,14 @@ impl MongoStore {
         self
     }
 
-    fn count(&self) {
-        self.ops.fetch_add(1, Ordering::Relaxed);
+    /// Counts one round trip of `kind` (for the origin of the work running now).
+    fn count(&self, kind: Kind) {
+        self.ops.count(kind);
+    }
+
+    /// Counts `n` documents written (one write round trip may write many).
+    fn count_docs(&self, n: usize) {
+        self.ops.docs(n);
     }
 
     /// `quarantine_<node>`, in the ledger's database, with the same durable write concern.

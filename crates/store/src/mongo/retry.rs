@@ -6,6 +6,7 @@ use std::time::Duration;
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure};
 
 use super::MongoStore;
+use crate::origin::Kind;
 use crate::{Detail, Result, StoreError};
 
 /// Attempts per operation for retryable server errors (16500, 112, transient transaction errors).
@@ -146,6 +147,7 @@ impl MongoStore {
     pub(super) async fn retry_raw<T, F, Fut>(
         &self,
         what: &str,
+        kind: Kind,
         mut f: F,
     ) -> mongodb::error::Result<T>
     where
@@ -154,7 +156,7 @@ impl MongoStore {
     {
         let mut delays = backoff_schedule();
         loop {
-            self.count();
+            self.count(kind);
             match f().await {
                 Err(e) if retryable(&e) => match delays.next() {
                     Some(wait) => {
@@ -168,13 +170,17 @@ impl MongoStore {
         }
     }
 
-    pub(super) async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    /// Runs `f` (one round trip of `kind`), retrying throttling and transient errors, within
+    /// the store's time bound.
+    pub(super) async fn retry<T, F, Fut>(&self, what: &str, kind: Kind, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     {
         self.bounded(what, async {
-            self.retry_raw(what, f).await.map_err(|e| classify(what, e))
+            self.retry_raw(what, kind, f)
+                .await
+                .map_err(|e| classify(what, e))
         })
         .await
     }

@@ -18,6 +18,7 @@ use super::retry::{DUPLICATE_KEY, classify, code};
 use super::transaction::Attempt;
 use super::{COUNTER_ID, MongoStore};
 use crate::model::*;
+use crate::origin::Kind;
 use crate::{Detail, MAX_PAGE, MAX_PRODUCTS, Quarantined, Result, Store, StoreError};
 
 impl MongoStore {
@@ -30,7 +31,7 @@ impl MongoStore {
     ) -> Result<Vec<LedgerEntry>> {
         let limit = limit.clamp(1, MAX_PAGE) as i64;
         let docs: Vec<Document> = self
-            .retry(what, || async {
+            .retry(what, Kind::Query, || async {
                 self.ledger
                     .find(filter.clone())
                     .sort(sort.clone())
@@ -61,8 +62,9 @@ impl Store for MongoStore {
             })
             .collect::<Result<Vec<_>>>()?;
         let coll = self.quarantine_collection();
+        self.count_docs(docs.len());
         match self
-            .retry_raw("quarantine", || {
+            .retry_raw("quarantine", Kind::Write, || {
                 coll.insert_many(docs.clone()).ordered(false)
             })
             .await
@@ -87,7 +89,7 @@ impl Store for MongoStore {
             .clone_with_type::<Quarantined>();
         let limit = limit.clamp(1, crate::MAX_PAGE) as i64;
         let cursor = self
-            .retry("read quarantine", || {
+            .retry("read quarantine", Kind::Query, || {
                 coll.find(doc! {}).sort(doc! {"atMs": -1}).limit(limit)
             })
             .await?;
@@ -116,7 +118,7 @@ impl Store for MongoStore {
             idx(doc! {"received_at_ms": 1}, "received"),
         ];
         for model in ledger_indexes {
-            self.retry("create ledger index", || {
+            self.retry("create ledger index", Kind::Write, || {
                 self.ledger.create_index(model.clone())
             })
             .await?;
@@ -126,7 +128,7 @@ impl Store for MongoStore {
         // counter existed numbered entries from the clock; peers' cursors point into that
         // range). `$max` never lowers it, so running this while others write is harmless.
         let last: Option<Document> = self
-            .retry("read last seq", || {
+            .retry("read last seq", Kind::Query, || {
                 self.ledger
                     .find_one(doc! {"seq": {"$gte": 0}})
                     .sort(doc! {"seq": -1})
@@ -136,7 +138,7 @@ impl Store for MongoStore {
             Some(d) => to_i64(parse_ledger(d)?.seq, "seq")?,
             None => 0,
         };
-        self.retry("init sequence counter", || {
+        self.retry("init sequence counter", Kind::Write, || {
             self.ledger
                 .update_one(doc! {"_id": COUNTER_ID}, doc! {"$max": {"next": last_seq}})
                 .upsert(true)
@@ -146,7 +148,11 @@ impl Store for MongoStore {
     }
 
     fn db_ops(&self) -> u64 {
-        self.ops.load(Ordering::Relaxed)
+        self.ops.total()
+    }
+
+    fn db_ops_by_origin(&self) -> std::collections::BTreeMap<String, u64> {
+        self.ops.snapshot()
     }
 
     async fn insert_commands(&self, cmds: &[NewCommand]) -> Result<Vec<Inserted>> {
@@ -200,7 +206,8 @@ impl Store for MongoStore {
             .iter()
             .map(|t| Bson::String(t.clone()))
             .collect();
-        self.retry("mark published", || {
+        self.count_docs(ids.len());
+        self.retry("mark published", Kind::Write, || {
             self.ledger.update_many(
                 doc! {"_id": {"$in": ids.clone()}},
                 doc! {"$set": {"published": true}},
@@ -232,7 +239,7 @@ impl Store for MongoStore {
 
     async fn entry(&self, transaction: &str) -> Result<Option<LedgerEntry>> {
         let d = self
-            .retry("ledger entry", || {
+            .retry("ledger entry", Kind::PointRead, || {
                 self.ledger.find_one(doc! {"_id": transaction})
             })
             .await?;
@@ -247,7 +254,7 @@ impl Store for MongoStore {
         let limit = limit.clamp(1, MAX_PAGE) as i64;
         self.transact("ledger page", None, move |mut session| async move {
             let r = async {
-                self.count();
+                self.count(Kind::Query);
                 let mut cursor = self
                     .ledger
                     .find(doc! {"seq": {"$gt": after}})
@@ -293,7 +300,7 @@ impl Store for MongoStore {
         // Matches only an older record; if a newer one is stored, the upsert's insert collides
         // on `_id` (11000): not newer. One atomic write, whichever instance heard it.
         let r = self
-            .retry_raw("record peer", || {
+            .retry_raw("record peer", Kind::Write, || {
                 self.peers
                     .replace_one(
                         doc! {"_id": &id, "$or": [
@@ -307,15 +314,19 @@ impl Store for MongoStore {
             })
             .await;
         match r {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.count_docs(1);
+                Ok(true)
+            }
             Err(e) if code(&e) == Some(DUPLICATE_KEY) => Ok(false),
             Err(e) => Err(classify("record peer", e)),
         }
     }
 
     async fn next_incarnation(&self) -> Result<u64> {
+        self.count_docs(1);
         let d = self
-            .retry("next incarnation", || {
+            .retry("next incarnation", Kind::Write, || {
                 self.peers
                     .find_one_and_update(doc! {"_id": "incarnation"}, doc! {"$inc": {"n": 1i64}})
                     .upsert(true)
@@ -329,7 +340,7 @@ impl Store for MongoStore {
 
     async fn peers(&self) -> Result<Vec<PeerRecord>> {
         let docs: Vec<Document> = self
-            .retry("list peers", || async {
+            .retry("list peers", Kind::Query, || async {
                 self.peers
                     .find(doc! {"_id": {"$gte": "node:", "$lt": "node;"}})
                     .limit(1000)
@@ -351,7 +362,7 @@ impl Store for MongoStore {
 
     async fn cursor(&self, url: &str) -> Result<u64> {
         let d = self
-            .retry("read cursor", || {
+            .retry("read cursor", Kind::PointRead, || {
                 self.peers.find_one(doc! {"_id": format!("cursor:{url}")})
             })
             .await?;
@@ -371,7 +382,8 @@ impl Store for MongoStore {
 
     async fn set_cursor(&self, url: &str, cursor: u64) -> Result<()> {
         let c = to_i64(cursor, "cursor")?;
-        self.retry("write cursor", || {
+        self.count_docs(1);
+        self.retry("write cursor", Kind::Write, || {
             self.peers
                 .update_one(
                     doc! {"_id": format!("cursor:{url}")},
@@ -409,7 +421,7 @@ impl Store for MongoStore {
 
     async fn marker(&self, transaction: &str) -> Result<Option<OutcomeRecord>> {
         let d = self
-            .retry("read marker", || {
+            .retry("read marker", Kind::PointRead, || {
                 self.warehouse
                     .find_one(doc! {"_id": marker_key(transaction)})
             })
@@ -426,7 +438,7 @@ impl Store for MongoStore {
 
     async fn products(&self) -> Result<Vec<ProductView>> {
         let docs: Vec<Document> = self
-            .retry("list products", || async {
+            .retry("list products", Kind::Query, || async {
                 // `_id` range instead of a type field: served by the `_id` index everywhere.
                 self.warehouse
                     .find(doc! {"_id": {"$gte": "product:", "$lt": "product;"}})
@@ -452,7 +464,7 @@ impl Store for MongoStore {
 
     async fn product(&self, id: u64) -> Result<Option<ProductView>> {
         let d = self
-            .retry("read product", || {
+            .retry("read product", Kind::PointRead, || {
                 self.warehouse.find_one(doc! {"_id": product_key(id)})
             })
             .await?;

@@ -15,6 +15,7 @@ use super::retry::{
 };
 use super::{COUNTER_ID, MongoStore, durable_write_concern};
 use crate::model::*;
+use crate::origin::Kind;
 use crate::{Detail, Result, StoreError};
 
 /// What one attempt of a transaction came to.
@@ -117,7 +118,7 @@ impl MongoStore {
         let mut tries = 0;
         loop {
             tries += 1;
-            self.count();
+            self.count(Kind::TxnEnd);
             match session.commit_transaction().await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < 3 => {}
@@ -133,7 +134,8 @@ impl MongoStore {
         session: &mut ClientSession,
         n: usize,
     ) -> mongodb::error::Result<i64> {
-        self.count();
+        self.count(Kind::Write);
+        self.count_docs(1);
         let n = n as i64;
         let counter = self
             .ledger
@@ -167,7 +169,7 @@ impl MongoStore {
                 .iter()
                 .map(|c| Bson::String(c.transaction.clone()))
                 .collect();
-            self.count();
+            self.count(Kind::Query);
             let mut cursor = self
                 .ledger
                 .find(doc! {"_id": {"$in": ids}})
@@ -192,7 +194,7 @@ impl MongoStore {
             }
         }
         if fresh.is_empty() {
-            self.count();
+            self.count(Kind::TxnEnd);
             session.abort_transaction().await?;
             return Ok(Attempt::Done(result));
         }
@@ -213,7 +215,8 @@ impl MongoStore {
                 })
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        self.count();
+        self.count(Kind::Write);
+        self.count_docs(docs.len());
         self.ledger.insert_many(docs).session(&mut *session).await?;
         self.commit(session).await?;
         Ok(Attempt::Done(result))
@@ -234,7 +237,7 @@ impl MongoStore {
         let seq = self.allocate(session, 1).await?;
         let outcome_bson = bson::to_bson(outcome)?;
         let state = bson::to_bson(&LedgerState::from(outcome.status))?;
-        self.count();
+        self.count(Kind::Write);
         let updated = self
             .ledger
             .update_one(
@@ -243,8 +246,9 @@ impl MongoStore {
             )
             .session(&mut *session)
             .await?;
+        self.count_docs(updated.modified_count as usize);
         if updated.matched_count == 0 {
-            self.count();
+            self.count(Kind::PointRead);
             let existing = self
                 .ledger
                 .find_one(doc! {"_id": transaction})
@@ -258,7 +262,7 @@ impl MongoStore {
                         "{transaction}: neither pending nor decided"
                     ))
                 })?;
-                self.count();
+                self.count(Kind::TxnEnd);
                 session.abort_transaction().await?;
                 return Ok(Attempt::Done(if known.agrees_with(outcome) {
                     Recorded::Same
@@ -267,7 +271,8 @@ impl MongoStore {
                 }));
             }
             // The command never arrived here: an entry with the outcome alone.
-            self.count();
+            self.count(Kind::Write);
+            self.count_docs(1);
             self.ledger
                 .insert_one(doc! {
                     "_id": transaction, "state": state, "command": Bson::Null,

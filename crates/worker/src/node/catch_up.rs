@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use saldo_core::events::{Outcome, RecordUpdated};
 use saldo_core::views::{LedgerEntryView, LedgerState};
+use saldo_store::origin::{Origin, scope};
 use saldo_store::{
     Command, Inserted, NewCommand, OutcomeRecord, PeerRecord, Recorded, Store, StoreError,
 };
@@ -30,7 +31,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         urls.remove(&self.cfg.public_url);
         let mut repairs = 0;
         for url in urls.into_iter().filter(|u| !u.is_empty()).take(MAX_PEERS) {
-            match self.catch_up_from(&url).await {
+            match scope(Origin::CatchUp, self.catch_up_from(&url)).await {
                 Ok(n) => repairs += n,
                 Err(NodeError::Store(StoreError::Contended(e))) => {
                     // Our ledger was busy through the retries: this peer's turn comes again.

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use saldo_core::events::{Heartbeat, SaldoEvent, TransactionCompleted};
+use saldo_store::origin::{Origin, scope};
 use saldo_store::{Command, Inserted, NewCommand, OutcomeRecord, Recorded, Store};
 use serde_json::Value;
 use tracing::Instrument;
@@ -98,13 +99,21 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let now = self.clock.now();
         let taken = Taken::split(parsed, now);
         // 1. Commands: one batch insert; durable before we acknowledge.
-        let inserted = self.store.insert_commands(&taken.commands).await?;
+        let inserted = scope(Origin::Command, self.store.insert_commands(&taken.commands)).await?;
         let new = self.count_commands(&taken.commands, &inserted, now);
         // 2. Peers' outcomes.
-        let (outcomes, decided) = self.record_completions(&taken.completions, now).await?;
+        let (outcomes, decided) = scope(
+            Origin::PeerOutcome,
+            self.record_completions(&taken.completions, now),
+        )
+        .await?;
         // 3. Heartbeats: liveness on *our* clock.
         for h in &taken.heartbeats {
-            self.remember_peer(peer_from_heartbeat(h, now)).await?;
+            scope(
+                Origin::Heartbeat,
+                self.remember_peer(peer_from_heartbeat(h, now)),
+            )
+            .await?;
         }
         // 4. Acknowledged from here on.
         let executed = self.execute_inline(new, &decided, now).await;

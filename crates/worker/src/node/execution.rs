@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use saldo_core::events::Outcome;
+use saldo_store::origin::{Origin, scope};
 use saldo_store::{Command, OutcomeRecord, Recorded, Store, StoreError};
 use tracing::Instrument;
 
@@ -56,7 +57,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         );
         let result = async {
             let now = self.clock.now();
-            let ex = self.store.execute(tx, &command.products, &self.cfg.region, rank > 0, now).await?;
+            let ex = scope(
+                Origin::Execution,
+                self.store.execute(tx, &command.products, &self.cfg.region, rank > 0, now),
+            )
+            .await?;
             if ex.fresh {
                 inc(&self.counters.executed, 1);
                 if ex.outcome.status == Outcome::Rejected {
@@ -77,7 +82,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 traceparent,
                 tracestate: command.tracestate.clone(),
             });
-            if let Err(e) = self.record(tx, &ex.outcome, !ours, now).await {
+            if let Err(e) = scope(Origin::OwnOutcome, self.record(tx, &ex.outcome, !ours, now)).await {
                 // The warehouse has the outcome; only our ledger lacks it. Tell the fleet now
                 // rather than after the sweep or Event Grid's next retry: the peers record it
                 // and the purchase is done. The sweep then adopts the marker into our ledger

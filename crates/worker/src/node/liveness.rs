@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Duration, Utc};
 use saldo_core::events::{DATA_VERSION, EventGridEvent, Heartbeat, NODE_HEARTBEAT};
 use saldo_core::ledger::{is_live, rank_of};
+use saldo_store::origin::{Origin, scope};
 use saldo_store::{PeerRecord, Store, StoreError};
 
 use super::counters::inc;
@@ -57,7 +58,7 @@ impl PeerCache {
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// Reads the region's peer records (`peers_<node>`) into this instance's cache.
     pub(super) async fn refresh_peers(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let records = self.store.peers().await?;
+        let records = scope(Origin::Heartbeat, self.store.peers()).await?;
         let mut cache = self.peers.lock().expect("peers lock");
         for p in records {
             if p.node != self.cfg.node {
@@ -100,7 +101,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         if peer.node == self.cfg.node {
             return Ok(false);
         }
-        let newer = self.store.record_peer(&peer).await?;
+        let newer = scope(Origin::Heartbeat, self.store.record_peer(&peer)).await?;
         if newer {
             let now = self.clock.now();
             self.peers.lock().expect("peers lock").observe(peer, now);
@@ -123,9 +124,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             counters: self.counters_snapshot(),
         };
         if self.is_ready() {
-            self.store
-                .record_peer(&peer_from_heartbeat(&hb, now))
-                .await?;
+            scope(
+                Origin::Heartbeat,
+                self.store.record_peer(&peer_from_heartbeat(&hb, now)),
+            )
+            .await?;
         }
         let event = EventGridEvent {
             id: uuid::Uuid::new_v4().to_string(),

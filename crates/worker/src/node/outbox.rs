@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use saldo_core::events::{
     DATA_VERSION, EventGridEvent, TRANSACTION_COMPLETED, TransactionCompleted,
 };
+use saldo_store::origin::{Origin, scope};
 use saldo_store::{LedgerEntry, OutcomeRecord, Store};
 use serde_json::Value;
 
@@ -130,7 +131,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 .collect();
             self.bus.publish(events).await.map_err(NodeError::Publish)?;
             let txs: Vec<String> = chunk.iter().map(|c| c.transaction.clone()).collect();
-            self.store.mark_published(&txs).await?;
+            scope(Origin::OwnOutcome, self.store.mark_published(&txs)).await?;
             n += chunk.len();
         }
         Ok(n)

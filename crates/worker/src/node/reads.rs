@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use saldo_core::views::{LedgerEntryView, LedgerPage, NodeStatusView, PeerView, ProductView};
+use saldo_store::origin::{Origin, scope};
 use saldo_store::{LedgerEntry, Store, StoreError};
 
 use super::{Bus, Clock, Node, PeerClient};
@@ -11,10 +12,13 @@ use super::{Bus, Clock, Node, PeerClient};
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// One page of this node's ledger feed.
     pub async fn feed(&self, after: u64, limit: usize) -> Result<LedgerPage, StoreError> {
-        let entries = self
-            .store
-            .page(after, limit.clamp(1, saldo_store::MAX_PAGE))
-            .await?;
+        // Peers read the feed to catch up: its cost is catch-up's.
+        let entries = scope(
+            Origin::CatchUp,
+            self.store
+                .page(after, limit.clamp(1, saldo_store::MAX_PAGE)),
+        )
+        .await?;
         let next = entries.last().map(|e| e.seq).unwrap_or(after);
         Ok(LedgerPage {
             entries: entries.iter().map(|e| e.view(&self.cfg.node)).collect(),
@@ -24,10 +28,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
 
     /// The newest entries of this node's ledger, newest first (`next` is 0: not a feed page).
     pub async fn recent(&self, limit: usize) -> Result<LedgerPage, StoreError> {
-        let entries = self
-            .store
-            .recent(limit.clamp(1, saldo_store::MAX_PAGE))
-            .await?;
+        let entries = scope(
+            Origin::Read,
+            self.store.recent(limit.clamp(1, saldo_store::MAX_PAGE)),
+        )
+        .await?;
         Ok(LedgerPage {
             entries: entries.iter().map(|e| e.view(&self.cfg.node)).collect(),
             next: 0,
@@ -35,19 +40,17 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     }
 
     pub async fn ledger_entry(&self, tx: &str) -> Result<Option<LedgerEntryView>, StoreError> {
-        Ok(self
-            .store
-            .entry(tx)
+        Ok(scope(Origin::Read, self.store.entry(tx))
             .await?
             .map(|e: LedgerEntry| e.view(&self.cfg.node)))
     }
 
     pub async fn products(&self) -> Result<Vec<ProductView>, StoreError> {
-        self.store.products().await
+        scope(Origin::Read, self.store.products()).await
     }
 
     pub async fn product(&self, id: u64) -> Result<Option<ProductView>, StoreError> {
-        self.store.product(id).await
+        scope(Origin::Read, self.store.product(id)).await
     }
 
     /// This node's status; its peers as the region's records say (read again if stale).
@@ -74,7 +77,12 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             url: self.cfg.public_url.clone(),
             ready: self.is_ready(),
             started_at: self.started_at,
-            counters: self.counters_snapshot(),
+            counters: {
+                // The breakdown by origin is for `/api/status` (`saldo bench`), not heartbeats.
+                let mut c = self.counters_snapshot();
+                c.extend(self.store.db_ops_by_origin());
+                c
+            },
             peers,
         }
     }

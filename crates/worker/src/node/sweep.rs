@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use saldo_core::ledger::sweep_turn_at;
+use saldo_store::origin::{Origin, scope};
 use saldo_store::{LedgerEntry, Store, StoreError};
 
 use super::counters::inc;
@@ -54,7 +55,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         // 2. The outbox: whatever is still unpublished (a publish that failed before, or a
         //    crash between recording and publishing).
-        let unpublished = self.store.unpublished(OUTBOX_BATCH).await?;
+        let unpublished = scope(Origin::Sweep, self.store.unpublished(OUTBOX_BATCH)).await?;
         match self
             .publish_completions(owed_completions(unpublished))
             .await
@@ -87,7 +88,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             to_publish: Vec::new(),
             first_error: None,
         };
-        let pending = self.store.pending(SWEEP_SCAN).await?;
+        let pending = scope(Origin::Sweep, self.store.pending(SWEEP_SCAN)).await?;
         let seen_at = self.note_pending(&pending, now);
         for e in pending {
             if done.executed >= SWEEP_EXECUTIONS {
