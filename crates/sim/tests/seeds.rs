@@ -191,7 +191,10 @@ fn the_simulation_catches_an_acknowledged_command_not_in_the_ledger() {
 /// executed, and dead-lettered by only 2 of 3 regions": the run's last queued action, a retry
 /// due after the end, was popped to find the end and then dropped, so the end-of-run accounting
 /// never dead-lettered it. The fleet was right; the simulation lost the delivery. Seeds 4205 and
-/// 4401 were the same.
+/// 4401 were the same. A seed's scenario moves whenever the node's store calls change (each is
+/// a step of the simulation), and no seed of the first 10,000 reaches that ending any more, so
+/// the loop itself is pinned by `world::tests::what_is_due_after_the_end_stays_in_the_queue`;
+/// these seeds stay as ordinary ones.
 #[test]
 fn a_retry_due_after_the_end_is_accounted_for() {
     let cfg = SimConfig {
@@ -200,10 +203,6 @@ fn a_retry_due_after_the_end_is_accounted_for() {
         ..SimConfig::with_instances(3)
     };
     for seed in [4205, 4401, 7031] {
-        let r = run(seed, &cfg).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        assert!(
-            !r.undeliverable.is_empty(),
-            "seed {seed} no longer ends with an undeliverable command: the scenario moved"
-        );
+        run(seed, &cfg).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }
 }

@@ -92,6 +92,21 @@ pub trait Store: Send + Sync + 'static {
 
     fn entry(&self, transaction: &str) -> impl Future<Output = Result<Option<LedgerEntry>>> + Send;
 
+    /// The ledger entries of these transactions that exist, in no particular order. The
+    /// default reads them one by one; the MongoDB store reads them in one query.
+    fn entries(
+        &self,
+        transactions: &[String],
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>>> + Send {
+        async move {
+            let mut out = Vec::new();
+            for tx in transactions {
+                out.extend(self.entry(tx).await?);
+            }
+            Ok(out)
+        }
+    }
+
     /// The catch-up feed: entries changed after `after` (a sequence number), in order, at most `limit`.
     fn page(
         &self,

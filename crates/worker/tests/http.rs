@@ -569,3 +569,41 @@ async fn an_unreachable_database_is_503_and_nothing_is_acknowledged() {
     // Bad input is still 400, not 503: it would never succeed.
     assert_eq!(f.post(&json!({"x": 1})).await.0, 400);
 }
+
+/// Catch-up reads a peer's feed, which holds mostly what our ledger holds too (every purchase
+/// passes through every ledger). Merging what we know costs reads only: no transaction, no
+/// bump of the ledger's counter, no write. What we lack is still learnt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_on_what_we_know_writes_nothing() {
+    let f = fixture().await;
+    let stock = command(
+        "stock-1",
+        json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}]),
+    );
+    let buy = command(
+        "buy-1",
+        json!([{"id": 1, "ean": 11, "name": "Orange", "change": -2}]),
+    );
+    assert_eq!(f.post(&json!([stock, buy])).await.0, 200);
+    // The same entries, as a peer's feed would serve them.
+    let page = f.node.feed(0, 100).await.unwrap();
+    assert_eq!(page.entries.len(), 2);
+    let writes = |m: &std::collections::BTreeMap<String, u64>| -> u64 {
+        m.iter()
+            .filter(|(k, _)| k.ends_with(".write") || k.ends_with(".txnEnd"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let (before, ops) = (f.node.store.db_ops_by_origin(), f.node.store.db_ops());
+    assert_eq!(f.node.merge(&page.entries).await.unwrap(), 0, "nothing new");
+    let after = f.node.store.db_ops_by_origin();
+    assert_eq!(writes(&after), writes(&before), "{before:?} -> {after:?}");
+    assert_eq!(f.node.store.db_ops() - ops, 1, "one read of what we hold");
+
+    // An entry we lack (a peer's purchase whose delivery to us was lost) is learnt.
+    let mut theirs = page.entries[1].clone();
+    theirs.transaction = "buy-elsewhere".into();
+    assert_eq!(f.node.merge(&[theirs]).await.unwrap(), 1);
+    let learnt = f.node.store.entry("buy-elsewhere").await.unwrap().unwrap();
+    assert!(learnt.outcome.is_some());
+}

@@ -246,6 +246,23 @@ impl Store for MongoStore {
         d.map(parse_ledger).transpose()
     }
 
+    async fn entries(&self, transactions: &[String]) -> Result<Vec<LedgerEntry>> {
+        let mut out = Vec::with_capacity(transactions.len());
+        for chunk in transactions.chunks(MAX_PAGE) {
+            let ids: Vec<Bson> = chunk.iter().map(|t| Bson::String(t.clone())).collect();
+            let found = self
+                .find_ledger(
+                    "ledger entries",
+                    doc! {"_id": {"$in": ids}},
+                    doc! {"seq": 1},
+                    chunk.len(),
+                )
+                .await?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
     async fn page(&self, after: u64, limit: usize) -> Result<Vec<LedgerEntry>> {
         // One snapshot (a read-only transaction), so that the page is a prefix of the commit
         // order: whatever it holds, it holds every entry numbered below it (see `ledger`). A

@@ -1,13 +1,14 @@
 //! Catch-up: reconciling this node's ledger with each peer's ledger feed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use saldo_core::events::{Outcome, RecordUpdated};
 use saldo_core::views::{LedgerEntryView, LedgerState};
 use saldo_store::origin::{Origin, scope};
 use saldo_store::{
-    Command, Inserted, NewCommand, OutcomeRecord, PeerRecord, Recorded, Store, StoreError,
+    Command, Inserted, LedgerEntry, NewCommand, OutcomeRecord, PeerRecord, Recorded, Store,
+    StoreError,
 };
 
 use super::counters::inc;
@@ -97,12 +98,31 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     }
 
     /// Merges a peer's ledger entries into ours. Returns how many taught us something.
+    ///
+    /// One read first for what our ledger already holds of them: most of a peer's feed is what
+    /// we recorded too (every purchase passes through every ledger), and re-recording a known
+    /// outcome costs a transaction that bumps the ledger's counter only to find it known. Only
+    /// the commands we lack are inserted and only the outcomes we lack are recorded; a known
+    /// outcome that disagrees is still recorded, so that the conflict is logged and counted.
     pub async fn merge(&self, entries: &[LedgerEntryView]) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let mut repairs = 0;
-        let commands = peer_commands(entries, now);
-        let inserted = self.store.insert_commands(&commands).await?;
-        repairs += inserted.iter().filter(|r| **r == Inserted::New).count();
+        let ids: Vec<String> = entries.iter().map(|e| e.transaction.clone()).collect();
+        let known: BTreeMap<String, LedgerEntry> = self
+            .store
+            .entries(&ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.transaction.clone(), e))
+            .collect();
+        let commands: Vec<NewCommand> = peer_commands(entries, now)
+            .into_iter()
+            .filter(|c| !known.contains_key(&c.transaction))
+            .collect();
+        if !commands.is_empty() {
+            let inserted = self.store.insert_commands(&commands).await?;
+            repairs += inserted.iter().filter(|r| **r == Inserted::New).count();
+        }
         for e in entries {
             let status = match e.state {
                 LedgerState::Pending => continue,
@@ -124,6 +144,13 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 at: e.recorded_at,
                 takeover: e.takeover,
             };
+            if known
+                .get(&e.transaction)
+                .and_then(|k| k.outcome.as_ref())
+                .is_some_and(|k| k.agrees_with(&outcome))
+            {
+                continue;
+            }
             let published = node != self.cfg.node;
             if self
                 .record(&e.transaction, &outcome, published, now)
