@@ -1,32 +1,13 @@
 //! Ranking and takeover between two nodes over the in-memory store with a manual clock.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
-use saldo_core::events::EventGridEvent;
 use saldo_core::ledger::ranking;
-use saldo_core::views::{LedgerPage, NodeStatusView};
 use saldo_store::{MemDb, MemStore};
-use saldo_worker::{Bus, Clock, Config, ManualClock, Node, PeerClient};
+use saldo_worker::testing::{Captured, NoPeers};
+use saldo_worker::{Clock, Config, ManualClock, Node};
 use serde_json::{Value, json};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<EventGridEvent<Value>>>>);
-impl Bus for Captured {
-    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
-        self.0.lock().unwrap().extend(events);
-        Ok(())
-    }
-}
-struct NoPeers;
-impl PeerClient for NoPeers {
-    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
-        Err(url.to_string())
-    }
-    async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, String> {
-        Err(url.to_string())
-    }
-}
 
 type TestNode = Node<MemStore, ManualClock, Captured, NoPeers>;
 
@@ -158,11 +139,7 @@ async fn a_contended_execution_does_not_stop_the_sweep() {
     assert_eq!(report.executed, 2);
     assert_eq!(db.markers().len(), 2);
     assert_eq!(a.counters_snapshot()["contended"], 1);
-    assert_eq!(
-        a.bus.0.lock().unwrap().len(),
-        2,
-        "both completions published"
-    );
+    assert_eq!(a.bus.published().len(), 2, "both completions published");
     // The next sweep takes the third.
     assert_eq!(a.sweep().await.unwrap().executed, 1);
     assert_eq!(db.markers().len(), 3);

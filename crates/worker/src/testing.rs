@@ -1,0 +1,66 @@
+//! Test doubles of the node's ports, one copy for every suite that drives a [`Node`](crate::Node)
+//! without a topic or peers: the worker's own tests and the simulation's (feature `testing`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saldo_core::events::EventGridEvent;
+use saldo_core::views::{LedgerPage, NodeStatusView};
+use serde_json::Value;
+
+use crate::node::{Bus, BusError, PeerClient, PeerError};
+
+/// A bus that keeps everything published, optionally after a delay (a slow topic). Clones share
+/// what was captured, so a test keeps one and gives the node the other.
+#[derive(Clone, Default)]
+pub struct Captured {
+    events: Arc<Mutex<Vec<EventGridEvent<Value>>>>,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl Captured {
+    /// Every event published so far, in order.
+    pub fn published(&self) -> Vec<EventGridEvent<Value>> {
+        self.events.lock().expect("captured lock").clone()
+    }
+
+    /// Every later publish waits `delay` before it is taken (needs a tokio runtime when non-zero).
+    pub fn delay_publishing(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl Bus for Captured {
+    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), BusError> {
+        // No timer without a delay: suites that run the node on `block_on` have no tokio runtime.
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        self.events.lock().expect("captured lock").extend(events);
+        Ok(())
+    }
+}
+
+/// A bus that takes every publish and keeps nothing.
+pub struct NullBus;
+
+impl Bus for NullBus {
+    async fn publish(&self, _: Vec<EventGridEvent<Value>>) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// No peer is reachable: every call fails, naming the URL.
+pub struct NoPeers;
+
+impl PeerClient for NoPeers {
+    async fn status(&self, url: &str) -> Result<NodeStatusView, PeerError> {
+        Err(PeerError::new(format!("{url}: no peers in this test")))
+    }
+    async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, PeerError> {
+        Err(PeerError::new(format!("{url}: no peers in this test")))
+    }
+}
