@@ -186,6 +186,22 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
     let purchases = shoppers.await.context("the shoppers' task failed")?;
     let (missed, catchup_time) = catchup.await.context("the catch-up watch failed")??;
 
+    let caught_up = CatchUp {
+        missed,
+        took: catchup_time,
+    };
+    audit(&t, &args, start, &purchases, &outage, &caught_up).await
+}
+
+/// Step 5: audits the database and prints the closing table; the exit code is its verdict.
+async fn audit(
+    t: &Target,
+    args: &DemoArgs,
+    start: Instant,
+    purchases: &[Purchase],
+    outage: &Outage,
+    caught_up: &CatchUp,
+) -> Result<ExitCode> {
     say(start, "step 5/5: auditing the database (saldo verify)");
     let report = crate::chaos::settle_verify(
         &t.src,
@@ -194,19 +210,7 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
     )
     .await?;
     report.print();
-
-    let caught_up = CatchUp {
-        missed,
-        took: catchup_time,
-    };
-    let ok = print_figures(
-        &args,
-        &t.node_name,
-        &purchases,
-        &outage,
-        &report,
-        &caught_up,
-    );
+    let ok = print_figures(args, &t.node_name, purchases, outage, &report, caught_up);
     println!();
     if ok {
         println!("saldo demo: nothing lost, nothing applied twice, stock never negative");
