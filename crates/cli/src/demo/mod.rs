@@ -69,14 +69,9 @@ pub struct DemoArgs {
     /// With --azure: the shop's API base URL (the Static Web App's URL).
     #[arg(long)]
     api: Option<String>,
-    /// With --azure: the Cosmos DB connection string, for the catch-up and the audit.
-    #[arg(long, env = "SALDO_MONGODB_URI")]
-    mongodb: Option<String>,
-    #[arg(long, default_value = "saldo")]
-    database: String,
-    /// With --azure: each region's worker as NAME=URL (repeat).
-    #[arg(long = "node")]
-    nodes: Vec<String>,
+    /// With --azure: the Cosmos DB (for the catch-up and the audit) and each region's worker.
+    #[command(flatten)]
+    db: verify::DatabaseArgs,
     /// With --azure: extra arguments for infra/scripts/region (e.g. --prefix p).
     #[arg(long, allow_hyphen_values = true)]
     script_args: Vec<String>,
@@ -267,26 +262,13 @@ async fn target(
             .api
             .as_deref()
             .context("--azure needs --api <the shop's URL>")?;
-        let uri = args
-            .mongodb
-            .clone()
+        let src = args
+            .db
+            .source()?
             .context("--azure needs --mongodb <connection string> (or SALDO_MONGODB_URI)")?;
-        let nodes = args
-            .nodes
-            .iter()
-            .map(|n| {
-                n.split_once('=')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .with_context(|| format!("--node {n:?}: give NAME=URL"))
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(Some(Target {
             shop: Shop::new(api)?,
-            src: verify::Source {
-                uri,
-                database: args.database.clone(),
-                nodes,
-            },
+            src,
             control,
             node_name: args.region.clone(),
             manifest: None,
