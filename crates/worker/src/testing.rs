@@ -1,7 +1,7 @@
 //! Test doubles of the node's ports, one copy for every suite that drives a [`Node`](crate::Node)
 //! without a topic or peers: the worker's own tests and the simulation's (feature `testing`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,12 +11,14 @@ use serde_json::Value;
 
 use crate::node::{Bus, BusError, PeerClient, PeerError};
 
-/// A bus that keeps everything published, optionally after a delay (a slow topic). Clones share
-/// what was captured, so a test keeps one and gives the node the other.
+/// A bus that keeps everything published, optionally after a delay (a slow topic), or refuses
+/// every publish while told to (a topic outage). Clones share what was captured and the
+/// settings, so a test keeps one and gives the node the other.
 #[derive(Clone, Default)]
 pub struct Captured {
     events: Arc<Mutex<Vec<EventGridEvent<Value>>>>,
     delay_ms: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
 }
 
 impl Captured {
@@ -30,6 +32,12 @@ impl Captured {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.delay_ms.store(ms, Ordering::Relaxed);
     }
+
+    /// While `failing`, every publish fails (and keeps nothing), caused by an I/O error as a
+    /// real transport's would be.
+    pub fn fail_publishing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
 }
 
 impl Bus for Captured {
@@ -38,6 +46,12 @@ impl Bus for Captured {
         let delay = self.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(BusError::caused_by(
+                "captured: topic unreachable",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ));
         }
         self.events.lock().expect("captured lock").extend(events);
         Ok(())

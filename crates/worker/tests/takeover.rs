@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use saldo_core::ledger::ranking;
-use saldo_store::{MemDb, MemStore};
+use saldo_store::{MemDb, MemStore, Store};
 use saldo_worker::testing::{Captured, NoPeers};
 use saldo_worker::{Clock, Config, ManualClock, Node};
 use serde_json::{Value, json};
@@ -97,6 +97,58 @@ async fn the_next_in_line_takes_over_after_the_deadline_and_skips_dead_nodes() {
     a.sweep().await.unwrap();
     assert_eq!(db.applied().len(), 2);
     assert_eq!(a.counters_snapshot()["executed"], 0);
+}
+
+/// The ledger is the outbox: a completion whose publish failed after the execution stays
+/// unpublished in the ledger, a sweep while the topic is still away reports the failure (with
+/// the transport's error as its source) and marks nothing, and the first sweep after the topic
+/// is back publishes it, under the event id the first attempt used. One node and no peers, so
+/// nothing but the outbox can deliver it.
+#[tokio::test]
+async fn a_completion_whose_publish_failed_is_republished_by_the_sweep() {
+    use std::error::Error;
+    let db = MemDb::new();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let a = node(&db, &clock, "a");
+    a.start().await.unwrap();
+    a.bus.fail_publishing(true);
+    let cmd = json!([{"id": "tx-outbox", "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
+                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    let d = a.handle_delivery(&cmd).await.unwrap();
+    assert!(
+        matches!(d, saldo_worker::Delivery::Accepted { executed: 1, .. }),
+        "a failed publish does not fail the delivery: {d:?}"
+    );
+    assert!(a.bus.published().is_empty());
+    assert_eq!(
+        a.store.unpublished(10).await.unwrap().len(),
+        1,
+        "the outcome waits in the ledger"
+    );
+
+    let e = a.sweep().await.expect_err("the topic is still away");
+    assert!(matches!(e, saldo_worker::NodeError::Publish(_)), "{e:?}");
+    let cause = e.source().and_then(Error::source).map(ToString::to_string);
+    assert_eq!(cause.as_deref(), Some("connection refused"), "{e}");
+    assert_eq!(
+        a.store.unpublished(10).await.unwrap().len(),
+        1,
+        "nothing is marked published while it fails"
+    );
+
+    a.bus.fail_publishing(false);
+    let report = a.sweep().await.unwrap();
+    assert_eq!((report.executed, report.republished), (0, 1));
+    let published = a.bus.published();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].event_type, "transactionCompleted");
+    assert_eq!(
+        published[0].id,
+        saldo_worker::node::completion_event_id("tx-outbox")
+    );
+    assert_eq!(a.store.unpublished(10).await.unwrap().len(), 0);
+    assert_eq!(a.counters_snapshot()["publishRetries"], 1);
+    assert_eq!(db.applied().len(), 1, "executed once");
 }
 
 /// Contention is not an outage: a sweep whose execution of one transaction stays contended

@@ -177,10 +177,10 @@ impl Replay {
                 continue;
             }
             for it in r.items {
-                if let Some(pe) = self.events.get(&it.seq)
+                if let Some(pending) = self.events.get(&it.seq)
                     && seen.insert(it.seq)
                 {
-                    f(it.seq, pe, it.event)?;
+                    f(it.seq, pending, it.event)?;
                 }
             }
         }
