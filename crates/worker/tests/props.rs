@@ -25,10 +25,7 @@ const NODE: &str = "westeurope";
 const VALIDATION: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256)
+    saldo_testkit::proptest_cases(256)
 }
 
 fn small_json() -> impl Strategy<Value = Value> {
