@@ -193,11 +193,6 @@ async fn serve_until_signalled(
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    saldo_process::terminated().await;
     tracing::info!("shutting down");
 }
