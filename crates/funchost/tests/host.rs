@@ -261,17 +261,7 @@ async fn timer_fires_on_schedule_with_the_documented_payload() {
 /// handler; started again, the timer fires again.
 #[tokio::test]
 async fn timers_skip_their_ticks_while_the_app_is_stopped() {
-    let app = write_app(&host_json(true), &[("tick", timer_fn("%TICK_SCHEDULE%"))]);
-    let record = app.path().join("record.jsonl");
-    let record_s = record.to_str().unwrap().to_string();
-    let host = start(
-        app,
-        &[],
-        &[
-            ("TICK_SCHEDULE", "*/1 * * * * *"),
-            ("TESTHANDLER_RECORD", &record_s),
-        ],
-    );
+    let (host, record) = ticking_host(&[]);
     let c = client();
     let b = host.base.clone();
     let admin = |method: reqwest::Method, path: &str| {
@@ -537,19 +527,20 @@ fn handler_that_never_listens_fails_the_start() {
     assert!(err.contains("/nonexistent/handler"), "{err}");
 }
 
-#[tokio::test]
-async fn a_slow_timer_run_makes_the_next_tick_skip() {
+/// A host whose one function, `tick`, is a timer firing every second; the test handler records
+/// every invocation in the returned file. `env`: more settings for the handler.
+fn ticking_host(env: &[(&str, &str)]) -> (HostProc, std::path::PathBuf) {
     let app = write_app(&host_json(true), &[("tick", timer_fn("*/1 * * * * *"))]);
     let record = app.path().join("record.jsonl");
     let record_s = record.to_str().unwrap().to_string();
-    let _host = start(
-        app,
-        &[],
-        &[
-            ("TESTHANDLER_SLOW_MS", "1500"),
-            ("TESTHANDLER_RECORD", &record_s),
-        ],
-    );
+    let mut env = env.to_vec();
+    env.push(("TESTHANDLER_RECORD", &record_s));
+    (start(app, &[], &env), record)
+}
+
+#[tokio::test]
+async fn a_slow_timer_run_makes_the_next_tick_skip() {
+    let (_host, record) = ticking_host(&[("TESTHANDLER_SLOW_MS", "1500")]);
     let lines: Vec<Value> = recorded(&record, 2, 30, "two slow timer runs").await;
     // One run at a time: each run started after the previous one ended.
     for w in lines.windows(2) {
