@@ -30,17 +30,8 @@ async fn main() -> anyhow::Result<()> {
     // The host (and `saldo up`) wait for this line.
     println!("listening on http://{addr}");
     axum::serve(listener, saldo_api::app(state))
-        .with_graceful_shutdown(shutdown())
+        // Ctrl-C or SIGTERM (what the Functions host sends to stop a handler).
+        .with_graceful_shutdown(saldo_process::terminated())
         .await
         .context("serve")
-}
-
-/// Ctrl-C or SIGTERM (what the Functions host sends to stop a handler).
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -105,6 +105,24 @@ pub fn verdict(answers: &[Result<Option<LedgerState>, String>]) -> Verdict {
     }
 }
 
+/// The stored events of the commands no node knows, to be delivered again. One that cannot be
+/// read is never swallowed: it is logged loudly and its record stays for an operator.
+fn unknown_events(verdicts: &[(String, String, Verdict)]) -> Vec<Value> {
+    let mut events = Vec::new();
+    for (id, event, v) in verdicts {
+        if *v != Verdict::Unknown {
+            continue;
+        }
+        match serde_json::from_str::<Value>(event) {
+            Ok(e) => events.push(e),
+            Err(e) => {
+                tracing::error!(transaction = %id, error = %e, "stored event unreadable; cannot deliver it again")
+            }
+        }
+    }
+    events
+}
+
 /// What one run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -153,8 +171,48 @@ impl Reconciler {
 
     /// One run (see the module's documentation).
     pub async fn run(&self, fleet: &Fleet) -> Result<Report, ApiError> {
-        // The page is read in `acceptedAt` order, which Cosmos DB only sorts by with an index
-        // (plain indexes may be added to a collection that holds data).
+        self.ensure_index().await?;
+        let page = self.unsettled_page().await?;
+        let mut report = Report {
+            scanned: page.len(),
+            ..Report::default()
+        };
+        if page.is_empty() {
+            return Ok(report);
+        }
+        self.count_run(&page).await?;
+        let grace = i64::from(self.settings.reconcile_grace_runs);
+        let due: Vec<(String, String)> = page
+            .iter()
+            .filter(|d| runs_of(d) + 1 >= grace)
+            .filter_map(|d| Some((id_of(d)?, d.get_str("event").ok()?.to_string())))
+            .collect();
+        report.looked_up = due.len();
+        let verdicts: Vec<(String, String, Verdict)> = futures::stream::iter(due)
+            .map(|(id, event)| async move {
+                let v = self.look_up(fleet, &id).await;
+                (id, event, v)
+            })
+            .buffer_unordered(LOOKUPS_AT_ONCE)
+            .collect()
+            .await;
+        report.settled = self.settle(&verdicts).await?;
+        let events = unknown_events(&verdicts);
+        if !events.is_empty() {
+            report.redelivered = events.len();
+            report.delivery_failures = self.deliver(fleet, &events).await;
+            tracing::warn!(
+                commands = events.len(),
+                failures = report.delivery_failures,
+                "delivered accepted commands that no node had recorded straight to the workers"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The page is read in `acceptedAt` order, which Cosmos DB only sorts by with an index
+    /// (plain indexes may be added to a collection that holds data). Created once per process.
+    async fn ensure_index(&self) -> Result<(), ApiError> {
         self.indexed
             .get_or_try_init(|| async {
                 self.records
@@ -173,8 +231,12 @@ impl Reconciler {
                     .map_err(|e| db("index the idempotency records", e))
             })
             .await?;
-        let page: Vec<Document> = self
-            .records
+        Ok(())
+    }
+
+    /// The oldest unsettled records, at most a batch of them.
+    async fn unsettled_page(&self) -> Result<Vec<Document>, ApiError> {
+        self.records
             .find(doc! {"settled": {"$ne": true}})
             .sort(doc! {"acceptedAt": 1})
             .limit(i64::from(self.settings.reconcile_batch))
@@ -183,14 +245,11 @@ impl Reconciler {
             .map_err(|e| db("read unsettled records", e))?
             .try_collect()
             .await
-            .map_err(|e| db("read unsettled records", e))?;
-        let mut report = Report {
-            scanned: page.len(),
-            ..Report::default()
-        };
-        if page.is_empty() {
-            return Ok(report);
-        }
+            .map_err(|e| db("read unsettled records", e))
+    }
+
+    /// Counts this run on every record of the page (the grace is counted in runs).
+    async fn count_run(&self, page: &[Document]) -> Result<(), ApiError> {
         let ids: Vec<String> = page.iter().filter_map(id_of).collect();
         self.records
             .update_many(
@@ -199,59 +258,27 @@ impl Reconciler {
             )
             .await
             .map_err(|e| db("count a reconcile run", e))?;
-        let grace = i64::from(self.settings.reconcile_grace_runs);
-        let due: Vec<(String, String)> = page
-            .iter()
-            .filter(|d| runs_of(d) + 1 >= grace)
-            .filter_map(|d| Some((id_of(d)?, d.get_str("event").ok()?.to_string())))
-            .collect();
-        report.looked_up = due.len();
-        let verdicts: Vec<(String, String, Verdict)> = futures::stream::iter(due)
-            .map(|(id, event)| async move {
-                let v = self.look_up(fleet, &id).await;
-                (id, event, v)
-            })
-            .buffer_unordered(LOOKUPS_AT_ONCE)
-            .collect()
-            .await;
+        Ok(())
+    }
+
+    /// Marks the records a node says are over as settled; returns how many.
+    async fn settle(&self, verdicts: &[(String, String, Verdict)]) -> Result<usize, ApiError> {
         let settled: Vec<&String> = verdicts
             .iter()
             .filter(|(_, _, v)| *v == Verdict::Terminal)
             .map(|(id, ..)| id)
             .collect();
-        if !settled.is_empty() {
-            self.records
-                .update_many(
-                    doc! {"_id": {"$in": &settled}},
-                    doc! {"$set": {"settled": true}},
-                )
-                .await
-                .map_err(|e| db("settle records", e))?;
-            report.settled = settled.len();
+        if settled.is_empty() {
+            return Ok(0);
         }
-        let mut events = Vec::new();
-        for (id, event, v) in &verdicts {
-            if *v != Verdict::Unknown {
-                continue;
-            }
-            match serde_json::from_str::<Value>(event) {
-                Ok(e) => events.push(e),
-                // Never swallowed: logged loudly; the record stays for an operator.
-                Err(e) => {
-                    tracing::error!(transaction = %id, error = %e, "stored event unreadable; cannot deliver it again")
-                }
-            }
-        }
-        if !events.is_empty() {
-            report.redelivered = events.len();
-            report.delivery_failures = self.deliver(fleet, &events).await;
-            tracing::warn!(
-                commands = events.len(),
-                failures = report.delivery_failures,
-                "delivered accepted commands that no node had recorded straight to the workers"
-            );
-        }
-        Ok(report)
+        self.records
+            .update_many(
+                doc! {"_id": {"$in": &settled}},
+                doc! {"$set": {"settled": true}},
+            )
+            .await
+            .map_err(|e| db("settle records", e))?;
+        Ok(settled.len())
     }
 
     async fn look_up(&self, fleet: &Fleet, id: &str) -> Verdict {

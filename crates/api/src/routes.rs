@@ -174,13 +174,19 @@ async fn get_product(
     raw: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = commands::parse_product_id(&path_id(raw)?)?;
+    let (url, p) = read_product(&s, id).await?;
+    Ok((served_by(&url), Json(p)).into_response())
+}
+
+/// One product as a node has it, and the node that answered; an unknown one is a 404.
+async fn read_product(s: &AppState, id: u64) -> Result<(String, ProductView), ApiError> {
     let (url, answer) = s
         .fleet
         .read::<ProductView>(&format!("/api/products/{id}"), true)
         .await
         .map_err(no_node)?;
     match answer {
-        Answer::Found(p) => Ok((served_by(&url), Json(p)).into_response()),
+        Answer::Found(p) => Ok((url, p)),
         Answer::NotFound => Err(ApiError::ProductNotFound(id)),
     }
 }
@@ -222,18 +228,11 @@ async fn put_product(
         saldo: req.saldo,
     };
     accept(&s, &key, &intent, user.user_id, || async {
-        let (_, answer) = s
-            .fleet
-            .read::<ProductView>(&format!("/api/products/{id}"), true)
-            .await
-            .map_err(no_node)?;
-        match answer {
-            Answer::Found(p) => Ok((
-                format!("warehouse/products/{id}"),
-                vec![commands::saldo_line(&p, req.saldo)],
-            )),
-            Answer::NotFound => Err(ApiError::ProductNotFound(id)),
-        }
+        let (_, p) = read_product(&s, id).await?;
+        Ok((
+            format!("warehouse/products/{id}"),
+            vec![commands::saldo_line(&p, req.saldo)],
+        ))
     })
     .await
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use saldo_publish::Publisher;
@@ -220,7 +221,7 @@ impl Shop {
             resubmit_same: None,
             refused: None,
         };
-        let mut wait = Duration::from_millis(200);
+        let mut pauses = retry_pauses();
         let tx = loop {
             p.attempts += 1;
             match self.post(&key, &p.lines).await {
@@ -231,14 +232,11 @@ impl Shop {
                 }
                 Post::Retry(e) => p.error(e),
             }
-            // Exponential back-off with full jitter, so shoppers turned away together do not
-            // all come back together (a retry storm would keep an overloaded stack down).
-            let pause = rand::rng().random_range(wait / 2..=wait);
+            let pause = pauses.next().unwrap_or(RETRY_CAP);
             if Instant::now() + pause > deadline {
                 break None;
             }
             tokio::time::sleep(pause).await;
-            wait = (wait * 2).min(RETRY_CAP);
         };
         let Some(tx) = tx else { return p };
         p.accepted_ms = Some(self.ms());
@@ -259,6 +257,20 @@ impl Shop {
         }
         p
     }
+}
+
+/// The pauses between a purchase's POSTs: exponential back-off with jitter, so shoppers turned
+/// away together do not all come back together (a retry storm would keep an overloaded stack
+/// down). Each pause lies between a delay and twice it, the delay doubling from 100 ms to half
+/// of [`RETRY_CAP`], so no pause reaches the cap.
+fn retry_pauses() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(RETRY_CAP / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Sets `products` (id, quantity) to absolute quantities through the topic, as the warehouse
@@ -357,4 +369,23 @@ pub async fn run(
     }
     out.sort_by_key(|p| p.n);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_double_with_jitter_and_never_reach_the_cap() {
+        let ms = Duration::from_millis;
+        for _ in 0..50 {
+            let p: Vec<Duration> = retry_pauses().take(12).collect();
+            assert!((ms(100)..ms(200)).contains(&p[0]), "{p:?}");
+            assert!((ms(200)..ms(400)).contains(&p[1]), "{p:?}");
+            assert!((ms(400)..ms(800)).contains(&p[2]), "{p:?}");
+            // Doubling stops at half the cap: from there every pause is in [cap/2, cap).
+            assert!((RETRY_CAP / 2..RETRY_CAP).contains(&p[11]), "{p:?}");
+            assert!(p.iter().all(|d| *d < RETRY_CAP), "{p:?}");
+        }
+    }
 }

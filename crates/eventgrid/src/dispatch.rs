@@ -73,18 +73,30 @@ async fn deliver(
     _slot: OwnedSemaphorePermit,
 ) {
     let count = batch.iter().map(|i| i.attempts).max().unwrap_or(0);
-    let first = &batch[0].ev;
-    let (content_type, body) = match cfg.schema {
+    let outcome = attempt(&topic, &cfg, &batch, count).await;
+    count_attempt(&topic, &sub, &cfg, outcome);
+    settle(&topic, &sub, &cfg, batch, outcome).await;
+}
+
+/// The body of one delivery and its content type, as the subscription's schema asks.
+fn request_body(cfg: &Subscription, batch: &[Item]) -> (&'static str, String) {
+    match cfg.schema {
         InputSchema::CloudEvents if batch.len() == 1 && cfg.max_events_per_batch == 1 => (
             "application/cloudevents+json; charset=utf-8",
-            first.json.get().to_string(),
+            batch[0].ev.json.get().to_string(),
         ),
         InputSchema::CloudEvents => (
             "application/cloudevents-batch+json; charset=utf-8",
-            join(&batch),
+            join(batch),
         ),
-        InputSchema::EventGrid => ("application/json; charset=utf-8", join(&batch)),
-    };
+        InputSchema::EventGrid => ("application/json; charset=utf-8", join(batch)),
+    }
+}
+
+/// POSTs the batch to the endpoint once (`count` earlier attempts) and says how it went.
+async fn attempt(topic: &Topic, cfg: &Subscription, batch: &[Item], count: u32) -> Outcome {
+    let first = &batch[0].ev;
+    let (content_type, body) = request_body(cfg, batch);
     let mut req = topic
         .http
         .post(&cfg.endpoint_url)
@@ -110,7 +122,6 @@ async fn deliver(
         Err(e) if e.is_timeout() => Outcome::TimedOut,
         Err(_) => Outcome::SocketError,
     };
-    let success = matches!(outcome, Outcome::Status(s) if policy::is_success(s));
     tracing::info!(
         subscription = %cfg.name,
         events = batch.len(),
@@ -120,6 +131,12 @@ async fn deliver(
         ms = started.elapsed().as_millis() as u64,
         "delivery attempt"
     );
+    outcome
+}
+
+/// Counts the attempt, and puts the endpoint on probation after enough failures in a row.
+fn count_attempt(topic: &Topic, sub: &SubState, cfg: &Subscription, outcome: Outcome) {
+    let success = matches!(outcome, Outcome::Status(s) if policy::is_success(s));
     sub.counters.attempts.fetch_add(1, SeqCst);
     if success {
         sub.failures_in_row.store(0, SeqCst);
@@ -134,6 +151,17 @@ async fn deliver(
             tracing::warn!(subscription = %cfg.name, failures, probation_ms = topic.scaled(p).as_millis() as u64, "endpoint on probation");
         }
     }
+}
+
+/// What follows from an attempt's outcome for each of the batch's events: delivered (recorded
+/// as done), dead-lettered or dropped, or queued again for a retry (recorded with its due time).
+async fn settle(
+    topic: &Arc<Topic>,
+    sub: &Arc<SubState>,
+    cfg: &Subscription,
+    batch: Vec<Item>,
+    outcome: Outcome,
+) {
     // One random number per batch: a batch is retried as a whole.
     let random: f64 = rand::random::<f64>();
     let mut delivered: Vec<Item> = Vec::new();
@@ -166,7 +194,7 @@ async fn deliver(
         sub.finished(delivered.len());
     }
     for (reason, items) in dead {
-        settle_dead(&topic, &sub, &cfg, items, reason, Some(outcome)).await;
+        settle_dead(topic, sub, cfg, items, reason, Some(outcome)).await;
     }
     for ((n, after_ms), items) in retry {
         let due = now_ms() + after_ms as i64;

@@ -169,85 +169,157 @@ fn in_range(what: &str, v: Option<u32>, lo: u32, hi: u32, default: u32) -> Resul
     Ok(v)
 }
 
+/// The webhook's URL: a WebHook destination with an http(s) URL.
+fn webhook_url(dest: &Destination) -> Result<reqwest::Url, ApiError> {
+    if !dest.endpoint_type.eq_ignore_ascii_case("WebHook") {
+        return Err(bad(format!(
+            "endpointType {:?} is not supported; use WebHook",
+            dest.endpoint_type
+        )));
+    }
+    let url = reqwest::Url::parse(&dest.properties.endpoint_url).map_err(|e| {
+        bad(format!(
+            "endpointUrl {:?} is not a URL: {e}",
+            dest.properties.endpoint_url
+        ))
+    })?;
+    // Azure demands https; locally everything is plain http on loopback.
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(bad("endpointUrl must be http or https"));
+    }
+    Ok(url)
+}
+
+/// A delivery schema, if given, must be the topic's: the emulator does not convert.
+fn check_delivery_schema(asked: Option<InputSchema>, topic: InputSchema) -> Result<(), ApiError> {
+    if let Some(s) = asked
+        && s != topic
+    {
+        return Err(bad(format!(
+            "eventDeliverySchema {} differs from the topic's input schema {}; the emulator does not convert",
+            s.arm_name(),
+            topic.arm_name()
+        )));
+    }
+    Ok(())
+}
+
+/// Fields Azure knows and the emulator does not implement are refused, naming the field, rather
+/// than silently ignored.
+fn refuse_unimplemented(properties: &Properties) -> Result<(), ApiError> {
+    let webhook = &properties.destination.properties;
+    let not_implemented = [
+        (
+            "deliveryWithResourceIdentity",
+            properties.delivery_with_resource_identity.is_some(),
+        ),
+        (
+            "expirationTimeUtc",
+            properties.expiration_time_utc.is_some(),
+        ),
+        (
+            "destination.properties.deliveryAttributeMappings",
+            webhook.delivery_attribute_mappings.is_some(),
+        ),
+        (
+            "destination.properties.azureActiveDirectoryTenantId",
+            webhook.azure_active_directory_tenant_id.is_some(),
+        ),
+        (
+            "destination.properties.azureActiveDirectoryApplicationIdOrUri",
+            webhook
+                .azure_active_directory_application_id_or_uri
+                .is_some(),
+        ),
+    ];
+    if let Some((field, _)) = not_implemented.iter().find(|(_, set)| *set) {
+        return Err(bad(format!(
+            "{field} is not implemented by the local emulator; remove it (the emulator refuses what it would otherwise silently ignore)"
+        )));
+    }
+    if properties
+        .filter
+        .advanced_filters
+        .as_ref()
+        .is_some_and(|f| !f.is_empty())
+    {
+        return Err(bad(
+            "advancedFilters are not supported by the local emulator",
+        ));
+    }
+    Ok(())
+}
+
+/// The blob container failed events go to, from `deadLetterDestination` or
+/// `deadLetterWithResourceIdentity` (one of them at most); `None`: they are dropped.
+fn dead_letter_container(properties: &Properties) -> Result<Option<String>, ApiError> {
+    let with_identity = match &properties.dead_letter_with_resource_identity {
+        None => None,
+        Some(w) => {
+            let ok = match w.identity.kind.as_str() {
+                "SystemAssigned" => w.identity.user_assigned_identity.is_none(),
+                "UserAssigned" => w.identity.user_assigned_identity.is_some(),
+                _ => false,
+            };
+            if !ok {
+                return Err(bad(
+                    "deadLetterWithResourceIdentity.identity must be {\"type\": \"SystemAssigned\"} or {\"type\": \"UserAssigned\", \"userAssignedIdentity\": ...}",
+                ));
+            }
+            Some(&w.dead_letter_destination)
+        }
+    };
+    if with_identity.is_some() && properties.dead_letter_destination.is_some() {
+        return Err(bad(
+            "set deadLetterDestination or deadLetterWithResourceIdentity, not both",
+        ));
+    }
+    let Some(d) = properties
+        .dead_letter_destination
+        .as_ref()
+        .or(with_identity)
+    else {
+        return Ok(None);
+    };
+    if !d.endpoint_type.eq_ignore_ascii_case("StorageBlob") {
+        return Err(bad(
+            "deadLetterDestination.endpointType must be StorageBlob",
+        ));
+    }
+    let c = &d.properties.blob_container_name;
+    // Blob container naming rules (3-63 lower-case letters, digits, hyphens).
+    if !(3..=63).contains(&c.len())
+        || !c
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+    {
+        return Err(bad(format!(
+            "blobContainerName {c:?} is not a valid container name"
+        )));
+    }
+    Ok(Some(c.clone()))
+}
+
 impl Subscription {
-    /// Validates `properties` for a subscription called `name` on a topic with `schema`.
+    /// Validates `properties` for a subscription called `name` on a topic with `schema`. The
+    /// checks run in a fixed order, so that a body with several faults is refused for the same
+    /// one every time.
     pub fn new(name: &str, properties: Properties, schema: InputSchema) -> Result<Self, ApiError> {
         check_name(name)?;
-        let dest = &properties.destination;
-        if !dest.endpoint_type.eq_ignore_ascii_case("WebHook") {
-            return Err(bad(format!(
-                "endpointType {:?} is not supported; use WebHook",
-                dest.endpoint_type
-            )));
-        }
-        let url = reqwest::Url::parse(&dest.properties.endpoint_url).map_err(|e| {
-            bad(format!(
-                "endpointUrl {:?} is not a URL: {e}",
-                dest.properties.endpoint_url
-            ))
-        })?;
-        // Azure demands https; locally everything is plain http on loopback.
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(bad("endpointUrl must be http or https"));
-        }
-        if let Some(s) = properties.event_delivery_schema
-            && s != schema
-        {
-            return Err(bad(format!(
-                "eventDeliverySchema {} differs from the topic's input schema {}; the emulator does not convert",
-                s.arm_name(),
-                schema.arm_name()
-            )));
-        }
-        let not_implemented = [
-            (
-                "deliveryWithResourceIdentity",
-                properties.delivery_with_resource_identity.is_some(),
-            ),
-            (
-                "expirationTimeUtc",
-                properties.expiration_time_utc.is_some(),
-            ),
-            (
-                "destination.properties.deliveryAttributeMappings",
-                dest.properties.delivery_attribute_mappings.is_some(),
-            ),
-            (
-                "destination.properties.azureActiveDirectoryTenantId",
-                dest.properties.azure_active_directory_tenant_id.is_some(),
-            ),
-            (
-                "destination.properties.azureActiveDirectoryApplicationIdOrUri",
-                dest.properties
-                    .azure_active_directory_application_id_or_uri
-                    .is_some(),
-            ),
-        ];
-        if let Some((field, _)) = not_implemented.iter().find(|(_, set)| *set) {
-            return Err(bad(format!(
-                "{field} is not implemented by the local emulator; remove it (the emulator refuses what it would otherwise silently ignore)"
-            )));
-        }
-        if properties
-            .filter
-            .advanced_filters
-            .as_ref()
-            .is_some_and(|f| !f.is_empty())
-        {
-            return Err(bad(
-                "advancedFilters are not supported by the local emulator",
-            ));
-        }
+        let url = webhook_url(&properties.destination)?;
+        check_delivery_schema(properties.event_delivery_schema, schema)?;
+        refuse_unimplemented(&properties)?;
+        let webhook = &properties.destination.properties;
         let max_events = in_range(
             "maxEventsPerBatch",
-            dest.properties.max_events_per_batch,
+            webhook.max_events_per_batch,
             1,
             5000,
             1,
         )?;
         let preferred_kb = in_range(
             "preferredBatchSizeInKilobytes",
-            dest.properties.preferred_batch_size_in_kilobytes,
+            webhook.preferred_batch_size_in_kilobytes,
             1,
             1024,
             64,
@@ -261,53 +333,7 @@ impl Subscription {
             1440,
             1440,
         )?;
-        let with_identity = match &properties.dead_letter_with_resource_identity {
-            None => None,
-            Some(w) => {
-                let ok = match w.identity.kind.as_str() {
-                    "SystemAssigned" => w.identity.user_assigned_identity.is_none(),
-                    "UserAssigned" => w.identity.user_assigned_identity.is_some(),
-                    _ => false,
-                };
-                if !ok {
-                    return Err(bad(
-                        "deadLetterWithResourceIdentity.identity must be {\"type\": \"SystemAssigned\"} or {\"type\": \"UserAssigned\", \"userAssignedIdentity\": ...}",
-                    ));
-                }
-                Some(&w.dead_letter_destination)
-            }
-        };
-        if with_identity.is_some() && properties.dead_letter_destination.is_some() {
-            return Err(bad(
-                "set deadLetterDestination or deadLetterWithResourceIdentity, not both",
-            ));
-        }
-        let dead_letter_container = match properties
-            .dead_letter_destination
-            .as_ref()
-            .or(with_identity)
-        {
-            None => None,
-            Some(d) => {
-                if !d.endpoint_type.eq_ignore_ascii_case("StorageBlob") {
-                    return Err(bad(
-                        "deadLetterDestination.endpointType must be StorageBlob",
-                    ));
-                }
-                let c = &d.properties.blob_container_name;
-                // Blob container naming rules (3-63 lower-case letters, digits, hyphens).
-                if !(3..=63).contains(&c.len())
-                    || !c
-                        .chars()
-                        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
-                {
-                    return Err(bad(format!(
-                        "blobContainerName {c:?} is not a valid container name"
-                    )));
-                }
-                Some(c.clone())
-            }
-        };
+        let dead_letter_container = dead_letter_container(&properties)?;
         Ok(Self {
             name: name.to_string(),
             endpoint_url: url.to_string(),

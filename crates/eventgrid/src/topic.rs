@@ -9,7 +9,7 @@
 //! sends whatever is due as soon as a slot is free.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -71,120 +71,155 @@ fn read_subscription_list(path: &Path) -> anyhow::Result<Vec<NamedProperties>> {
     })
 }
 
+/// Refuses a configuration the topic cannot run with; the Entra verifier when one is given.
+fn check_config(config: &Config) -> anyhow::Result<Option<crate::entra::Verifier>> {
+    anyhow::ensure!(
+        config.time_scale > 0.0 && config.time_scale.is_finite(),
+        "--time-scale must be a positive number"
+    );
+    anyhow::ensure!(
+        config.max_in_flight >= 1 && config.max_in_memory >= 1,
+        "queue bounds must be at least 1"
+    );
+    let entra = match &config.entra_public_key {
+        Some(k) => Some(crate::entra::Verifier::from_public_key(k)?),
+        None => None,
+    };
+    anyhow::ensure!(
+        !config.disable_local_auth || entra.is_some(),
+        "with local auth disabled nobody could publish: give the identity stand-in's public key too"
+    );
+    Ok(entra)
+}
+
+/// Creates the data and dead-letter folders, takes the data folder's lock (held for the life of
+/// the topic) and empties the spill folder, whose path it returns.
+fn claim_data_dir(config: &Config) -> anyhow::Result<(std::fs::File, PathBuf)> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    // Two emulators appending to one log would corrupt it: the first one holds a lock.
+    let lock = std::fs::File::create(config.data_dir.join("lock"))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another saldo-eventgrid is using {}",
+            config.data_dir.display()
+        )
+    })?;
+    std::fs::create_dir_all(&config.deadletter_dir)?;
+    let spill_dir = config.data_dir.join("spill");
+    // Spill files are rebuilt from the event log (`replay_pending`); an earlier run's are stale.
+    let _ = std::fs::remove_dir_all(&spill_dir);
+    std::fs::create_dir_all(&spill_dir)?;
+    Ok((lock, spill_dir))
+}
+
+/// The subscriptions saved by the last run, then those of `--subscriptions-file`, validated.
+fn load_subscriptions(
+    config: &Config,
+    spill_dir: &Path,
+) -> anyhow::Result<BTreeMap<String, Arc<SubState>>> {
+    let mut subs = BTreeMap::new();
+    let saved = config.data_dir.join("subscriptions.json");
+    let mut lists = Vec::new();
+    if saved.exists() {
+        lists.push(read_subscription_list(&saved)?);
+    }
+    if let Some(f) = &config.subscriptions_file {
+        lists.push(read_subscription_list(f)?);
+    }
+    for named in lists.into_iter().flatten() {
+        let sub = Subscription::new(&named.name, named.properties, config.input_schema)
+            .map_err(|e| anyhow::anyhow!("subscription {}: {}", named.name, e.message))?;
+        subs.insert(
+            named.name.clone(),
+            Arc::new(SubState::new(
+                sub,
+                config.max_in_flight,
+                config.max_in_memory,
+                spill_dir,
+            )),
+        );
+    }
+    anyhow::ensure!(
+        subs.len() <= MAX_SUBSCRIPTIONS,
+        "at most {MAX_SUBSCRIPTIONS} subscriptions"
+    );
+    Ok(subs)
+}
+
+/// Compacts the event log to the work still pending for `subs`, starts its writer, and queues
+/// that work again. Returns the writer, the highest sequence in the log and how many deliveries
+/// were restored.
+fn replay_pending(
+    config: &Config,
+    subs: &BTreeMap<String, Arc<SubState>>,
+) -> anyhow::Result<(Wal, u64, usize)> {
+    let wal_path = config.data_dir.join("events.wal");
+    let mut replay = Replay::read(&wal_path)?;
+    // Work for subscriptions that no longer exist is gone with them.
+    replay.events.retain(|_, ev| {
+        ev.targets.retain(|s, _| subs.contains_key(s));
+        !ev.targets.is_empty()
+    });
+    replay.write_compacted(&wal_path)?;
+    let wal = Wal::start(wal_path.clone(), config.compact_bytes)?;
+
+    let mut restored = 0usize;
+    // Streamed from the log in chunks, so that what does not fit in memory goes to the
+    // spill files as it comes.
+    let mut per_sub: BTreeMap<String, Vec<(Item, i64)>> = BTreeMap::new();
+    let mut k = 0usize;
+    replay.for_each_pending(&wal_path, |seq, pending, json| {
+        let targets: Vec<&SubState> = pending.targets.keys().map(|s| &*subs[s]).collect();
+        let ev = Arc::new(Event::restored(seq, pending.publish_ms, json, &targets));
+        for (sub, due) in &pending.targets {
+            per_sub.entry(sub.clone()).or_default().push((
+                Item {
+                    ev: ev.clone(),
+                    attempts: due.attempts,
+                    last: None,
+                },
+                due.at,
+            ));
+            restored += 1;
+        }
+        k += 1;
+        if k.is_multiple_of(1024) {
+            for (sub, items) in std::mem::take(&mut per_sub) {
+                subs[&sub].admit(items);
+            }
+        }
+        Ok(())
+    })?;
+    for (sub, items) in per_sub {
+        subs[&sub].admit(items);
+    }
+    Ok((wal, replay.max_seq, restored))
+}
+
+/// The client every delivery goes out on.
+fn delivery_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        // Event Grid never follows a redirect: only 200-204 is a delivery, so a 3xx is a
+        // failed attempt (retried like any other status it does not name).
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))
+}
+
 impl Topic {
     /// Opens (or creates) the topic's state in `config.data_dir`, replays pending deliveries and
     /// starts delivering. Must run inside a tokio runtime.
     pub async fn open(config: Config) -> anyhow::Result<Arc<Topic>> {
-        anyhow::ensure!(
-            config.time_scale > 0.0 && config.time_scale.is_finite(),
-            "--time-scale must be a positive number"
-        );
-        anyhow::ensure!(
-            config.max_in_flight >= 1 && config.max_in_memory >= 1,
-            "queue bounds must be at least 1"
-        );
-        let entra = match &config.entra_public_key {
-            Some(k) => Some(crate::entra::Verifier::from_public_key(k)?),
-            None => None,
-        };
-        anyhow::ensure!(
-            !config.disable_local_auth || entra.is_some(),
-            "with local auth disabled nobody could publish: give the identity stand-in's public key too"
-        );
-        std::fs::create_dir_all(&config.data_dir)?;
-        // Two emulators appending to one log would corrupt it: the first one holds a lock.
-        let lock = std::fs::File::create(config.data_dir.join("lock"))?;
-        lock.try_lock().map_err(|_| {
-            anyhow::anyhow!(
-                "another saldo-eventgrid is using {}",
-                config.data_dir.display()
-            )
-        })?;
-        std::fs::create_dir_all(&config.deadletter_dir)?;
-        let spill_dir = config.data_dir.join("spill");
-        // Spill files are rebuilt from the event log below; an earlier run's are stale.
-        let _ = std::fs::remove_dir_all(&spill_dir);
-        std::fs::create_dir_all(&spill_dir)?;
+        let entra = check_config(&config)?;
+        let (lock, spill_dir) = claim_data_dir(&config)?;
         if saldo_publish::sas::signature(&config.key, "probe").is_err() {
             tracing::warn!(
                 "the topic key is not base64: aeg-sas-key works, SAS tokens cannot be verified"
             );
         }
-        let schema = config.input_schema;
-        let mut subs = BTreeMap::new();
-        let saved = config.data_dir.join("subscriptions.json");
-        let mut lists = Vec::new();
-        if saved.exists() {
-            lists.push(read_subscription_list(&saved)?);
-        }
-        if let Some(f) = &config.subscriptions_file {
-            lists.push(read_subscription_list(f)?);
-        }
-        for named in lists.into_iter().flatten() {
-            let sub = Subscription::new(&named.name, named.properties, schema)
-                .map_err(|e| anyhow::anyhow!("subscription {}: {}", named.name, e.message))?;
-            subs.insert(
-                named.name.clone(),
-                Arc::new(SubState::new(
-                    sub,
-                    config.max_in_flight,
-                    config.max_in_memory,
-                    &spill_dir,
-                )),
-            );
-        }
-        anyhow::ensure!(
-            subs.len() <= MAX_SUBSCRIPTIONS,
-            "at most {MAX_SUBSCRIPTIONS} subscriptions"
-        );
-
-        let wal_path = config.data_dir.join("events.wal");
-        let mut replay = Replay::read(&wal_path)?;
-        // Work for subscriptions that no longer exist is gone with them.
-        replay.events.retain(|_, ev| {
-            ev.targets.retain(|s, _| subs.contains_key(s));
-            !ev.targets.is_empty()
-        });
-        replay.write_compacted(&wal_path)?;
-        let wal = Wal::start(wal_path.clone(), config.compact_bytes)?;
-
-        let mut restored = 0usize;
-        // Streamed from the log in chunks, so that what does not fit in memory goes to the
-        // spill files as it comes.
-        let mut per_sub: BTreeMap<String, Vec<(Item, i64)>> = BTreeMap::new();
-        let mut k = 0usize;
-        replay.for_each_pending(&wal_path, |seq, pending, json| {
-            let targets: Vec<&SubState> = pending.targets.keys().map(|s| &*subs[s]).collect();
-            let ev = Arc::new(Event::restored(seq, pending.publish_ms, json, &targets));
-            for (sub, due) in &pending.targets {
-                per_sub.entry(sub.clone()).or_default().push((
-                    Item {
-                        ev: ev.clone(),
-                        attempts: due.attempts,
-                        last: None,
-                    },
-                    due.at,
-                ));
-                restored += 1;
-            }
-            k += 1;
-            if k.is_multiple_of(1024) {
-                for (sub, items) in std::mem::take(&mut per_sub) {
-                    subs[&sub].admit(items);
-                }
-            }
-            Ok(())
-        })?;
-        for (sub, items) in per_sub {
-            subs[&sub].admit(items);
-        }
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            // Event Grid never follows a redirect: only 200-204 is a delivery, so a 3xx is a
-            // failed attempt (retried like any other status it does not name).
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?;
+        let subs = load_subscriptions(&config, &spill_dir)?;
+        let (wal, max_seq, restored) = replay_pending(&config, &subs)?;
         let topic = Arc::new(Topic {
             topic_id: topic_resource_id(&config.topic_name),
             subs: RwLock::new(subs),
@@ -195,9 +230,9 @@ impl Topic {
                 config.max_bytes_per_second,
                 Instant::now(),
             ),
-            next_seq: AtomicU64::new(replay.max_seq + 1),
+            next_seq: AtomicU64::new(max_seq + 1),
             accepted: AtomicU64::new(0),
-            http,
+            http: delivery_client()?,
             validations: Mutex::new(HashMap::new()),
             mgmt: tokio::sync::Mutex::new(()),
             _lock: lock,

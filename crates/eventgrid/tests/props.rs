@@ -33,10 +33,7 @@ fn config() -> ProptestConfig {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256)
+    saldo_testkit::proptest_cases(256)
 }
 
 struct World {

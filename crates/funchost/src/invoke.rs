@@ -191,14 +191,28 @@ pub fn http_output(value: Option<&Value>) -> Result<HttpOutput, String> {
         Some(v @ Value::Object(_)) => v,
         Some(other) => return Err(format!("http output must be an object, found {other}")),
     };
-    let get = |k: &str| {
-        v.as_object().and_then(|o| {
-            o.iter()
-                .find(|(key, _)| key.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v)
-        })
-    };
-    let status = match get("statusCode").or_else(|| get("status")) {
+    let status = status_code(v)?;
+    let mut headers = response_headers(v)?;
+    let body = response_body(v, &mut headers);
+    Ok(HttpOutput {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A field of the response object, its name compared case-insensitively (as the host does).
+fn field<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
+    v.as_object().and_then(|o| {
+        o.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v)
+    })
+}
+
+/// `statusCode` (or `status`): a number or a numeric string, 100..=599, 200 when absent.
+fn status_code(v: &Value) -> Result<u16, String> {
+    let status = match field(v, "statusCode").or_else(|| field(v, "status")) {
         None | Some(Value::Null) => 200,
         Some(Value::Number(n)) => n.as_u64().ok_or("statusCode is not a whole number")?,
         Some(Value::String(s)) => s
@@ -210,8 +224,13 @@ pub fn http_output(value: Option<&Value>) -> Result<HttpOutput, String> {
     if !(100..=599).contains(&status) {
         return Err(format!("statusCode {status} is out of range"));
     }
+    Ok(status as u16)
+}
+
+/// `headers`: an object of strings, arrays (one header per element) or other values (as JSON).
+fn response_headers(v: &Value) -> Result<Vec<(String, String)>, String> {
     let mut headers = Vec::new();
-    match get("headers") {
+    match field(v, "headers") {
         None | Some(Value::Null) => {}
         Some(Value::Object(h)) => {
             for (k, val) in h {
@@ -231,7 +250,13 @@ pub fn http_output(value: Option<&Value>) -> Result<HttpOutput, String> {
         }
         Some(_) => return Err("headers must be an object".into()),
     }
-    let body = match get("body") {
+    Ok(headers)
+}
+
+/// `body`: a string as it is, an object or array as JSON (with a JSON content type unless the
+/// handler set one), anything else as its JSON text.
+fn response_body(v: &Value, headers: &mut Vec<(String, String)>) -> Vec<u8> {
+    match field(v, "body") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.clone().into_bytes(),
         Some(other @ (Value::Object(_) | Value::Array(_))) => {
@@ -247,12 +272,7 @@ pub fn http_output(value: Option<&Value>) -> Result<HttpOutput, String> {
             other.to_string().into_bytes()
         }
         Some(other) => other.to_string().into_bytes(),
-    };
-    Ok(HttpOutput {
-        status: status as u16,
-        headers,
-        body,
-    })
+    }
 }
 
 #[cfg(test)]

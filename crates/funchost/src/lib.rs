@@ -98,11 +98,27 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.port))?;
+    let spec = handler_spec(&app, program, &opts);
+    let instances = start_instances(&app, spec, opts.instances).await?;
+    let host = server::Host::new(app, opts.keys, instances);
+    let timers = timer::spawn_timers(&host);
+    let host_for_shutdown = host.clone();
+    on_listening(listener.local_addr()?);
+    let served = serve_until_signalled(listener, host).await;
+    for t in timers {
+        t.abort();
+    }
+    host_for_shutdown.shutdown_all().await;
+    served.context("server failed")
+}
+
+/// How every instance's handler process is started and restarted.
+fn handler_spec(app: &config::App, program: PathBuf, opts: &Options) -> supervisor::HandlerSpec {
     let working_dir = match &app.working_directory {
         Some(w) => app.dir.join(w),
         None => app.dir.clone(),
     };
-    let spec = supervisor::HandlerSpec {
+    supervisor::HandlerSpec {
         program,
         args: app.arguments.clone(),
         working_dir,
@@ -110,8 +126,18 @@ pub async fn run(
         backoff_min: opts.backoff_min,
         backoff_max: opts.backoff_max,
         stop_grace: Duration::from_secs(5),
-    };
-    let n = opts.instances.clamp(1, MAX_INSTANCES);
+    }
+}
+
+/// Starts `instances` HTTP instances (bounded by [`MAX_INSTANCES`]), and one for the timers
+/// with two or more of them when the app has timer functions, all at once. If any fails to
+/// start, those that did are shut down again.
+async fn start_instances(
+    app: &config::App,
+    spec: supervisor::HandlerSpec,
+    instances: usize,
+) -> anyhow::Result<Vec<server::Instance>> {
+    let n = instances.clamp(1, MAX_INSTANCES);
     let has_timers = app
         .functions
         .iter()
@@ -140,18 +166,21 @@ pub async fn run(
         }
         anyhow::bail!("the app did not start: {e}");
     }
-    let host = server::Host::new(app, opts.keys, instances);
-    let timers = timer::spawn_timers(&host);
-    let host_for_shutdown = host.clone();
-    on_listening(listener.local_addr()?);
-    // On SIGINT/SIGTERM, stop accepting and let requests in flight finish, but not forever: a
-    // stuck or streaming request must not keep the host (and its handler) alive.
+    Ok(instances)
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting and lets requests in flight finish, but
+/// not forever: a stuck or streaming request must not keep the host (and its handler) alive.
+async fn serve_until_signalled(
+    listener: tokio::net::TcpListener,
+    host: std::sync::Arc<server::Host>,
+) -> std::io::Result<()> {
     let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
     let serve = axum::serve(listener, server::router(host)).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = signalled_tx.send(true);
     });
-    let served = tokio::select! {
+    tokio::select! {
         r = serve.into_future() => r,
         _ = async {
             let _ = signalled.wait_for(|s| *s).await;
@@ -160,20 +189,10 @@ pub async fn run(
             tracing::warn!("requests still open after {SHUTDOWN_GRACE:?}; shutting down anyway");
             Ok(())
         }
-    };
-    for t in timers {
-        t.abort();
     }
-    host_for_shutdown.shutdown_all().await;
-    served.context("server failed")
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    saldo_process::terminated().await;
     tracing::info!("shutting down");
 }

@@ -60,6 +60,9 @@ pub struct Host {
     pub client: reqwest::Client,
     /// False after `/admin/host/stop` until `/admin/host/start`. Timers and requests look at it.
     pub running: AtomicBool,
+    /// Timer ticks skipped because the app was stopped or the timer's handler was not up
+    /// (`timerTicksSkipped` in `/admin/host/status`: what tests wait on instead of sleeping).
+    pub ticks_skipped: std::sync::atomic::AtomicU64,
 }
 
 impl Host {
@@ -83,6 +86,7 @@ impl Host {
             next: std::sync::atomic::AtomicUsize::new(0),
             client,
             running: AtomicBool::new(true),
+            ticks_skipped: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -312,6 +316,7 @@ fn status_body(host: &Host) -> serde_json::Value {
         "handler": instance_body(&host.instances[0]),
         "instances": host.instances.iter().map(instance_body).collect::<Vec<_>>(),
         "functions": host.app.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        "timerTicksSkipped": host.ticks_skipped.load(Ordering::SeqCst),
     })
 }
 

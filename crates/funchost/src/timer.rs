@@ -72,6 +72,7 @@ async fn run(
         let past_due = !first && schedule.next_after(next).is_some_and(|n| n <= now);
         first = false;
         if host.timer_port().is_none() {
+            host.ticks_skipped.fetch_add(1, Ordering::SeqCst);
             tracing::debug!(function = %f.name, "timer tick skipped: app stopped or handler restarting");
         } else if busy.swap(true, Ordering::SeqCst) {
             tracing::warn!(function = %f.name, "timer tick skipped: the previous run is still going");

@@ -256,6 +256,67 @@ async fn timer_fires_on_schedule_with_the_documented_payload() {
     assert!(next(&lines[0]) < next(&lines[1]), "Next advances");
 }
 
+/// No timer reaches a stopped app: while stopped, every tick is skipped (counted in
+/// `timerTicksSkipped`, which the test waits on instead of sleeping) and nothing reaches a
+/// handler; started again, the timer fires again.
+#[tokio::test]
+async fn timers_skip_their_ticks_while_the_app_is_stopped() {
+    let (host, record) = ticking_host(&[]);
+    let c = client();
+    let b = host.base.clone();
+    let admin = |method: reqwest::Method, path: &str| {
+        c.request(method, format!("{b}{path}"))
+            .header("x-functions-key", MASTER)
+    };
+    recorded(&record, 1, 20, "a timer invocation while running").await;
+    let st: Value = admin(reqwest::Method::POST, "/admin/host/stop")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "Stopped");
+    // The handler is gone: whatever it recorded is all it will ever record.
+    let invocations = || {
+        std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let before = invocations();
+    let skipped = st["timerTicksSkipped"].as_u64().expect("a count");
+    eventually(20, "two timer ticks skipped while stopped", || async {
+        let st: Value = admin(reqwest::Method::GET, "/admin/host/status")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (st["timerTicksSkipped"].as_u64()? >= skipped + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        invocations(),
+        before,
+        "no tick reached a handler while stopped"
+    );
+
+    let r = admin(reqwest::Method::POST, "/admin/host/start")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    recorded(
+        &record,
+        before + 1,
+        20,
+        "a timer invocation after the start",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn missing_schedule_setting_is_refused() {
     let app = write_app(
@@ -466,19 +527,20 @@ fn handler_that_never_listens_fails_the_start() {
     assert!(err.contains("/nonexistent/handler"), "{err}");
 }
 
-#[tokio::test]
-async fn a_slow_timer_run_makes_the_next_tick_skip() {
+/// A host whose one function, `tick`, is a timer firing every second; the test handler records
+/// every invocation in the returned file. `env`: more settings for the handler.
+fn ticking_host(env: &[(&str, &str)]) -> (HostProc, std::path::PathBuf) {
     let app = write_app(&host_json(true), &[("tick", timer_fn("*/1 * * * * *"))]);
     let record = app.path().join("record.jsonl");
     let record_s = record.to_str().unwrap().to_string();
-    let _host = start(
-        app,
-        &[],
-        &[
-            ("TESTHANDLER_SLOW_MS", "1500"),
-            ("TESTHANDLER_RECORD", &record_s),
-        ],
-    );
+    let mut env = env.to_vec();
+    env.push(("TESTHANDLER_RECORD", &record_s));
+    (start(app, &[], &env), record)
+}
+
+#[tokio::test]
+async fn a_slow_timer_run_makes_the_next_tick_skip() {
+    let (_host, record) = ticking_host(&[("TESTHANDLER_SLOW_MS", "1500")]);
     let lines: Vec<Value> = recorded(&record, 2, 30, "two slow timer runs").await;
     // One run at a time: each run started after the previous one ended.
     for w in lines.windows(2) {

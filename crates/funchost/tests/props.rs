@@ -12,10 +12,7 @@ use saldo_funchost::config::load_app;
 use serde_json::{Value, json};
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256)
+    saldo_testkit::proptest_cases(256)
 }
 
 fn app_dir(app: &str) -> PathBuf {

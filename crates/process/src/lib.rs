@@ -6,12 +6,26 @@
 //! [`stop_group`] is the one way both stop such a group: SIGTERM to the group, SIGKILL to the
 //! group after a grace period (or at once for what the leader left behind), then a bounded wait
 //! until the group is empty, so that "stopped" means no process is left and no port is bound.
+//! [`terminated`] is the other end: what every Saldo server waits on to stop gracefully.
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Child;
+
+/// Resolves at the first Ctrl-C or SIGTERM: how [`stop_group`], the Functions host and Azure ask
+/// a process to stop. Every Saldo server waits on it to stop gracefully (requests in flight
+/// finish, the telemetry guard flushes its last batch). The SIGTERM handler is installed when
+/// the future is first polled.
+pub async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
 
 /// How long [`stop_group`] waits, after SIGKILL, for the group's last members to be reaped. The
 /// leader's children are reaped by init, not by us, which takes a moment; the kernel has already

@@ -11,10 +11,7 @@ use saldo_publish::sas::{self, SasError};
 const KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHM="; // base64("secret-key-for-tests")
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1024)
+    saldo_testkit::proptest_cases(1024)
 }
 
 fn now() -> DateTime<Utc> {

@@ -10,7 +10,7 @@ use rand::Rng;
 use saldo_core::events::EventGridEvent;
 use saldo_core::views::{LedgerPage, NodeStatusView};
 use saldo_store::{Fault, MemStore};
-use saldo_worker::{Bus, Clock, ManualClock, Node, PeerClient};
+use saldo_worker::{Bus, BusError, Clock, ManualClock, Node, PeerClient, PeerError};
 use serde_json::Value;
 
 use crate::faults::Faults;
@@ -42,7 +42,7 @@ pub struct SimBus {
 }
 
 impl Bus for SimBus {
-    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
+    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), BusError> {
         match self.faults.lock().unwrap().publish() {
             Fault::Before | Fault::Contended => Err("simulated: topic unreachable".into()),
             Fault::After => {
@@ -89,36 +89,36 @@ pub struct SimPeers {
 
 impl SimPeers {
     /// A call reaches one of the region's HTTP instances, chosen by the load balancer.
-    fn reach(&self, url: &str) -> Result<Endpoint, String> {
+    fn reach(&self, url: &str) -> Result<Endpoint, PeerError> {
         let mut f = self.faults.lock().unwrap();
         if f.peer_fails() {
-            return Err(format!("simulated: {url} timed out"));
+            return Err(format!("simulated: {url} timed out").into());
         }
         let dir = self.dir.0.lock().unwrap();
         let up = dir
             .get(url)
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("simulated: {url} is down"))?;
+            .ok_or_else(|| PeerError::new(format!("simulated: {url} is down")))?;
         Ok(up[f.rng.random_range(0..up.len())].clone())
     }
 }
 
 /// An answer from an instance that crashed while answering never arrives.
-fn answered<T>(e: &Endpoint, url: &str, r: T) -> Result<T, String> {
+fn answered<T>(e: &Endpoint, url: &str, r: T) -> Result<T, PeerError> {
     if e.alive.load(Ordering::Relaxed) {
         Ok(r)
     } else {
-        Err(format!("simulated: {url} reset the connection (crashed)"))
+        Err(format!("simulated: {url} reset the connection (crashed)").into())
     }
 }
 
 impl PeerClient for SimPeers {
-    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
+    async fn status(&self, url: &str) -> Result<NodeStatusView, PeerError> {
         let e = self.reach(url)?;
         let s = e.node.status().await;
         answered(&e, url, s)
     }
-    async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, String> {
+    async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, PeerError> {
         let e = self.reach(url)?;
         // The caller asks for `limit`; the simulation sometimes asks for less, so that page
         // boundaries (where a tie would skip) fall anywhere in the feed.
@@ -130,7 +130,11 @@ impl PeerClient for SimPeers {
                 limit
             }
         };
-        let page = e.node.feed(after, limit).await.map_err(|e| e.to_string())?;
+        let page = e
+            .node
+            .feed(after, limit)
+            .await
+            .map_err(|e| PeerError::caused_by(e.to_string(), e))?;
         let page = answered(&e, url, page)?;
         let mut log = self.log.0.lock().unwrap();
         log.pages += 1;

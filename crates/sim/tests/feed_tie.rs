@@ -8,30 +8,13 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use futures::executor::block_on;
-use saldo_core::events::EventGridEvent;
 use saldo_core::views::{LedgerPage, LedgerState, NodeStatusView};
 use saldo_store::{LedgerEntry, MemDb, MemStore, Mutation};
-use saldo_worker::{Bus, Config, ManualClock, Node, PeerClient};
+use saldo_worker::testing::{NoPeers, NullBus};
+use saldo_worker::{Config, ManualClock, Node, PeerClient, PeerError};
 use serde_json::{Value, json};
 
-struct NoBus;
-impl Bus for NoBus {
-    async fn publish(&self, _: Vec<EventGridEvent<Value>>) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-struct NoPeers;
-impl PeerClient for NoPeers {
-    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
-        Err(format!("{url}: no peers here"))
-    }
-    async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, String> {
-        Err(format!("{url}: no peers here"))
-    }
-}
-
-type Instance = Node<MemStore, ManualClock, NoBus, NoPeers>;
+type Instance = Node<MemStore, ManualClock, NullBus, NoPeers>;
 
 /// The peer region as its HTTP instances answer, alternately, one entry per page.
 struct OnePerPage(Vec<Arc<Instance>>, std::sync::atomic::AtomicUsize);
@@ -42,11 +25,14 @@ impl OnePerPage {
     }
 }
 impl PeerClient for OnePerPage {
-    async fn status(&self, _: &str) -> Result<NodeStatusView, String> {
+    async fn status(&self, _: &str) -> Result<NodeStatusView, PeerError> {
         Ok(self.next().status().await)
     }
-    async fn ledger(&self, _: &str, after: u64, _: usize) -> Result<LedgerPage, String> {
-        self.next().feed(after, 1).await.map_err(|e| e.to_string())
+    async fn ledger(&self, _: &str, after: u64, _: usize) -> Result<LedgerPage, PeerError> {
+        self.next()
+            .feed(after, 1)
+            .await
+            .map_err(|e| PeerError::caused_by(e.to_string(), e))
     }
 }
 
@@ -82,7 +68,7 @@ fn two_instances_one_millisecond(mutation: Mutation) -> BTreeMap<String, LedgerE
             config("westeurope"),
             db.store("westeurope"),
             clock.clone(),
-            NoBus,
+            NullBus,
             NoPeers,
         ))
     };
@@ -96,7 +82,7 @@ fn two_instances_one_millisecond(mutation: Mutation) -> BTreeMap<String, LedgerE
         config("northeurope"),
         db.store("northeurope"),
         clock.clone(),
-        NoBus,
+        NullBus,
         OnePerPage(vec![a1, a2], Default::default()),
     );
     block_on(b.start()).unwrap();

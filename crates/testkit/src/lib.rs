@@ -8,12 +8,22 @@
 //!   the rest drained.
 //! - [`KillOnDrop`]: a child process killed and reaped when the test ends, even by a panic.
 //! - [`workspace_binary`]: another crate's binary, built beforehand (`cargo build --bins`).
+//! - [`proptest_cases`]: how many cases a property runs (`PROPTEST_CASES`, else the suite's).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// How many cases each property of a suite runs: `PROPTEST_CASES` when it is set to a number
+/// (a quick local run, or a long one hunting a rare case), else the suite's `default`.
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default)
+}
 
 /// How often [`until`] and [`until_blocking`] look again.
 const EVERY: Duration = Duration::from_millis(100);

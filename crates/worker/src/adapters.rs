@@ -8,13 +8,13 @@ use saldo_core::views::{LedgerPage, NodeStatusView};
 use saldo_publish::Publisher;
 use serde_json::Value;
 
-use crate::node::{Bus, PeerClient};
+use crate::node::{Bus, BusError, PeerClient, PeerError};
 
 impl Bus for Publisher {
-    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
+    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), BusError> {
         Publisher::publish(self, &events)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| BusError::caused_by(e.to_string(), e))
     }
 }
 
@@ -36,35 +36,35 @@ impl HttpPeers {
         HttpPeers { http, key }
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, String> {
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, PeerError> {
         let mut req = self.http.get(&url);
         if let Some(k) = &self.key {
             req = req.header("x-functions-key", k);
         }
         let resp = saldo_telemetry::http::send(req)
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| PeerError::caused_by(format!("GET {url}: {e}"), e))?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
-            return Err(format!(
+            return Err(PeerError::new(format!(
                 "GET {url}: {status}: {}",
                 body.chars().take(200).collect::<String>()
-            ));
+            )));
         }
         resp.json()
             .await
-            .map_err(|e| format!("GET {url}: unreadable answer: {e}"))
+            .map_err(|e| PeerError::caused_by(format!("GET {url}: unreadable answer: {e}"), e))
     }
 }
 
 impl PeerClient for HttpPeers {
-    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
+    async fn status(&self, url: &str) -> Result<NodeStatusView, PeerError> {
         self.get(format!("{}/api/status", url.trim_end_matches('/')))
             .await
     }
 
-    async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, String> {
+    async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, PeerError> {
         self.get(format!(
             "{}/api/ledger?after={after}&limit={limit}",
             url.trim_end_matches('/')

@@ -8,13 +8,18 @@
 //! - [`http`]: the axum router (the Functions custom handler's routes).
 //! - [`settings`]: configuration from the environment.
 //! - [`adapters`]: the real clock, bus (Event Grid publisher) and peer client (HTTP).
+//! - `testing` (feature `testing`): test doubles of the bus and the peer client, shared by the
+//!   worker's and the simulation's suites.
 
 pub mod adapters;
 pub mod http;
 pub mod intake;
 pub mod node;
 pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use node::{
-    Bus, Clock, Config, Delivery, ManualClock, Node, NodeError, PeerClient, SystemClock,
+    Bus, BusError, Clock, Config, Delivery, ManualClock, Node, NodeError, PeerClient, PeerError,
+    SystemClock,
 };

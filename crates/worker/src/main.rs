@@ -74,17 +74,9 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on http://127.0.0.1:{port}");
     tracing::info!(node = %settings.config.node, region = %settings.config.region, port, "saldo-worker listening");
     axum::serve(listener, saldo_worker::http::app(node))
-        .with_graceful_shutdown(async {
-            // Ctrl-C, or SIGTERM (what the Functions host sends): a graceful stop lets the
-            // telemetry guard flush its last batch.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("install SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
+        // Ctrl-C, or SIGTERM (what the Functions host sends): a graceful stop lets the
+        // telemetry guard flush its last batch.
+        .with_graceful_shutdown(saldo_process::terminated())
         .await?;
     Ok(())
 }

@@ -1,38 +1,14 @@
 //! The worker's router in-process over real HTTP (port 0), against a real SecantusDB.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::Utc;
-use saldo_core::events::EventGridEvent;
-use saldo_core::views::{LedgerEntryView, LedgerPage, NodeStatusView, ProductView};
+use saldo_core::views::{LedgerEntryView, LedgerPage, ProductView};
 use saldo_store::test_util::{Secantus, spawn_secantus};
 use saldo_store::{MongoStore, Store};
-use saldo_worker::{Bus, Config, Node, PeerClient, SystemClock};
+use saldo_worker::testing::{Captured, NoPeers};
+use saldo_worker::{Config, Node, SystemClock};
 use serde_json::{Value, json};
-
-/// Captures what the node publishes, after `delay_ms` (a slow topic).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<EventGridEvent<Value>>>>, Arc<AtomicU64>);
-impl Bus for Captured {
-    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
-        let delay = self.1.load(Ordering::Relaxed);
-        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-        self.0.lock().unwrap().extend(events);
-        Ok(())
-    }
-}
-
-/// No peers reachable.
-struct NoPeers;
-impl PeerClient for NoPeers {
-    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
-        Err(format!("{url}: no peers in this test"))
-    }
-    async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, String> {
-        Err(format!("{url}: no peers in this test"))
-    }
-}
 
 struct Fixture {
     db: Secantus,
@@ -214,7 +190,7 @@ async fn bad_deliveries_are_400_and_write_nothing() {
         .unwrap();
     assert_eq!(r.status(), 400);
     f.nothing_written().await;
-    assert!(f.bus.0.lock().unwrap().is_empty());
+    assert!(f.bus.published().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +373,7 @@ async fn commands_execute_once_and_redelivery_is_recognised() {
     assert_eq!(f.get("/api/ledger/nope").await.0, 404);
 
     // Completions were published, with deterministic ids, and the outbox is empty.
-    let published = f.bus.0.lock().unwrap().clone();
+    let published = f.bus.published();
     let completions: Vec<_> = published
         .iter()
         .filter(|e| e.event_type == "transactionCompleted")
@@ -442,7 +418,8 @@ async fn commands_execute_once_and_redelivery_is_recognised() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_whose_caller_gives_up_still_finishes_its_work() {
     let f = fixture().await;
-    f.bus.1.store(1_500, Ordering::Relaxed);
+    f.bus
+        .delay_publishing(std::time::Duration::from_millis(1_500));
     let stock = command(
         "slow-1",
         json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}]),
@@ -459,14 +436,14 @@ async fn a_delivery_whose_caller_gives_up_still_finishes_its_work() {
         "the caller timed out: {gave_up:?}"
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while f.bus.0.lock().unwrap().is_empty() {
+    while f.bus.published().is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the completion of a delivery whose caller gave up was never published"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let published = f.bus.0.lock().unwrap().clone();
+    let published = f.bus.published();
     assert_eq!(published.len(), 1);
     assert_eq!(
         published[0].id,
@@ -530,9 +507,7 @@ async fn peers_outcomes_heartbeats_and_timers() {
     assert_eq!(body["Outputs"], json!({}));
     assert!(
         f.bus
-            .0
-            .lock()
-            .unwrap()
+            .published()
             .iter()
             .any(|e| e.event_type == "nodeHeartbeat")
     );

@@ -14,38 +14,18 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
-use saldo_core::events::{EventGridEvent, SaldoEvent, parse_event};
-use saldo_core::views::{LedgerPage, NodeStatusView};
+use saldo_core::events::{SaldoEvent, parse_event};
 use saldo_store::{MemDb, Store};
-use saldo_worker::{Bus, Config, ManualClock, Node, PeerClient};
+use saldo_worker::testing::{NoPeers, NullBus};
+use saldo_worker::{Config, ManualClock, Node};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const NODE: &str = "westeurope";
 const VALIDATION: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 
-struct NullBus;
-impl Bus for NullBus {
-    async fn publish(&self, _: Vec<EventGridEvent<Value>>) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-struct NoPeers;
-impl PeerClient for NoPeers {
-    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
-        Err(format!("{url}: no peers in this test"))
-    }
-    async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, String> {
-        Err(format!("{url}: no peers in this test"))
-    }
-}
-
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256)
+    saldo_testkit::proptest_cases(256)
 }
 
 fn small_json() -> impl Strategy<Value = Value> {

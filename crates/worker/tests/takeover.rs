@@ -1,32 +1,13 @@
 //! Ranking and takeover between two nodes over the in-memory store with a manual clock.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
-use saldo_core::events::EventGridEvent;
 use saldo_core::ledger::ranking;
-use saldo_core::views::{LedgerPage, NodeStatusView};
-use saldo_store::{MemDb, MemStore};
-use saldo_worker::{Bus, Clock, Config, ManualClock, Node, PeerClient};
+use saldo_store::{MemDb, MemStore, Store};
+use saldo_worker::testing::{Captured, NoPeers};
+use saldo_worker::{Clock, Config, ManualClock, Node};
 use serde_json::{Value, json};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<EventGridEvent<Value>>>>);
-impl Bus for Captured {
-    async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), String> {
-        self.0.lock().unwrap().extend(events);
-        Ok(())
-    }
-}
-struct NoPeers;
-impl PeerClient for NoPeers {
-    async fn status(&self, url: &str) -> Result<NodeStatusView, String> {
-        Err(url.to_string())
-    }
-    async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, String> {
-        Err(url.to_string())
-    }
-}
 
 type TestNode = Node<MemStore, ManualClock, Captured, NoPeers>;
 
@@ -118,6 +99,58 @@ async fn the_next_in_line_takes_over_after_the_deadline_and_skips_dead_nodes() {
     assert_eq!(a.counters_snapshot()["executed"], 0);
 }
 
+/// The ledger is the outbox: a completion whose publish failed after the execution stays
+/// unpublished in the ledger, a sweep while the topic is still away reports the failure (with
+/// the transport's error as its source) and marks nothing, and the first sweep after the topic
+/// is back publishes it, under the event id the first attempt used. One node and no peers, so
+/// nothing but the outbox can deliver it.
+#[tokio::test]
+async fn a_completion_whose_publish_failed_is_republished_by_the_sweep() {
+    use std::error::Error;
+    let db = MemDb::new();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let a = node(&db, &clock, "a");
+    a.start().await.unwrap();
+    a.bus.fail_publishing(true);
+    let cmd = json!([{"id": "tx-outbox", "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
+                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    let d = a.handle_delivery(&cmd).await.unwrap();
+    assert!(
+        matches!(d, saldo_worker::Delivery::Accepted { executed: 1, .. }),
+        "a failed publish does not fail the delivery: {d:?}"
+    );
+    assert!(a.bus.published().is_empty());
+    assert_eq!(
+        a.store.unpublished(10).await.unwrap().len(),
+        1,
+        "the outcome waits in the ledger"
+    );
+
+    let e = a.sweep().await.expect_err("the topic is still away");
+    assert!(matches!(e, saldo_worker::NodeError::Publish(_)), "{e:?}");
+    let cause = e.source().and_then(Error::source).map(ToString::to_string);
+    assert_eq!(cause.as_deref(), Some("connection refused"), "{e}");
+    assert_eq!(
+        a.store.unpublished(10).await.unwrap().len(),
+        1,
+        "nothing is marked published while it fails"
+    );
+
+    a.bus.fail_publishing(false);
+    let report = a.sweep().await.unwrap();
+    assert_eq!((report.executed, report.republished), (0, 1));
+    let published = a.bus.published();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].event_type, "transactionCompleted");
+    assert_eq!(
+        published[0].id,
+        saldo_worker::node::completion_event_id("tx-outbox")
+    );
+    assert_eq!(a.store.unpublished(10).await.unwrap().len(), 0);
+    assert_eq!(a.counters_snapshot()["publishRetries"], 1);
+    assert_eq!(db.applied().len(), 1, "executed once");
+}
+
 /// Contention is not an outage: a sweep whose execution of one transaction stays contended
 /// through the store's retries goes on with the others and the outbox, and counts it.
 #[tokio::test]
@@ -158,11 +191,7 @@ async fn a_contended_execution_does_not_stop_the_sweep() {
     assert_eq!(report.executed, 2);
     assert_eq!(db.markers().len(), 2);
     assert_eq!(a.counters_snapshot()["contended"], 1);
-    assert_eq!(
-        a.bus.0.lock().unwrap().len(),
-        2,
-        "both completions published"
-    );
+    assert_eq!(a.bus.published().len(), 2, "both completions published");
     // The next sweep takes the third.
     assert_eq!(a.sweep().await.unwrap().executed, 1);
     assert_eq!(db.markers().len(), 3);
@@ -295,14 +324,7 @@ async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
         own.entry("t-1").await.unwrap().unwrap().outcome.is_none(),
         "the outcome record failed"
     );
-    let published: Vec<String> = a
-        .bus
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.id.clone())
-        .collect();
+    let published: Vec<String> = a.bus.published().iter().map(|e| e.id.clone()).collect();
     assert_eq!(
         published,
         vec![completion_event_id("t-1")],
@@ -320,14 +342,7 @@ async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
         "the sweep recorded the marker's outcome"
     );
     assert!(entry.published);
-    let published: Vec<String> = a
-        .bus
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.id.clone())
-        .collect();
+    let published: Vec<String> = a.bus.published().iter().map(|e| e.id.clone()).collect();
     assert_eq!(published, vec![completion_event_id("t-1"); 2]);
     assert_eq!(db.applied().len(), 1, "executed once");
 }

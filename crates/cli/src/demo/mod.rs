@@ -69,14 +69,9 @@ pub struct DemoArgs {
     /// With --azure: the shop's API base URL (the Static Web App's URL).
     #[arg(long)]
     api: Option<String>,
-    /// With --azure: the Cosmos DB connection string, for the catch-up and the audit.
-    #[arg(long, env = "SALDO_MONGODB_URI")]
-    mongodb: Option<String>,
-    #[arg(long, default_value = "saldo")]
-    database: String,
-    /// With --azure: each region's worker as NAME=URL (repeat).
-    #[arg(long = "node")]
-    nodes: Vec<String>,
+    /// With --azure: the Cosmos DB (for the catch-up and the audit) and each region's worker.
+    #[command(flatten)]
+    db: verify::DatabaseArgs,
     /// With --azure: extra arguments for infra/scripts/region (e.g. --prefix p).
     #[arg(long, allow_hyphen_values = true)]
     script_args: Vec<String>,
@@ -186,6 +181,22 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
     let purchases = shoppers.await.context("the shoppers' task failed")?;
     let (missed, catchup_time) = catchup.await.context("the catch-up watch failed")??;
 
+    let caught_up = CatchUp {
+        missed,
+        took: catchup_time,
+    };
+    audit(&t, &args, start, &purchases, &outage, &caught_up).await
+}
+
+/// Step 5: audits the database and prints the closing table; the exit code is its verdict.
+async fn audit(
+    t: &Target,
+    args: &DemoArgs,
+    start: Instant,
+    purchases: &[Purchase],
+    outage: &Outage,
+    caught_up: &CatchUp,
+) -> Result<ExitCode> {
     say(start, "step 5/5: auditing the database (saldo verify)");
     let report = crate::chaos::settle_verify(
         &t.src,
@@ -194,19 +205,7 @@ pub async fn demo(root: &Path, repo: &Path, args: DemoArgs) -> Result<ExitCode> 
     )
     .await?;
     report.print();
-
-    let caught_up = CatchUp {
-        missed,
-        took: catchup_time,
-    };
-    let ok = print_figures(
-        &args,
-        &t.node_name,
-        &purchases,
-        &outage,
-        &report,
-        &caught_up,
-    );
+    let ok = print_figures(args, &t.node_name, purchases, outage, &report, caught_up);
     println!();
     if ok {
         println!("saldo demo: nothing lost, nothing applied twice, stock never negative");
@@ -263,26 +262,13 @@ async fn target(
             .api
             .as_deref()
             .context("--azure needs --api <the shop's URL>")?;
-        let uri = args
-            .mongodb
-            .clone()
+        let src = args
+            .db
+            .source()?
             .context("--azure needs --mongodb <connection string> (or SALDO_MONGODB_URI)")?;
-        let nodes = args
-            .nodes
-            .iter()
-            .map(|n| {
-                n.split_once('=')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .with_context(|| format!("--node {n:?}: give NAME=URL"))
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(Some(Target {
             shop: Shop::new(api)?,
-            src: verify::Source {
-                uri,
-                database: args.database.clone(),
-                nodes,
-            },
+            src,
             control,
             node_name: args.region.clone(),
             manifest: None,

@@ -43,7 +43,7 @@ mod command;
 mod read;
 
 pub use checks::check;
-pub use command::{VerifyArgs, verify};
+pub use command::{DatabaseArgs, VerifyArgs, verify};
 pub use read::{Source, read};
 
 /// Upper bound on the documents read from one collection: beyond it the audit refuses rather

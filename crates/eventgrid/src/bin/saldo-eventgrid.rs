@@ -93,17 +93,9 @@ async fn main() -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
     axum::serve(listener, app(topic))
-        .with_graceful_shutdown(async {
-            // Ctrl-C or SIGTERM (how `saldo up` stops it). Nothing needs flushing: every
-            // accepted event is already on disk.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("install the SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
+        // Ctrl-C or SIGTERM (how `saldo up` stops it). Nothing needs flushing: every accepted
+        // event is already on disk.
+        .with_graceful_shutdown(saldo_process::terminated())
         .await?;
     Ok(())
 }

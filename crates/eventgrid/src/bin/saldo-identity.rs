@@ -162,15 +162,7 @@ async fn main() -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("install the SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
+        .with_graceful_shutdown(saldo_process::terminated())
         .await?;
     Ok(())
 }

@@ -75,6 +75,14 @@ impl Stack {
     /// Starts every wanted component that exists, health-checks each, and writes the manifest.
     /// On any failure, everything already started is stopped again before the error returns.
     pub async fn start(config: StackConfig) -> Result<Stack> {
+        let mut stack = Stack::open(config)?;
+        let started = stack.start_all().await;
+        stack.started_or_stopped(started).await
+    }
+
+    /// The stack before anything starts: its folders, the pid file that marks it running, its
+    /// keys and remembered ports.
+    fn open(config: StackConfig) -> Result<Stack> {
         config.validate()?;
         for dir in ["logs", "data", "deadletter"] {
             std::fs::create_dir_all(config.root.join(dir))
@@ -99,7 +107,7 @@ impl Stack {
             pid: std::process::id(),
             ..Default::default()
         };
-        let mut stack = Stack {
+        Ok(Stack {
             config,
             manifest,
             running: Vec::new(),
@@ -107,11 +115,16 @@ impl Stack {
             keys,
             remembered,
             lock: Some(lock),
-        };
-        match stack.start_all().await {
-            Ok(()) => Ok(stack),
+        })
+    }
+
+    /// The stack, if starting it went well (`started`); otherwise everything already started is
+    /// stopped again, and the pid file and manifest removed, before the error returns.
+    async fn started_or_stopped(mut self, started: Result<()>) -> Result<Stack> {
+        match started {
+            Ok(()) => Ok(self),
             Err(e) => {
-                stack.stop().await;
+                self.stop().await;
                 Err(e)
             }
         }
@@ -254,5 +267,94 @@ impl Drop for Stack {
             let _ = std::fs::remove_file(Manifest::path(&self.config.root));
             let _ = std::fs::remove_file(lock);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::Health;
+
+    /// A component that sleeps, healthy as soon as `health` answers.
+    fn spec(name: &str, program: &str, args: &[&str], health: Health) -> Spec {
+        Spec {
+            name: name.into(),
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            cwd: None,
+            health,
+            ready_timeout: Duration::from_secs(5),
+            endpoint: String::new(),
+        }
+    }
+
+    /// `saldo up` either starts everything or leaves nothing: a component that fails half-way
+    /// through stops the ones already started (their process groups are gone) and removes the
+    /// pid file, so the failed start leaves no process behind and no stack "running".
+    #[tokio::test]
+    async fn a_component_failing_half_way_stops_what_was_already_started() {
+        // A health endpoint that answers 200 to anything.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut c, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        // What `validate` recognises the repository by; no component of it is started here.
+        std::fs::create_dir(dir.path().join("functions-host")).unwrap();
+        let mut config = StackConfig::new(dir.path(), dir.path());
+        config.root = dir.path().join("state");
+        let mut stack = Stack::open(config).unwrap();
+        let pid_file = stack.config.root.join("saldo.pid");
+        assert!(pid_file.is_file());
+
+        let started = async {
+            stack
+                .launch(spec(
+                    "first",
+                    "/usr/bin/sleep",
+                    &["600"],
+                    Health::spa(url.trim_end_matches('/')),
+                ))
+                .await?;
+            stack
+                // Exits at once, and nothing answers its health check.
+                .launch(spec(
+                    "second",
+                    "/usr/bin/false",
+                    &[],
+                    Health::spa("http://127.0.0.1:1"),
+                ))
+                .await
+        }
+        .await;
+        let first = stack.table()[0].1;
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), None).is_ok(),
+            "the first component ran"
+        );
+        let e = stack
+            .started_or_stopped(started)
+            .await
+            .err()
+            .expect("the start failed");
+        assert!(
+            e.to_string().contains("second exited during start-up"),
+            "{e:#}"
+        );
+        // Its group is gone: no process of it left (a signal to the group finds nobody).
+        assert!(
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(first), None).is_err(),
+            "the first component's group outlived the failed start"
+        );
+        assert!(!pid_file.exists(), "a failed start leaves no stack running");
     }
 }

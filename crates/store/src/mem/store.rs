@@ -8,9 +8,18 @@ use saldo_core::events::ProductLine;
 use saldo_core::stock::StockDecision;
 use saldo_core::views::ProductView;
 
-use super::{Applied, MemStore, Mutation, check_held, clamp, ms};
+use super::{Applied, Inner, MemStore, Mutation, check_held, clamp, ms};
 use crate::model::*;
 use crate::{MAX_PRODUCTS, Quarantined, Result, Store, decide};
+
+/// The entries of `node`'s ledger that `keep` selects, cloned, in transaction order (none for a
+/// node that has no ledger yet); each read sorts them as its index would.
+fn ledger_entries(db: &Inner, node: &str, keep: impl Fn(&LedgerEntry) -> bool) -> Vec<LedgerEntry> {
+    db.ledgers
+        .get(node)
+        .map(|l| l.entries.values().filter(|e| keep(e)).cloned().collect())
+        .unwrap_or_default()
+}
 
 impl Store for MemStore {
     async fn quarantine(&self, events: &[Quarantined]) -> Result<()> {
@@ -165,17 +174,7 @@ impl Store for MemStore {
 
     async fn pending(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
         self.op("pending", |db, node| {
-            let mut v: Vec<LedgerEntry> = db
-                .ledgers
-                .get(node)
-                .map(|l| {
-                    l.entries
-                        .values()
-                        .filter(|e| e.outcome.is_none())
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut v = ledger_entries(db, node, |e| e.outcome.is_none());
             v.sort_by(|a, b| {
                 a.received_at
                     .cmp(&b.received_at)
@@ -189,17 +188,7 @@ impl Store for MemStore {
 
     async fn unpublished(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
         self.op("unpublished", |db, node| {
-            let mut v: Vec<LedgerEntry> = db
-                .ledgers
-                .get(node)
-                .map(|l| {
-                    l.entries
-                        .values()
-                        .filter(|e| !e.published)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut v = ledger_entries(db, node, |e| !e.published);
             v.sort_by_key(|e| e.seq);
             v.truncate(clamp(limit));
             Ok(v)
@@ -219,17 +208,7 @@ impl Store for MemStore {
 
     async fn page(&self, after: u64, limit: usize) -> Result<Vec<LedgerEntry>> {
         self.op("page", |db, node| {
-            let mut v: Vec<LedgerEntry> = db
-                .ledgers
-                .get(node)
-                .map(|l| {
-                    l.entries
-                        .values()
-                        .filter(|e| e.seq > after)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut v = ledger_entries(db, node, |e| e.seq > after);
             // (Ties, possible only mutated, in transaction order, as an index would.)
             v.sort_by(|a, b| a.seq.cmp(&b.seq).then(a.transaction.cmp(&b.transaction)));
             v.truncate(clamp(limit));
@@ -240,11 +219,7 @@ impl Store for MemStore {
 
     async fn recent(&self, limit: usize) -> Result<Vec<LedgerEntry>> {
         self.op("recent", |db, node| {
-            let mut v: Vec<LedgerEntry> = db
-                .ledgers
-                .get(node)
-                .map(|l| l.entries.values().cloned().collect())
-                .unwrap_or_default();
+            let mut v = ledger_entries(db, node, |_| true);
             v.sort_by_key(|e| std::cmp::Reverse(e.seq));
             v.truncate(clamp(limit));
             Ok(v)

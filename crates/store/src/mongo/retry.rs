@@ -188,7 +188,46 @@ impl MongoStore {
 
 #[cfg(test)]
 mod tests {
+    use mongodb::bson::doc;
+
     use super::*;
+
+    /// A server's answer with `code`, as the driver reports a failed command.
+    fn server_error(code: i32) -> mongodb::error::Error {
+        let c: mongodb::error::CommandError =
+            mongodb::bson::from_document(doc! {"code": code, "codeName": "X", "errmsg": "refused"})
+                .expect("a command error");
+        mongodb::error::Error::from(ErrorKind::Command(c))
+    }
+
+    /// SecantusDB never throttles, so no test over a server sees a 16500: what the store does
+    /// with one is pinned here. Throttling and conflicts are retried; throttling that outlasts
+    /// the retries is an outage (503), a conflict that does is contention.
+    #[test]
+    fn throttling_is_retried_and_then_unavailable_a_conflict_contended() {
+        let throttled = server_error(TOO_MANY_REQUESTS);
+        assert!(retryable(&throttled));
+        assert!(matches!(
+            classify("insert", throttled),
+            StoreError::Unavailable(_)
+        ));
+        let conflict = server_error(WRITE_CONFLICT);
+        assert!(retryable(&conflict));
+        assert!(matches!(
+            classify("insert", conflict),
+            StoreError::Contended(_)
+        ));
+        let other = server_error(2);
+        assert!(!retryable(&other));
+        assert!(matches!(classify("insert", other), StoreError::Failed(_)));
+    }
+
+    #[test]
+    fn the_retry_schedule_is_bounded() {
+        let delays: Vec<Duration> = backoff_schedule().collect();
+        assert_eq!(delays.len(), MAX_ATTEMPTS - 1);
+        assert!(delays.iter().all(|d| *d < 2 * BACKOFF_CAP), "{delays:?}");
+    }
 
     /// Whatever the jitter draws, a transaction's retries sleep at least as long as the
     /// database keeps a stalled writer's transaction, and never past the budget.

@@ -54,7 +54,7 @@ pub use counters::Counters;
 pub use delivery::{Delivery, SUBSCRIPTION_DELETED, SUBSCRIPTION_VALIDATION};
 pub use error::NodeError;
 pub use outbox::{COMPLETION_SUBJECT, completion_event, completion_event_id};
-pub use ports::{Bus, Clock, ManualClock, PeerClient, SystemClock};
+pub use ports::{Bus, BusError, Clock, ManualClock, PeerClient, PeerError, SystemClock};
 pub use sweep::SweepReport;
 
 use liveness::PeerCache;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use saldo_core::events::EventGridEvent;
 use saldo_core::views::{LedgerPage, NodeStatusView};
+use saldo_store::Detail;
 use serde_json::Value;
 
 /// Wall-clock time, injected so tests and the simulation control it.
@@ -48,16 +49,59 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(
         &self,
         events: Vec<EventGridEvent<Value>>,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
 }
+
+/// Why a publish failed (the events may or may not have been delivered). `Display` is the
+/// message; the publisher's error, when there is one, is the source, so that whoever logs a
+/// [`NodeError::Publish`](crate::NodeError::Publish) can walk down to the transport's failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(transparent)]
+pub struct BusError(Detail);
+
+/// Why a call to a peer failed: unreachable, an error status, or an answer that is not what a
+/// node serves. `Display` is the message, the HTTP client's (or decoder's) error the source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(transparent)]
+pub struct PeerError(Detail);
+
+macro_rules! port_error {
+    ($t:ident) => {
+        impl $t {
+            /// An error with no error beneath it (a refusal described by its message).
+            pub fn new(message: impl Into<String>) -> Self {
+                $t(Detail::new(message))
+            }
+            /// An error caused by `cause`, which stays reachable through `source()`.
+            pub fn caused_by(
+                message: impl Into<String>,
+                cause: impl std::error::Error + Send + Sync + 'static,
+            ) -> Self {
+                $t(Detail::caused_by(message, cause))
+            }
+        }
+        impl From<&str> for $t {
+            fn from(message: &str) -> Self {
+                $t::new(message)
+            }
+        }
+        impl From<String> for $t {
+            fn from(message: String) -> Self {
+                $t::new(message)
+            }
+        }
+    };
+}
+port_error!(BusError);
+port_error!(PeerError);
 
 /// How a node talks to its peers directly (catch-up).
 pub trait PeerClient: Send + Sync + 'static {
-    fn status(&self, url: &str) -> impl Future<Output = Result<NodeStatusView, String>> + Send;
+    fn status(&self, url: &str) -> impl Future<Output = Result<NodeStatusView, PeerError>> + Send;
     fn ledger(
         &self,
         url: &str,
         after: u64,
         limit: usize,
-    ) -> impl Future<Output = Result<LedgerPage, String>> + Send;
+    ) -> impl Future<Output = Result<LedgerPage, PeerError>> + Send;
 }

@@ -1,135 +1,15 @@
-//! Durability: one append-only log (`<data-dir>/events.wal`), one JSON record per line.
-//!
-//! - `pub`: accepted events with the subscriptions each must reach. Written and fsync'd before
-//!   the publisher gets its 200 (group commit: one fsync covers every record waiting).
-//! - `try`: a failed attempt (new attempt count and when the next one is due), so retries keep
-//!   their schedule across a restart.
-//! - `done`: delivered, dead-lettered or dropped for one subscription.
-//! - `unsub`: a subscription was deleted; its pending events go with it.
-//!
-//! `try`, `done` and `unsub` are not fsync'd on their own: losing one to a crash only means a
-//! duplicate delivery, which Event Grid allows anyway (at least once).
-//!
-//! Replaying the log gives the pending work ([`Replay`]); the same replay compacts the log when
-//! it has grown (rewrite the pending work as `pub` records into a new file, fsync, rename), so
-//! the disk used stays proportional to what is still pending. The replay is an index (sequence
-//! number, publish time, targets): the events' JSON is never all in memory at once, it is
-//! streamed from the file when compacting ([`Replay::write_compacted`]) and when restoring
-//! ([`Replay::for_each_pending`]), so a large backlog (a stopped subscriber) costs bounded memory.
+//! The pending work a log describes (an index: sequence, publish time, targets; the events'
+//! JSON stays in the file), read back at start and when compacting, and the compaction itself.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
-
-/// One subscription an event still has to reach. (The keys on disk are short, as the log holds
-/// one per event and subscription; the serde renames keep them.)
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Target {
-    pub sub: String,
-    /// Attempts made so far.
-    #[serde(default, rename = "n")]
-    pub attempts: u32,
-    /// When the next attempt is due (ms since the epoch).
-    pub due: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PubItem {
-    pub seq: u64,
-    /// Publish time, ms since the epoch.
-    #[serde(rename = "pt")]
-    pub publish_ms: i64,
-    #[serde(rename = "subs")]
-    pub targets: Vec<Target>,
-    #[serde(rename = "ev")]
-    pub event: Box<RawValue>,
-}
-
-/// What a log line records (`t` on disk).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RecordKind {
-    /// Accepted events and the subscriptions each must reach.
-    #[default]
-    #[serde(rename = "pub")]
-    Publish,
-    /// A failed attempt: the new attempt count and when the next one is due.
-    #[serde(rename = "try")]
-    Attempt,
-    /// Delivered, dead-lettered or dropped for one subscription.
-    #[serde(rename = "done")]
-    Done,
-    /// A subscription was deleted; its pending events go with it.
-    #[serde(rename = "unsub")]
-    Unsubscribe,
-}
-
-/// A log line. A flat struct rather than a tagged enum: serde's tagged enums cannot carry a
-/// `RawValue` (the event is kept as the exact JSON text it was accepted as).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Record {
-    #[serde(rename = "t")]
-    pub kind: RecordKind,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub items: Vec<PubItem>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sub: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub seqs: Vec<u64>,
-    /// For an attempt: the attempts made so far.
-    #[serde(default, rename = "n")]
-    pub attempts: u32,
-    /// For an attempt: when the next one is due (ms since the epoch).
-    #[serde(default)]
-    pub due: i64,
-}
-
-impl Record {
-    pub fn publish(items: Vec<PubItem>) -> Self {
-        Self {
-            kind: RecordKind::Publish,
-            items,
-            ..Default::default()
-        }
-    }
-    pub fn attempt(sub: &str, seqs: Vec<u64>, attempts: u32, due: i64) -> Self {
-        Self {
-            kind: RecordKind::Attempt,
-            sub: Some(sub.into()),
-            seqs,
-            attempts,
-            due,
-            ..Default::default()
-        }
-    }
-    pub fn done(sub: &str, seqs: Vec<u64>) -> Self {
-        Self {
-            kind: RecordKind::Done,
-            sub: Some(sub.into()),
-            seqs,
-            ..Default::default()
-        }
-    }
-    pub fn unsubscribe(sub: &str) -> Self {
-        Self {
-            kind: RecordKind::Unsubscribe,
-            sub: Some(sub.into()),
-            ..Default::default()
-        }
-    }
-    pub fn line(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec(self).expect("records serialise");
-        v.push(b'\n');
-        v
-    }
-}
+use super::record::{PubItem, Record, RecordKind, Target};
 
 /// An event that is still pending for at least one subscription (its JSON stays in the file).
 #[derive(Debug)]
@@ -297,10 +177,10 @@ impl Replay {
                 continue;
             }
             for it in r.items {
-                if let Some(pe) = self.events.get(&it.seq)
+                if let Some(pending) = self.events.get(&it.seq)
                     && seen.insert(it.seq)
                 {
-                    f(it.seq, pe, it.event)?;
+                    f(it.seq, pending, it.event)?;
                 }
             }
         }
@@ -359,143 +239,6 @@ impl Replay {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
-    }
-}
-
-struct Append {
-    line: Vec<u8>,
-    /// Present when the caller waits until the line is on disk.
-    synced: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-/// Handle to the log's writer thread (one thread owns the file; callers send lines).
-#[derive(Clone)]
-pub struct Wal {
-    tx: mpsc::Sender<Append>,
-    /// fsyncs done so far (the benchmark prints fsyncs per accepted event).
-    fsyncs: Arc<AtomicU64>,
-    /// Records handed to the writer, and records it has taken out of its queue and written
-    /// (or failed to): their difference is what a crash right now could lose, so tests wait
-    /// for it to be 0 instead of sleeping ([`Wal::queued`]).
-    enqueued: Arc<AtomicU64>,
-    processed: Arc<AtomicU64>,
-}
-
-/// Lines waiting for the writer. Bounded: a slow disk slows publishers down instead of
-/// growing memory.
-const QUEUE: usize = 8192;
-
-impl Wal {
-    /// Starts the writer on `path` (already compacted by the caller). The log is compacted
-    /// again whenever it exceeds `compact_bytes` and has doubled since the last compaction.
-    pub fn start(path: PathBuf, compact_bytes: u64) -> io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let (tx, mut rx) = mpsc::channel::<Append>(QUEUE);
-        let fsyncs = Arc::new(AtomicU64::new(0));
-        let counted = fsyncs.clone();
-        let processed = Arc::new(AtomicU64::new(0));
-        let done = processed.clone();
-        std::thread::Builder::new().name("eventgrid-wal".into()).spawn(move || {
-            let mut file = file;
-            let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut threshold = compact_bytes.max(size * 2);
-            while let Some(first) = rx.blocking_recv() {
-                let mut batch = vec![first];
-                while batch.len() < 1024 {
-                    match rx.try_recv() {
-                        Ok(a) => batch.push(a),
-                        Err(_) => break,
-                    }
-                }
-                let mut result: io::Result<()> = Ok(());
-                let mut buf = Vec::with_capacity(batch.iter().map(|a| a.line.len()).sum());
-                for a in &batch {
-                    buf.extend_from_slice(&a.line);
-                }
-                result = result.and_then(|_| file.write_all(&buf));
-                if result.is_ok() && batch.iter().any(|a| a.synced.is_some()) {
-                    result = file.sync_data();
-                    counted.fetch_add(1, Ordering::Relaxed);
-                }
-                size += buf.len() as u64;
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "writing the event log failed");
-                }
-                done.fetch_add(batch.len() as u64, Ordering::SeqCst);
-                for a in batch {
-                    if let Some(s) = a.synced {
-                        let _ = s.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                    }
-                }
-                if result.is_ok() && size > threshold {
-                    match Replay::read(&path).and_then(|r| r.write_compacted(&path).map(|_| r)) {
-                        Ok(r) => {
-                            match OpenOptions::new().append(true).open(&path) {
-                                Ok(f) => file = f,
-                                Err(e) => tracing::error!(error = %e, "reopening the event log failed"),
-                            }
-                            size = file.metadata().map(|m| m.len()).unwrap_or(0);
-                            threshold = compact_bytes.max(size * 2);
-                            tracing::info!(pending = r.events.len(), bytes = size, "event log compacted");
-                        }
-                        Err(e) => tracing::error!(error = %e, "compacting the event log failed; will retry"),
-                    }
-                }
-            }
-        })?;
-        Ok(Self {
-            tx,
-            fsyncs,
-            enqueued: Arc::new(AtomicU64::new(0)),
-            processed,
-        })
-    }
-
-    /// How many fsyncs the writer has done.
-    pub fn fsyncs(&self) -> u64 {
-        self.fsyncs.load(Ordering::Relaxed)
-    }
-
-    /// Records appended that the writer has not yet written to the file (`walQueued` in
-    /// `/metrics`). Every record appended before this reads 0 is in the file (the page cache at
-    /// least: only `pub` records are fsync'd before their 200).
-    pub fn queued(&self) -> u64 {
-        // Read `processed` first: a record counted there was counted in `enqueued` before.
-        let processed = self.processed.load(Ordering::SeqCst);
-        self.enqueued
-            .load(Ordering::SeqCst)
-            .saturating_sub(processed)
-    }
-
-    /// Appends and waits until the line is on disk.
-    pub async fn append_synced(&self, record: &Record) -> Result<(), String> {
-        self.enqueued.fetch_add(1, Ordering::SeqCst);
-        let (s, r) = oneshot::channel();
-        self.tx
-            .send(Append {
-                line: record.line(),
-                synced: Some(s),
-            })
-            .await
-            .map_err(|_| "event log writer stopped".to_string())?;
-        r.await
-            .map_err(|_| "event log writer stopped".to_string())?
-    }
-
-    /// Appends without waiting for the disk.
-    pub async fn append(&self, record: &Record) {
-        self.enqueued.fetch_add(1, Ordering::SeqCst);
-        if self
-            .tx
-            .send(Append {
-                line: record.line(),
-                synced: None,
-            })
-            .await
-            .is_err()
-        {
-            tracing::error!("event log writer stopped; a delivery record was not written");
-        }
     }
 }
 
