@@ -314,6 +314,44 @@ impl TestStack {
         Ok(sum)
     }
 
+    /// One counter summed over the instances of each region, by region.
+    pub async fn counter_by_node(&self, name: &str) -> Result<BTreeMap<String, u64>> {
+        let mut by = BTreeMap::new();
+        for n in &self.manifest().nodes {
+            let mut sum = 0;
+            for url in saldo_stack::stack::instance_urls(n).await {
+                if let Ok(resp) = self.http.get(format!("{url}/api/status")).send().await
+                    && resp.status().is_success()
+                {
+                    let v: serde_json::Value = resp.json().await?;
+                    sum += v["counters"][name].as_u64().unwrap_or(0);
+                }
+            }
+            by.insert(n.name.clone(), sum);
+        }
+        Ok(by)
+    }
+
+    /// Waits until every region has swept at least `n` more times (counter `sweeps`), instead of
+    /// sleeping for "a few sweeps".
+    pub async fn wait_for_sweeps(&self, n: u64) -> Result<()> {
+        let start = self.counter_by_node("sweeps").await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = self.counter_by_node("sweeps").await?;
+            if start
+                .iter()
+                .all(|(k, v)| now.get(k).copied().unwrap_or(0) >= v + n)
+            {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("regions did not sweep {n} more times within 60 s: {start:?} -> {now:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The emulator's `GET /metrics` (`accepted`, `walFsyncs`, and per subscription `delivered`,
     /// `failedAttempts`, ...): what tests wait on instead of sleeping.
     pub async fn topic_metrics(&self) -> Result<serde_json::Value> {

@@ -336,7 +336,7 @@ async fn many_instances_per_region_attempt_each_purchase_once() {
         .collect();
     assert_eq!(hosts.len(), s.manifest().nodes.len(), "{hosts:?}");
     // Let every sweeping instance read its region's records at least once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.wait_for_sweeps(2).await.unwrap();
     let before = (
         s.counter("executed").await.unwrap(),
         s.counter("adopted").await.unwrap(),
@@ -354,8 +354,8 @@ async fn many_instances_per_region_attempt_each_purchase_once() {
     for tx in &txs {
         assert_eq!(everyone_agrees(&s, tx).await["status"], "completed");
     }
-    // Sweeps run every second: give them time to make any wasted attempt.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Give every region's sweeps the chance to make any wasted attempt.
+    s.wait_for_sweeps(3).await.unwrap();
     let after = (
         s.counter("executed").await.unwrap(),
         s.counter("adopted").await.unwrap(),

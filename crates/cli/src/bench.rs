@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// Give up on a purchase that has not completed after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Longest wait between two status polls of one purchase. Each poll costs every node a
+    /// ledger read, on the same database the purchases need: a short cap measures latency
+    /// closely, a long one keeps the benchmark's own reads from becoming the load.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=10_000))]
+    poll_cap_ms: u64,
 }
 
 struct Ctx {
@@ -52,11 +57,11 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
     let m = Manifest::load(root)?;
     let mut shop = crate::load::Shop::local(&m)?;
     // Follow each purchase closely at first (20 ms, then half as long again each time, up to
-    // 250 ms): exact for the fast ones, and the polling does not become the load when
+    // `--poll-cap-ms`): exact for the fast ones, and the polling does not become the load when
     // purchases are slow (a fixed 40 ms made 32 shoppers poll 800 times a second). The reads
     // are counted apart.
     shop.poll_first = Duration::from_millis(20);
-    shop.poll_cap = Duration::from_millis(250);
+    shop.poll_cap = Duration::from_millis(args.poll_cap_ms);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;

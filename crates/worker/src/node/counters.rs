@@ -36,6 +36,9 @@ counters! {
     contended => "contended",
     inline_failed => "inlineFailed",
     published_unrecorded => "publishedUnrecorded",
+    // Sweeps that got past their takeover step (so had read the region's peer records): what
+    // tests wait on instead of sleeping "a few sweeps".
+    sweeps => "sweeps",
 }
 
 pub(super) fn inc(c: &AtomicU64, n: usize) {

@@ -39,6 +39,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let mut report = SweepReport::default();
         // 1. Takeover (and retry of failed inline executions).
         let takeover = self.take_over().await?;
+        inc(&self.counters.sweeps, 1);
         report.executed = takeover.executed;
         if let Some(e @ StoreError::Unavailable(_)) = &takeover.first_error {
             // Publish what did execute; the outage fails this sweep.
