@@ -3,7 +3,7 @@
 //! turn; it comes back on its own, `saldo status` shows the restart and how it died, and a
 //! purchase through the API still completes. A region stopped on purpose is not a death.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use saldo_stack::Manifest;
@@ -16,18 +16,9 @@ fn saldo(root: &std::path::Path) -> Command {
     cmd
 }
 
-/// Kills the supervisor (and so, by their groups, nothing else: see the end of the test) if the
-/// test fails half-way; the components are cleaned up by `saldo down`-like SIGTERM otherwise.
-struct Guard(Child, Vec<i32>);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
+/// Stops the supervisor (SIGTERM: it stops its components) if the test fails half-way, and
+/// keeps the pids of the components the test saw, which the end of the test checks.
+struct Guard(#[allow(dead_code)] saldo_testkit::TerminateOnDrop, Vec<i32>);
 
 /// Buys one orange through the API, retrying the same Idempotency-Key while the stack recovers,
 /// and waits until the purchase completes. Returns the transaction id.
@@ -88,7 +79,13 @@ async fn every_kind_of_component_sigkilled_comes_back_and_purchases_complete() {
         .spawn()
         .expect("saldo up starts");
     let pid = child.id();
-    let mut guard = Guard(child, vec![]);
+    let mut guard = Guard(
+        saldo_testkit::TerminateOnDrop {
+            child,
+            grace: Duration::from_secs(60),
+        },
+        vec![],
+    );
     let m = wait_for(Duration::from_secs(240), "the stack manifest", || async {
         Manifest::load(root).ok().filter(|m| m.pid == pid)
     })

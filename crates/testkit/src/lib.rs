@@ -133,9 +133,83 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A child process asked to stop (SIGTERM) when dropped, given `grace` to exit, then killed;
+/// always reaped. For processes whose shutdown is part of what a test relies on (a host that
+/// stops its handler, a supervisor that stops its components). Derefs to the [`Child`].
+pub struct TerminateOnDrop {
+    pub child: Child,
+    pub grace: Duration,
+}
+
+impl std::ops::Deref for TerminateOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for TerminateOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for TerminateOnDrop {
+    fn drop(&mut self) {
+        // Already reaped: its pid may belong to someone else now, so signal nothing.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gone(pid: u32) -> bool {
+        // Reaped by the guard: no such process any more.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err()
+    }
+
+    /// A process that stops on SIGTERM is stopped so; one that ignores it is killed after the
+    /// grace. Either way it is reaped.
+    #[test]
+    fn terminate_on_drop_asks_then_kills() {
+        let polite = std::process::Command::new("sh")
+            .args(["-c", "trap 'exit 0' TERM; while :; do sleep 0.05; done"])
+            .spawn()
+            .unwrap();
+        let pid = polite.id();
+        std::thread::sleep(Duration::from_millis(200)); // (the trap is set)
+        drop(TerminateOnDrop {
+            child: polite,
+            grace: Duration::from_secs(30),
+        });
+        assert!(gone(pid));
+        let stubborn = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; while :; do sleep 0.05; done"])
+            .spawn()
+            .unwrap();
+        let pid = stubborn.id();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(TerminateOnDrop {
+            child: stubborn,
+            grace: Duration::from_millis(300),
+        });
+        assert!(gone(pid));
+    }
 
     #[tokio::test]
     async fn until_returns_what_it_waited_for() {

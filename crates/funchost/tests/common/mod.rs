@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -61,31 +61,11 @@ pub fn write_app(host: &Value, functions: &[(&str, Value)]) -> tempfile::TempDir
 /// A running saldo-funchost. Dropping it sends SIGTERM and waits (bounded: the host itself gives
 /// requests 5 s and its handler 5 s), then kills.
 pub struct HostProc {
-    pub child: Child,
+    pub child: saldo_testkit::TerminateOnDrop,
     pub base: String,
     pub app: tempfile::TempDir,
     /// Every line the host printed on stdout so far.
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for HostProc {
-    fn drop(&mut self) {
-        // Already reaped: its pid may belong to someone else now, so signal nothing.
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn command(app: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
@@ -118,11 +98,14 @@ fn command(app: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Starts the host and waits (bounded) for its `listening on` line.
 pub fn start(app: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> HostProc {
-    let mut child = command(app.path(), extra, env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn saldo-funchost");
+    let mut child = saldo_testkit::TerminateOnDrop {
+        child: command(app.path(), extra, env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn saldo-funchost"),
+        grace: Duration::from_secs(15),
+    };
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     // Logs go through the test harness's capture: shown only when a test fails.
