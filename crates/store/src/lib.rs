@@ -81,6 +81,27 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Recorded>> + Send;
 
+    /// Records several outcomes as [`Store::record_outcome`] would one after another, returning
+    /// what each found, in order. The MongoDB store writes them in one transaction (one bump of
+    /// the ledger's counter for all: the peers' outcomes of one delivery cost one transaction,
+    /// not one each); the default records them one by one.
+    fn record_outcomes(
+        &self,
+        items: &[OutcomeToRecord],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<Recorded>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(items.len());
+            for i in items {
+                out.push(
+                    self.record_outcome(&i.transaction, &i.outcome, i.published, now)
+                        .await?,
+                );
+            }
+            Ok(out)
+        }
+    }
+
     /// Clears the outbox flag of these transactions (their completion has been published).
     fn mark_published(&self, transactions: &[String]) -> impl Future<Output = Result<()>> + Send;
 

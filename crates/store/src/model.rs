@@ -132,6 +132,15 @@ pub enum Inserted {
     Duplicate,
 }
 
+/// One outcome to record ([`Store::record_outcomes`](crate::Store::record_outcomes)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeToRecord {
+    pub transaction: String,
+    pub outcome: OutcomeRecord,
+    /// False when this node owes the fleet its completion (the outbox).
+    pub published: bool,
+}
+
 /// What recording an outcome found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {

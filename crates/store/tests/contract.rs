@@ -167,6 +167,7 @@ contract!(
     a_held_ledger_is_contended_not_unavailable,
     limits_order_and_times_as_kept,
     racing_executors_apply_once_and_lose_no_update,
+    outcomes_recorded_together_find_what_one_by_one_would,
 );
 
 /// Reads the whole feed `limit` entries at a time, as a peer's catch-up does (cursor = the last
@@ -773,4 +774,80 @@ async fn racing_executors_apply_once_and_lose_no_update<W: World>(w: &W) {
         100 - 40,
         "no lost update"
     );
+}
+
+/// Several outcomes in one call find what one call each would, in order: new for a pending
+/// entry and for one never seen, the same for a known one, a conflict for a different known one
+/// (which is kept), and a transaction twice in one batch is new once. What they write is
+/// numbered after what was there, and visible to the other instances.
+async fn outcomes_recorded_together_find_what_one_by_one_would<W: World>(w: &W) {
+    let (a, b, c) = w.writers("francecentral").await;
+    let now = Utc::now();
+    a.insert_commands(&[cmd("p1"), cmd("p2"), cmd("k1"), cmd("k2")])
+        .await
+        .unwrap();
+    a.record_outcome("k1", &outcome("x"), true, now)
+        .await
+        .unwrap();
+    a.record_outcome("k2", &outcome("x"), true, now)
+        .await
+        .unwrap();
+    let top = c
+        .page(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .max()
+        .unwrap();
+    let item = |tx: &str, node: &str| OutcomeToRecord {
+        transaction: tx.into(),
+        outcome: outcome(node),
+        published: true,
+    };
+    assert_eq!(b.record_outcomes(&[], now).await.unwrap(), vec![]);
+    let found = b
+        .record_outcomes(
+            &[
+                item("p1", "x"),
+                item("u1", "x"),
+                item("k1", "x"),
+                item("k2", "y"),
+                item("p1", "x"),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            found.as_slice(),
+            [
+                Recorded::New,
+                Recorded::New,
+                Recorded::Same,
+                Recorded::Conflict(known),
+                Recorded::Same
+            ] if known.node == "x"
+        ),
+        "{found:?}"
+    );
+    for tx in ["p1", "u1"] {
+        let e = c.entry(tx).await.unwrap().unwrap();
+        assert_eq!(e.outcome.unwrap().node, "x", "{tx}");
+        assert!(e.seq > top, "{tx} numbered after what was there");
+    }
+    assert_eq!(
+        c.entry("k2").await.unwrap().unwrap().outcome.unwrap().node,
+        "x"
+    );
+    assert!(c.entry("p2").await.unwrap().unwrap().outcome.is_none());
+    // Nothing new: nothing written, nothing renumbered.
+    let before = c.page(0, 100).await.unwrap();
+    let again = b
+        .record_outcomes(&[item("k1", "x"), item("u1", "x")], now)
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Recorded::Same, Recorded::Same]);
+    assert_eq!(c.page(0, 100).await.unwrap(), before);
 }

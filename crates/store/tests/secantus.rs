@@ -507,3 +507,39 @@ async fn round_trips_are_counted_by_origin_and_kind() {
         "the breakdown adds up to the total"
     );
 }
+
+/// The peers' outcomes of one delivery are one ledger transaction: one bump of the counter for
+/// all of them, one update each, one commit (2 + n round trips, against 3 each one by one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_recorded_together_are_one_transaction() {
+    let db = spawn_secantus();
+    let s = store(&db, "westeurope").await;
+    let txs = ["b-1", "b-2", "b-3", "b-4"];
+    let cmds: Vec<NewCommand> = txs
+        .iter()
+        .map(|t| cmd(t, vec![line(1, None, Some(-1))]))
+        .collect();
+    s.insert_commands(&cmds).await.unwrap();
+    let items: Vec<OutcomeToRecord> = txs
+        .iter()
+        .map(|t| OutcomeToRecord {
+            transaction: t.to_string(),
+            outcome: OutcomeRecord {
+                status: Outcome::Completed,
+                node: "swedencentral".into(),
+                region: "swedencentral".into(),
+                reason: None,
+                quantities: vec![],
+                at: Utc::now(),
+                takeover: false,
+            },
+            published: true,
+        })
+        .collect();
+    let before = s.db_ops();
+    let found = s.record_outcomes(&items, Utc::now()).await.unwrap();
+    assert_eq!(found, vec![Recorded::New; 4]);
+    assert_eq!(s.db_ops() - before, 2 + 4, "one transaction for the four");
+    let seqs: Vec<u64> = s.page(0, 10).await.unwrap().iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}

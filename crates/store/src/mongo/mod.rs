@@ -30,7 +30,9 @@
 //! Every round trip is counted ([`Store::db_ops`](crate::Store::db_ops)), by its origin in the
 //! worker and its kind ([`Store::db_ops_by_origin`](crate::Store::db_ops_by_origin)): Cosmos DB bills each one in request units
 //! and SecantusDB manages a few hundred writes a second, so writes are batched where Event Grid
-//! batches (one `insert_many` per delivery) and an execution is 3 + (lines) round trips.
+//! batches (one `insert_many` for a delivery's commands, one transaction for its peers' outcomes:
+//! `record_outcomes`, one counter bump, an update each, one commit) and an execution is
+//! 3 + (lines) round trips.
 //!
 //! One module per job: `documents` (the BSON documents and their mapping to the model),
 //! `retry` (classifying driver errors, bounded retries with back-off), `transaction` (the

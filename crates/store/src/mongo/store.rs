@@ -185,17 +185,36 @@ impl Store for MongoStore {
         published: bool,
         now: DateTime<Utc>,
     ) -> Result<Recorded> {
-        self.transact(
-            "record outcome",
-            Some(&self.ledger_writes),
-            move |mut session| async move {
-                let r = self
-                    .record_once(&mut session, transaction, outcome, published, now)
-                    .await;
-                (session, r)
-            },
-        )
-        .await
+        let item = [OutcomeToRecord {
+            transaction: transaction.to_string(),
+            outcome: outcome.clone(),
+            published,
+        }];
+        let mut found = self.record_outcomes(&item, now).await?;
+        Ok(found.pop().expect("one answer per item"))
+    }
+
+    async fn record_outcomes(
+        &self,
+        items: &[OutcomeToRecord],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>> {
+        let mut found = Vec::with_capacity(items.len());
+        // Bounded transactions (Cosmos DB: 5 s, the request sizes): a page's worth at a time.
+        for chunk in items.chunks(MAX_PAGE) {
+            let r = self
+                .transact(
+                    "record outcome",
+                    Some(&self.ledger_writes),
+                    move |mut session| async move {
+                        let r = self.record_many_once(&mut session, chunk, now).await;
+                        (session, r)
+                    },
+                )
+                .await?;
+            found.extend(r);
+        }
+        Ok(found)
     }
 
     async fn mark_published(&self, transactions: &[String]) -> Result<()> {

@@ -222,19 +222,45 @@ impl MongoStore {
         Ok(Attempt::Done(result))
     }
 
-    /// One attempt of [`Store::record_outcome`] inside `session`'s transaction. The common
-    /// case (the entry is pending) is 3 round trips: number, update, commit. A number taken by
-    /// an attempt that then finds the outcome known is simply never used (gaps are harmless;
-    /// only order matters).
-    pub(super) async fn record_once(
+    /// One attempt of [`Store::record_outcomes`] (and of [`Store::record_outcome`], one item)
+    /// inside `session`'s transaction: one number from the counter per item, taken at once,
+    /// then each entry's update, then the commit. The common case (every entry pending) is
+    /// 2 + n round trips. If nothing was written (every outcome known already) the transaction
+    /// is aborted; the numbers it took are never used (gaps are harmless; only order matters).
+    pub(super) async fn record_many_once(
         &self,
         session: &mut ClientSession,
-        transaction: &str,
-        outcome: &OutcomeRecord,
-        published: bool,
+        items: &[OutcomeToRecord],
         now: DateTime<Utc>,
-    ) -> mongodb::error::Result<Attempt<Recorded>> {
-        let seq = self.allocate(session, 1).await?;
+    ) -> mongodb::error::Result<Attempt<Vec<Recorded>>> {
+        let first = self.allocate(session, items.len()).await?;
+        let mut found = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            found.push(self.record_in(session, item, now, first + i as i64).await?);
+        }
+        if found.contains(&Recorded::New) {
+            self.commit(session).await?;
+        } else {
+            self.count(Kind::TxnEnd);
+            session.abort_transaction().await?;
+        }
+        Ok(Attempt::Done(found))
+    }
+
+    /// Inside `session`'s transaction: records one outcome as entry number `seq` if the entry is
+    /// pending or absent (`New`); otherwise compares it with the known one and writes nothing.
+    async fn record_in(
+        &self,
+        session: &mut ClientSession,
+        item: &OutcomeToRecord,
+        now: DateTime<Utc>,
+        seq: i64,
+    ) -> mongodb::error::Result<Recorded> {
+        let OutcomeToRecord {
+            transaction,
+            outcome,
+            published,
+        } = item;
         let outcome_bson = bson::to_bson(outcome)?;
         let state = bson::to_bson(&LedgerState::from(outcome.status))?;
         self.count(Kind::Write);
@@ -247,42 +273,38 @@ impl MongoStore {
             .session(&mut *session)
             .await?;
         self.count_docs(updated.modified_count as usize);
-        if updated.matched_count == 0 {
-            self.count(Kind::PointRead);
-            let existing = self
-                .ledger
-                .find_one(doc! {"_id": transaction})
-                .session(&mut *session)
-                .await?
-                .map(|d| parse_ledger(d).map_err(mongodb::error::Error::custom))
-                .transpose()?;
-            if let Some(e) = existing {
-                let known = e.outcome.ok_or_else(|| {
-                    mongodb::error::Error::custom(format!(
-                        "{transaction}: neither pending nor decided"
-                    ))
-                })?;
-                self.count(Kind::TxnEnd);
-                session.abort_transaction().await?;
-                return Ok(Attempt::Done(if known.agrees_with(outcome) {
-                    Recorded::Same
-                } else {
-                    Recorded::Conflict(known)
-                }));
-            }
-            // The command never arrived here: an entry with the outcome alone.
-            self.count(Kind::Write);
-            self.count_docs(1);
-            self.ledger
-                .insert_one(doc! {
-                    "_id": transaction, "state": state, "command": Bson::Null,
-                    "received_at_ms": Bson::Null, "outcome": outcome_bson,
-                    "published": published, "recorded_at_ms": ms(now), "seq": seq,
-                })
-                .session(&mut *session)
-                .await?;
+        if updated.matched_count > 0 {
+            return Ok(Recorded::New);
         }
-        self.commit(session).await?;
-        Ok(Attempt::Done(Recorded::New))
+        self.count(Kind::PointRead);
+        let existing = self
+            .ledger
+            .find_one(doc! {"_id": transaction})
+            .session(&mut *session)
+            .await?
+            .map(|d| parse_ledger(d).map_err(mongodb::error::Error::custom))
+            .transpose()?;
+        if let Some(e) = existing {
+            let known = e.outcome.ok_or_else(|| {
+                mongodb::error::Error::custom(format!("{transaction}: neither pending nor decided"))
+            })?;
+            return Ok(if known.agrees_with(outcome) {
+                Recorded::Same
+            } else {
+                Recorded::Conflict(known)
+            });
+        }
+        // The command never arrived here: an entry with the outcome alone.
+        self.count(Kind::Write);
+        self.count_docs(1);
+        self.ledger
+            .insert_one(doc! {
+                "_id": transaction, "state": state, "command": Bson::Null,
+                "received_at_ms": Bson::Null, "outcome": outcome_bson,
+                "published": published, "recorded_at_ms": ms(now), "seq": seq,
+            })
+            .session(&mut *session)
+            .await?;
+        Ok(Recorded::New)
     }
 }

@@ -7,8 +7,8 @@ use saldo_core::events::{Outcome, RecordUpdated};
 use saldo_core::views::{LedgerEntryView, LedgerState};
 use saldo_store::origin::{Origin, scope};
 use saldo_store::{
-    Command, Inserted, LedgerEntry, NewCommand, OutcomeRecord, PeerRecord, Recorded, Store,
-    StoreError,
+    Command, Inserted, LedgerEntry, NewCommand, OutcomeRecord, OutcomeToRecord, PeerRecord,
+    Recorded, Store, StoreError,
 };
 
 use super::counters::inc;
@@ -102,8 +102,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// One read first for what our ledger already holds of them: most of a peer's feed is what
     /// we recorded too (every purchase passes through every ledger), and re-recording a known
     /// outcome costs a transaction that bumps the ledger's counter only to find it known. Only
-    /// the commands we lack are inserted and only the outcomes we lack are recorded; a known
-    /// outcome that disagrees is still recorded, so that the conflict is logged and counted.
+    /// the commands we lack are inserted and only the outcomes we lack are recorded (in one
+    /// store call); a known outcome that disagrees is still recorded, so that the conflict is
+    /// logged and counted.
     pub async fn merge(&self, entries: &[LedgerEntryView]) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let mut repairs = 0;
@@ -123,6 +124,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             let inserted = self.store.insert_commands(&commands).await?;
             repairs += inserted.iter().filter(|r| **r == Inserted::New).count();
         }
+        let mut items = Vec::new();
         for e in entries {
             let status = match e.state {
                 LedgerState::Pending => continue,
@@ -152,12 +154,20 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 continue;
             }
             let published = node != self.cfg.node;
-            if self
-                .record(&e.transaction, &outcome, published, now)
-                .await?
-                == Recorded::New
-            {
-                repairs += 1;
+            items.push(OutcomeToRecord {
+                transaction: e.transaction.clone(),
+                outcome,
+                published,
+            });
+        }
+        // The page's outcomes we lack, in one store call.
+        for (item, found) in items.iter().zip(self.record_all(&items, now).await?) {
+            match found {
+                Recorded::New => repairs += 1,
+                Recorded::Same => {}
+                Recorded::Conflict(known) => {
+                    self.conflicting(&item.transaction, &known, &item.outcome)
+                }
             }
         }
         Ok(repairs)

@@ -7,9 +7,8 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use saldo_core::events::{Heartbeat, SaldoEvent, TransactionCompleted};
 use saldo_store::origin::{Origin, scope};
-use saldo_store::{Command, Inserted, NewCommand, OutcomeRecord, Recorded, Store};
+use saldo_store::{Command, Inserted, NewCommand, OutcomeRecord, OutcomeToRecord, Recorded, Store};
 use serde_json::Value;
-use tracing::Instrument;
 
 use super::counters::inc;
 use super::liveness::peer_from_heartbeat;
@@ -206,30 +205,39 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         new
     }
 
-    /// Records peers' outcomes. Our own come back to us too (one topic): they are in our ledger
-    /// already, because the outbox records before it publishes, so they are skipped. Returns
-    /// how many were new to us, and every transaction the delivery decided.
+    /// Records peers' outcomes, all of the delivery's in one store call (one ledger transaction
+    /// in MongoDB). Our own come back to us too (one topic): they are in our ledger already,
+    /// because the outbox records before it publishes, so they are skipped. Returns how many
+    /// were new to us, and every transaction the delivery decided.
     async fn record_completions(
         &self,
         completions: &[TransactionCompleted],
         now: DateTime<Utc>,
     ) -> Result<(usize, BTreeSet<String>), NodeError> {
+        let decided = completions.iter().map(|c| c.transaction.clone()).collect();
+        let peers: Vec<&TransactionCompleted> = completions
+            .iter()
+            .filter(|c| c.node != self.cfg.node)
+            .collect();
+        let items: Vec<OutcomeToRecord> = peers
+            .iter()
+            .map(|c| OutcomeToRecord {
+                transaction: c.transaction.clone(),
+                outcome: OutcomeRecord {
+                    status: c.status,
+                    node: c.node.clone(),
+                    region: c.region.clone(),
+                    reason: c.reason.clone(),
+                    quantities: c.products.clone(),
+                    at: c.timestamp,
+                    takeover: c.takeover,
+                },
+                published: true,
+            })
+            .collect();
+        let found = self.record_all(&items, now).await?;
         let mut outcomes = 0;
-        let mut decided = BTreeSet::new();
-        for c in completions {
-            decided.insert(c.transaction.clone());
-            if c.node == self.cfg.node {
-                continue;
-            }
-            let outcome = OutcomeRecord {
-                status: c.status,
-                node: c.node.clone(),
-                region: c.region.clone(),
-                reason: c.reason.clone(),
-                quantities: c.products.clone(),
-                at: c.timestamp,
-                takeover: c.takeover,
-            };
+        for ((c, item), recorded) in peers.iter().zip(&items).zip(found) {
             // The peer's record of the outcome joins the purchase's trace too.
             let span = tracing::info_span!(
                 "transactionCompleted",
@@ -244,13 +252,16 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 c.traceparent.as_deref(),
                 c.tracestate.as_deref(),
             );
-            let recorded = self
-                .record(&c.transaction, &outcome, true, now)
-                .instrument(span.clone())
-                .await?;
-            if recorded == Recorded::New {
-                span.in_scope(|| tracing::info!(status = ?c.status, "peer's outcome recorded"));
-                outcomes += 1;
+            let _in = span.enter();
+            match recorded {
+                Recorded::New => {
+                    tracing::info!(status = ?c.status, "peer's outcome recorded");
+                    outcomes += 1;
+                }
+                Recorded::Same => {}
+                Recorded::Conflict(known) => {
+                    self.conflicting(&item.transaction, &known, &item.outcome)
+                }
             }
         }
         Ok((outcomes, decided))

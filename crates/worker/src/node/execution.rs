@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use saldo_core::events::Outcome;
 use saldo_store::origin::{Origin, scope};
-use saldo_store::{Command, OutcomeRecord, Recorded, Store, StoreError};
+use saldo_store::{Command, OutcomeRecord, OutcomeToRecord, Recorded, Store, StoreError};
 use tracing::Instrument;
 
 use super::counters::inc;
@@ -25,13 +25,33 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .record_outcome(tx, outcome, published, now)
             .await?;
         if let Recorded::Conflict(known) = &r {
-            inc(&self.counters.conflicts, 1);
-            tracing::error!(
-                transaction = tx, known = ?known, heard = ?outcome,
-                "CONFLICTING OUTCOMES for one transaction: exactly-once is broken; keeping the first"
-            );
+            self.conflicting(tx, known, outcome);
         }
         Ok(r)
+    }
+
+    /// Records several outcomes in one store call (see [`Store::record_outcomes`]); each
+    /// conflict is for the caller to report (with [`Node::conflicting`]), in its own span.
+    pub(super) async fn record_all(
+        &self,
+        items: &[OutcomeToRecord],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found = self.store.record_outcomes(items, now).await?;
+        assert_eq!(found.len(), items.len(), "one answer per outcome");
+        Ok(found)
+    }
+
+    /// A known outcome disagrees with one heard: logged loudly and counted.
+    pub(super) fn conflicting(&self, tx: &str, known: &OutcomeRecord, heard: &OutcomeRecord) {
+        inc(&self.counters.conflicts, 1);
+        tracing::error!(
+            transaction = tx, known = ?known, heard = ?heard,
+            "CONFLICTING OUTCOMES for one transaction: exactly-once is broken; keeping the first"
+        );
     }
 
     /// Executes (or adopts) one transaction and records the outcome. Returns the completion
