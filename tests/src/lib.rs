@@ -392,25 +392,31 @@ impl TestStack {
         let n = self.manifest().nodes.len();
         wait_for(
             Duration::from_secs(60),
-            "every node to see every peer live",
+            "every instance of every node to see every peer live",
             || async {
+                // Every instance, not the one a node's URL reaches: each ranks on what it has
+                // seen of the region's records, and a test that stops a peer right after this
+                // relies on whichever instance gets the next delivery (or runs the next sweep)
+                // having seen that peer's heartbeats change.
                 for node in &self.manifest().nodes {
-                    let v: serde_json::Value = self
-                        .http
-                        .get(format!("{}/api/status", node.url))
-                        .send()
-                        .await
-                        .ok()?
-                        .json()
-                        .await
-                        .ok()?;
-                    let live = v["peers"]
-                        .as_array()?
-                        .iter()
-                        .filter(|p| p["live"] == true)
-                        .count();
-                    if live + 1 < n {
-                        return None;
+                    for url in saldo_stack::stack::instance_urls(node).await {
+                        let v: serde_json::Value = self
+                            .http
+                            .get(format!("{url}/api/status"))
+                            .send()
+                            .await
+                            .ok()?
+                            .json()
+                            .await
+                            .ok()?;
+                        let live = v["peers"]
+                            .as_array()?
+                            .iter()
+                            .filter(|p| p["live"] == true)
+                            .count();
+                        if live + 1 < n {
+                            return None;
+                        }
                     }
                 }
                 Some(())
