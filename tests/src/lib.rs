@@ -299,37 +299,32 @@ impl TestStack {
 
     /// The sum of one counter over every node that answers.
     pub async fn counter(&self, name: &str) -> Result<u64> {
-        // Every instance of every region: counters live in each process's memory.
-        let mut sum = 0;
-        for n in &self.manifest().nodes {
-            for url in saldo_stack::stack::instance_urls(n).await {
-                if let Ok(resp) = self.http.get(format!("{url}/api/status")).send().await
-                    && resp.status().is_success()
-                {
-                    let v: serde_json::Value = resp.json().await?;
-                    sum += v["counters"][name].as_u64().unwrap_or(0);
-                }
-            }
-        }
-        Ok(sum)
+        Ok(self.counter_by_node(name).await?.values().sum())
     }
 
-    /// One counter summed over the instances of each region, by region.
+    /// One counter summed over the instances of each region (counters live in each process's
+    /// memory), by region; an instance that does not answer counts nothing.
     pub async fn counter_by_node(&self, name: &str) -> Result<BTreeMap<String, u64>> {
         let mut by = BTreeMap::new();
         for n in &self.manifest().nodes {
             let mut sum = 0;
             for url in saldo_stack::stack::instance_urls(n).await {
-                if let Ok(resp) = self.http.get(format!("{url}/api/status")).send().await
-                    && resp.status().is_success()
-                {
-                    let v: serde_json::Value = resp.json().await?;
+                if let Some(v) = self.instance_status(&url).await? {
                     sum += v["counters"][name].as_u64().unwrap_or(0);
                 }
             }
             by.insert(n.name.clone(), sum);
         }
         Ok(by)
+    }
+
+    /// One instance's `/api/status`; `None` if it does not answer or answers an error (stopped,
+    /// restarting). A 200 that is not JSON is an error.
+    async fn instance_status(&self, url: &str) -> Result<Option<serde_json::Value>> {
+        match self.http.get(format!("{url}/api/status")).send().await {
+            Ok(resp) if resp.status().is_success() => Ok(Some(resp.json().await?)),
+            _ => Ok(None),
+        }
     }
 
     /// Waits until every region has swept at least `n` more times (counter `sweeps`), instead of
@@ -400,15 +395,7 @@ impl TestStack {
                 // having seen that peer's heartbeats change.
                 for node in &self.manifest().nodes {
                     for url in saldo_stack::stack::instance_urls(node).await {
-                        let v: serde_json::Value = self
-                            .http
-                            .get(format!("{url}/api/status"))
-                            .send()
-                            .await
-                            .ok()?
-                            .json()
-                            .await
-                            .ok()?;
+                        let v = self.instance_status(&url).await.ok()??;
                         let live = v["peers"]
                             .as_array()?
                             .iter()
