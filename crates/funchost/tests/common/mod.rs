@@ -198,7 +198,10 @@ pub async fn eventually<T>(secs: u64, what: &str, f: impl AsyncFnMut() -> Option
 pub async fn recorded(record: &Path, n: usize, secs: u64, what: &str) -> Vec<serde_json::Value> {
     eventually(secs, what, || async move {
         let text = std::fs::read_to_string(record).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
+        // Only whole lines: the handler may be half-way through appending the next one (a
+        // complete line that is not JSON is still an error).
+        let whole = text.rfind('\n').map_or("", |end| &text[..=end]);
+        let lines: Vec<serde_json::Value> = whole
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
