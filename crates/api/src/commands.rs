@@ -336,6 +336,19 @@ mod tests {
         }
     }
 
+    /// A whole number in float form is read exactly up to 2^53 (`float_roundtrip`): without it
+    /// serde_json's fast float parsing read `2251799813685247.0` as `...247.25` and refused a
+    /// schema-valid order (found by schemathesis).
+    #[test]
+    fn whole_numbers_in_float_form_are_read_exactly() {
+        for id in [2_251_799_813_685_247u64, 72_674_826_796_916, 9_007_199_254_740_991] {
+            let line: OrderLine =
+                serde_json::from_str(&format!(r#"{{"id": {id}.0, "quantity": 3.0}}"#)).unwrap();
+            assert_eq!(line, OrderLine { id, quantity: 3 });
+        }
+        assert!(serde_json::from_str::<OrderLine>(r#"{"id": 1.5, "quantity": 3}"#).is_err());
+    }
+
     #[test]
     fn orders_are_validated() {
         assert!(validate_order(&order(&[(1, 1), (2, MAX_ORDER_QUANTITY)])).is_ok());
