@@ -341,7 +341,11 @@ mod tests {
     /// schema-valid order (found by schemathesis).
     #[test]
     fn whole_numbers_in_float_form_are_read_exactly() {
-        for id in [2_251_799_813_685_247u64, 72_674_826_796_916, 9_007_199_254_740_991] {
+        for id in [
+            2_251_799_813_685_247u64,
+            72_674_826_796_916,
+            9_007_199_254_740_991,
+        ] {
             let line: OrderLine =
                 serde_json::from_str(&format!(r#"{{"id": {id}.0, "quantity": 3.0}}"#)).unwrap();
             assert_eq!(line, OrderLine { id, quantity: 3 });
