@@ -29,14 +29,15 @@
 //!
 //! Every round trip is counted ([`Store::db_ops`](crate::Store::db_ops)), by its origin in the
 //! worker and its kind ([`Store::db_ops_by_origin`](crate::Store::db_ops_by_origin)): Cosmos DB bills each one in request units
-//! and SecantusDB manages a few hundred writes a second, so writes are batched where Event Grid
-//! batches (one `insert_many` for a delivery's commands, one transaction for its peers' outcomes:
-//! `record_outcomes`, one counter bump, an update each, one commit) and an execution is
-//! 3 + (lines) round trips.
+//! and SecantusDB manages a few hundred writes a second, so the ledger's writes are group-committed:
+//! every command and outcome an instance has to write while another of its ledger transactions
+//! runs waits for it and then goes into the next one, three round trips however many entries
+//! (`ledger_batch`). An execution is 3 + (lines) round trips.
 //!
 //! One module per job: `documents` (the BSON documents and their mapping to the model),
 //! `retry` (classifying driver errors, bounded retries with back-off), `transaction` (the
-//! multi-document transaction loop and the ledger's transactional writes), `execute` (one
+//! multi-document transaction loop, numbering from the counter), `ledger_batch` (the group
+//! commit of the ledger's writes), `execute` (one
 //! execution against the warehouse), and `store` (the `Store` operations).
 
 use std::time::Duration;
@@ -50,6 +51,7 @@ use crate::{Result, StoreError, valid_node_name};
 
 mod documents;
 mod execute;
+mod ledger_batch;
 mod retry;
 mod store;
 mod transaction;
@@ -79,12 +81,12 @@ pub struct MongoStore {
     /// every entry numbered below n that will ever exist, and the feed serves all it sees: no
     /// horizon, no lag, no clock (ARCHITECTURE.md, invariant 8).
     ledger: Collection<Document>,
-    /// Orders this process's ledger writes (they all write the counter document, so two of
-    /// ours at once could only conflict with each other, 112, and back off: under a burst of
-    /// deliveries that became retry storms and 503s). Held for one attempt of one transaction,
-    /// never across a back-off sleep. Other instances of the region still race with us; the
-    /// counter's conflict orders them, as above.
-    ledger_writes: tokio::sync::Mutex<()>,
+    /// This process's numbered ledger writes, group-committed: all of them write the counter
+    /// document, so two of ours at once could only conflict with each other (112) and back off.
+    /// Instead whoever finds no transaction running writes everything queued in one
+    /// (`ledger_batch`). Other instances of the region still race with us; the counter's
+    /// conflict orders them, as above.
+    group: ledger_batch::GroupCommit,
     peers: Collection<Document>,
     warehouse: Collection<Document>,
     /// Bound on one operation, its retries included.
@@ -136,7 +138,7 @@ impl MongoStore {
             client,
             node: node.to_string(),
             timeout: DEFAULT_TIMEOUT,
-            ledger_writes: tokio::sync::Mutex::new(()),
+            group: ledger_batch::GroupCommit::default(),
             ops: OpCounters::default(),
         })
     }

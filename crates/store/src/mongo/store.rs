@@ -1,7 +1,5 @@
 //! The [`Store`] operations over MongoDB.
 
-use std::sync::atomic::Ordering;
-
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::IndexModel;
@@ -14,6 +12,7 @@ use saldo_core::views::ProductView;
 use super::documents::{
     MarkerDoc, PeerDoc, ProductDoc, marker_key, ms, parse_ledger, product_key, to_i64,
 };
+use super::ledger_batch::{Done, Item};
 use super::retry::{DUPLICATE_KEY, classify, code};
 use super::transaction::Attempt;
 use super::{COUNTER_ID, MongoStore};
@@ -156,26 +155,17 @@ impl Store for MongoStore {
     }
 
     async fn insert_commands(&self, cmds: &[NewCommand]) -> Result<Vec<Inserted>> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Optimistic first (every command new); after a duplicate, look before inserting.
-        let look = &std::sync::atomic::AtomicBool::new(false);
-        self.transact(
-            "insert commands",
-            Some(&self.ledger_writes),
-            move |mut session| async move {
-                let r = self
-                    .insert_once(&mut session, cmds, look.load(Ordering::Relaxed))
-                    .await;
-                if matches!(&r, Err(e) if code(e) == Some(DUPLICATE_KEY)) {
-                    look.store(true, Ordering::Relaxed);
-                    return (session, Ok(Attempt::Again));
-                }
-                (session, r)
-            },
-        )
-        .await
+        let items = cmds.iter().cloned().map(Item::Command).collect();
+        self.write_ledger("insert commands", items)
+            .await?
+            .into_iter()
+            .map(|d| match d {
+                Done::Inserted(i) => Ok(i),
+                Done::Recorded(r) => Err(StoreError::Failed(
+                    format!("insert commands: a command was answered as an outcome ({r:?})").into(),
+                )),
+            })
+            .collect()
     }
 
     async fn record_outcome(
@@ -199,22 +189,25 @@ impl Store for MongoStore {
         items: &[OutcomeToRecord],
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>> {
-        let mut found = Vec::with_capacity(items.len());
-        // Bounded transactions (Cosmos DB: 5 s, the request sizes): a page's worth at a time.
-        for chunk in items.chunks(MAX_PAGE) {
-            let r = self
-                .transact(
-                    "record outcome",
-                    Some(&self.ledger_writes),
-                    move |mut session| async move {
-                        let r = self.record_many_once(&mut session, chunk, now).await;
-                        (session, r)
-                    },
-                )
-                .await?;
-            found.extend(r);
-        }
-        Ok(found)
+        let items = items
+            .iter()
+            .map(|o| Item::Outcome {
+                transaction: o.transaction.clone(),
+                outcome: o.outcome.clone(),
+                published: o.published,
+                now,
+            })
+            .collect();
+        self.write_ledger("record outcome", items)
+            .await?
+            .into_iter()
+            .map(|d| match d {
+                Done::Recorded(r) => Ok(r),
+                Done::Inserted(i) => Err(StoreError::Failed(
+                    format!("record outcome: an outcome was answered as a command ({i:?})").into(),
+                )),
+            })
+            .collect()
     }
 
     async fn mark_published(&self, transactions: &[String]) -> Result<()> {
@@ -288,7 +281,7 @@ impl Store for MongoStore {
         // plain find may see a later commit after passing an earlier one between its batches.
         let after = to_i64(after, "cursor")?;
         let limit = limit.clamp(1, MAX_PAGE) as i64;
-        self.transact("ledger page", None, move |mut session| async move {
+        self.transact("ledger page", move |mut session| async move {
             let r = async {
                 self.count(Kind::Query);
                 let mut cursor = self
@@ -442,7 +435,7 @@ impl Store for MongoStore {
         // A product changed under us, the same marker committed first (11000), or the server
         // saw the conflict (112 / TransientTransactionError): `transact` starts over, which
         // adopts the winner's marker or re-decides on the new stock.
-        self.transact("execute", None, move |mut session| async move {
+        self.transact("execute", move |mut session| async move {
             let r = self
                 .execute_once(&mut session, transaction, lines, region, takeover, now)
                 .await
