@@ -282,15 +282,10 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .filter(|c| !decided.contains(&c.transaction) && self.rank(&c.transaction, &live) == 0)
             .take(MAX_INLINE_EXECUTIONS)
             .collect();
-        let mut executed = 0;
-        let mut to_publish = Vec::new();
+        let mut done = Vec::new();
         for c in mine {
             match self.execute_one(&c.transaction, &c.command, 0).await {
-                Ok(Some(p)) => {
-                    executed += 1;
-                    to_publish.push(p);
-                }
-                Ok(None) => executed += 1,
+                Ok(completion) => done.push(completion),
                 Err(e) => {
                     // Possibly after its commit (a timeout, a conflict recording the outcome):
                     // the sweep then adopts our own marker.
@@ -299,8 +294,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 }
             }
         }
-        if let Err(e) = self.publish_completions(to_publish).await {
-            tracing::warn!(error = %e, "publishing completions failed; the sweep will retry");
+        let executed = done.len();
+        if let Err(e) = self.settle(done).await {
+            tracing::warn!(error = %e, "publishing or recording completions failed; the sweep will retry");
         }
         executed
     }

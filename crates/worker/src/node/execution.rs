@@ -1,4 +1,4 @@
-//! Executing a transaction against the warehouse (or adopting the outcome already there) and
+//! Executing a transaction against the warehouse (or adopting the outcome already there), and
 //! recording outcomes in this node's ledger.
 
 use chrono::{DateTime, Utc};
@@ -12,24 +12,6 @@ use super::outbox::Completion;
 use super::{Bus, Clock, Node, PeerClient};
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
-    /// Records an outcome in our ledger; a conflicting known outcome is logged loudly.
-    pub(super) async fn record(
-        &self,
-        tx: &str,
-        outcome: &OutcomeRecord,
-        published: bool,
-        now: DateTime<Utc>,
-    ) -> Result<Recorded, StoreError> {
-        let r = self
-            .store
-            .record_outcome(tx, outcome, published, now)
-            .await?;
-        if let Recorded::Conflict(known) = &r {
-            self.conflicting(tx, known, outcome);
-        }
-        Ok(r)
-    }
-
     /// Records several outcomes in one store call (see [`Store::record_outcomes`]); each
     /// conflict is for the caller to report (with [`Node::conflicting`]), in its own span.
     pub(super) async fn record_all(
@@ -54,14 +36,15 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         );
     }
 
-    /// Executes (or adopts) one transaction and records the outcome. Returns the completion
-    /// this node owes the fleet (when the marker is its own), to be published.
+    /// Executes (or adopts) one transaction. The outcome is not recorded here:
+    /// [`Node::settle`] publishes it (when the marker is ours) and then records it, for all of a
+    /// delivery's or a sweep's executions in one ledger write.
     pub(super) async fn execute_one(
         &self,
         tx: &str,
         command: &Command,
         rank: usize,
-    ) -> Result<Option<Completion>, StoreError> {
+    ) -> Result<Completion, StoreError> {
         let span = tracing::info_span!(
             "execute",
             otel.kind = "consumer",
@@ -94,25 +77,13 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             } else {
                 inc(&self.counters.adopted, 1);
             }
-            let ours = ex.outcome.node == self.cfg.node;
             let traceparent = saldo_telemetry::current_traceparent().or_else(|| command.traceparent.clone());
-            let completion = ours.then(|| Completion {
+            Ok(Completion {
                 transaction: tx.to_string(),
-                outcome: ex.outcome.clone(),
+                outcome: ex.outcome,
                 traceparent,
                 tracestate: command.tracestate.clone(),
-            });
-            if let Err(e) = scope(Origin::OwnOutcome, self.record(tx, &ex.outcome, !ours, now)).await {
-                // The warehouse has the outcome; only our ledger lacks it. Tell the fleet now
-                // rather than after the sweep or Event Grid's next retry: the peers record it
-                // and the purchase is done. The sweep then adopts the marker into our ledger
-                // and publishes once more under the same event id (a no-op for the peers).
-                if let Some(c) = &completion {
-                    self.publish_unrecorded(c).await;
-                }
-                return Err(e);
-            }
-            Ok(completion)
+            })
         }
         .instrument(span.clone())
         .await;

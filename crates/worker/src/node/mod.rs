@@ -8,9 +8,11 @@
 //! 3. A node executes a transaction only when no outcome is known to its ledger and its rank
 //!    among the live nodes says it is its turn (`saldo_core::ledger`); the warehouse marker makes
 //!    a wrong guess harmless (the loser adopts the winner's outcome).
-//! 4. The ledger is the outbox: an outcome this node executed is recorded (unpublished) before
-//!    `transactionCompleted` is published, and marked published only after the topic took it;
-//!    every sweep publishes what is still unpublished.
+//! 4. The ledger is the outbox: an outcome this node executed is published, then recorded in
+//!    one write with the others of its delivery or sweep, marked published only if the topic
+//!    took it; every sweep publishes what is still unpublished. Until the record is written the
+//!    entry is pending and the warehouse marker is the record: the sweep adopts it and
+//!    publishes again under the same event id (`outbox::settle`).
 //! 5. A known outcome is never overwritten by a different one; a disagreement is logged as an
 //!    error and counted (`conflicts`), since it would mean exactly-once broke.
 //!

@@ -1,12 +1,14 @@
 //! The outbox's publishing side: the `transactionCompleted` events this node owes the fleet,
-//! published in batches and then marked published in the ledger.
+//! published in batches and then recorded (or marked) published in the ledger.
+
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use saldo_core::events::{
     DATA_VERSION, EventGridEvent, TRANSACTION_COMPLETED, TransactionCompleted,
 };
 use saldo_store::origin::{Origin, scope};
-use saldo_store::{LedgerEntry, OutcomeRecord, Store};
+use saldo_store::{LedgerEntry, OutcomeRecord, OutcomeToRecord, Recorded, Store};
 use serde_json::Value;
 
 use super::counters::inc;
@@ -89,21 +91,71 @@ pub(super) fn owed_completions(unpublished: Vec<LedgerEntry>) -> Vec<Completion>
 }
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
-    /// Publishes a completion our ledger could not record: nothing to mark published (the
-    /// outbox entry is written when the sweep adopts the marker). A failure is logged, not
-    /// returned: the record's failure is what the caller reports, and the sweep publishes again.
-    pub(super) async fn publish_unrecorded(&self, c: &Completion) {
-        inc(&self.counters.published_unrecorded, 1);
-        let event = completion_event(
+    /// What executions came to, for all of a delivery's or a sweep's at once: publishes the
+    /// completions this node owes (the markers that are its own) in batches, then records every
+    /// outcome in ONE ledger write, marked published as the topic answered.
+    ///
+    /// Publishing first saves the outbox flag's second write and tells the fleet sooner. The
+    /// warehouse marker is the record meanwhile: if the ledger write fails, or the process dies
+    /// before it, the entry stays pending and the sweep adopts the marker and publishes again
+    /// under the same event id, which the peers recognise (ARCHITECTURE.md, invariant 5).
+    /// Without it, a region whose own ledger is held (a stopped writer, contention) would not
+    /// tell the fleet until a sweep had recorded the outcome.
+    pub(super) async fn settle(&self, done: Vec<Completion>) -> Result<(), NodeError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let ours: Vec<&Completion> = done
+            .iter()
+            .filter(|c| c.outcome.node == self.cfg.node)
+            .collect();
+        let mut published = BTreeSet::new();
+        let mut failure = None;
+        for chunk in ours.chunks(OUTBOX_BATCH) {
+            let events = chunk.iter().map(|c| self.event(c, now)).collect();
+            match self.bus.publish(events).await {
+                Ok(()) => published.extend(chunk.iter().map(|c| c.transaction.clone())),
+                Err(e) => {
+                    // The rest are recorded unpublished: the outbox publishes them.
+                    failure = Some(NodeError::Publish(e));
+                    break;
+                }
+            }
+        }
+        let items: Vec<OutcomeToRecord> = done
+            .into_iter()
+            .map(|c| OutcomeToRecord {
+                published: c.outcome.node != self.cfg.node || published.contains(&c.transaction),
+                transaction: c.transaction,
+                outcome: c.outcome,
+            })
+            .collect();
+        let found = match scope(Origin::OwnOutcome, self.record_all(&items, now)).await {
+            Ok(found) => found,
+            Err(e) => {
+                // Told the fleet, not our ledger: the sweep records it (see above).
+                inc(&self.counters.published_unrecorded, published.len());
+                return Err(e.into());
+            }
+        };
+        for (item, recorded) in items.iter().zip(found) {
+            if let Recorded::Conflict(known) = recorded {
+                self.conflicting(&item.transaction, &known, &item.outcome);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// The `transactionCompleted` event of a completion we owe.
+    fn event(&self, c: &Completion, now: DateTime<Utc>) -> EventGridEvent<Value> {
+        completion_event(
             &c.transaction,
             &c.outcome,
             c.traceparent.clone(),
             c.tracestate.clone(),
-            self.clock.now(),
-        );
-        if let Err(e) = self.bus.publish(vec![event]).await {
-            tracing::warn!(transaction = %c.transaction, error = %e, "publishing an unrecorded completion failed; the sweep publishes it");
-        }
+            now,
+        )
     }
 
     /// Publishes completions in one batch, then marks them published.
@@ -117,18 +169,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let now = self.clock.now();
         let mut n = 0;
         for chunk in items.chunks(OUTBOX_BATCH) {
-            let events = chunk
-                .iter()
-                .map(|c| {
-                    completion_event(
-                        &c.transaction,
-                        &c.outcome,
-                        c.traceparent.clone(),
-                        c.tracestate.clone(),
-                        now,
-                    )
-                })
-                .collect();
+            let events = chunk.iter().map(|c| self.event(c, now)).collect();
             self.bus.publish(events).await.map_err(NodeError::Publish)?;
             let txs: Vec<String> = chunk.iter().map(|c| c.transaction.clone()).collect();
             scope(Origin::OwnOutcome, self.store.mark_published(&txs)).await?;

@@ -24,7 +24,7 @@ pub struct SweepReport {
 /// failure it met (an outage stops it; anything else only skips a transaction).
 struct Takeover {
     executed: usize,
-    to_publish: Vec<Completion>,
+    done: Vec<Completion>,
     first_error: Option<StoreError>,
 }
 
@@ -43,7 +43,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         report.executed = takeover.executed;
         if let Some(e @ StoreError::Unavailable(_)) = &takeover.first_error {
             // Publish what did execute; the outage fails this sweep.
-            if let Err(p) = self.publish_completions(takeover.to_publish).await {
+            if let Err(p) = self.settle(takeover.done).await {
                 tracing::warn!(error = %p, "publishing completions failed; the outbox retries");
             }
             return Err(e.clone().into());
@@ -51,11 +51,11 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         // A topic outage must not stop the outbox check or catch-up (which talks to peers,
         // not to the topic): remember the first failure and report it at the end.
         let mut failure: Option<NodeError> = takeover.first_error.map(NodeError::from);
-        if let Err(e) = self.publish_completions(takeover.to_publish).await {
+        if let Err(e) = self.settle(takeover.done).await {
             failure.get_or_insert(e);
         }
         // 2. The outbox: whatever is still unpublished (a publish that failed before, or a
-        //    crash between recording and publishing).
+        //    recorded while the topic was down).
         let unpublished = scope(Origin::Sweep, self.store.unpublished(OUTBOX_BATCH)).await?;
         match self
             .publish_completions(owed_completions(unpublished))
@@ -86,7 +86,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         let live = self.live_peers(now).await;
         let mut done = Takeover {
             executed: 0,
-            to_publish: Vec::new(),
+            done: Vec::new(),
             first_error: None,
         };
         let pending = scope(Origin::Sweep, self.store.pending(SWEEP_SCAN)).await?;
@@ -101,9 +101,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 continue;
             }
             match self.execute_one(&e.transaction, command, rank).await {
-                Ok(p) => {
+                Ok(completion) => {
                     done.executed += 1;
-                    done.to_publish.extend(p);
+                    done.done.push(completion);
                 }
                 Err(err @ StoreError::Contended(_)) => {
                     // Contention is not an outage: this transaction's documents are hot (its
