@@ -8,7 +8,7 @@ use saldo_core::views::{LedgerPage, NodeStatusView};
 use saldo_publish::Publisher;
 use serde_json::Value;
 
-use crate::node::{Bus, BusError, PeerClient, PeerError};
+use crate::node::{Bus, BusError, PeerClient, PeerError, Probe};
 
 impl Bus for Publisher {
     async fn publish(&self, events: Vec<EventGridEvent<Value>>) -> Result<(), BusError> {
@@ -59,6 +59,24 @@ impl HttpPeers {
 }
 
 impl PeerClient for HttpPeers {
+    /// `GET /api/status` (anonymous): 403 is a stopped app ("This web app is stopped.", from
+    /// Azure's front end and from the local host), a refused connection is no process at all;
+    /// both are [`Probe::Down`]. A timeout is [`Probe::Unknown`]: a paused or slow process may
+    /// still be executing.
+    async fn probe(&self, url: &str, within: Duration) -> Probe {
+        let req = self
+            .http
+            .get(format!("{}/api/status", url.trim_end_matches('/')))
+            .timeout(within);
+        match req.send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::FORBIDDEN => Probe::Down,
+            Ok(r) if r.status().is_success() => Probe::Up,
+            Ok(_) => Probe::Unknown,
+            Err(e) if e.is_connect() && !e.is_timeout() => Probe::Down,
+            Err(_) => Probe::Unknown,
+        }
+    }
+
     async fn status(&self, url: &str) -> Result<NodeStatusView, PeerError> {
         self.get(format!("{}/api/status", url.trim_end_matches('/')))
             .await

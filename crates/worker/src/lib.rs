@@ -21,5 +21,5 @@ pub mod testing;
 
 pub use node::{
     Bus, BusError, Clock, Config, Delivery, ManualClock, Node, NodeError, PeerClient, PeerError,
-    SystemClock,
+    Probe, SystemClock,
 };

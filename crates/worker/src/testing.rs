@@ -9,7 +9,7 @@ use saldo_core::events::EventGridEvent;
 use saldo_core::views::{LedgerPage, NodeStatusView};
 use serde_json::Value;
 
-use crate::node::{Bus, BusError, PeerClient, PeerError};
+use crate::node::{Bus, BusError, PeerClient, PeerError, Probe};
 
 /// A bus that keeps everything published, optionally after a delay (a slow topic), or refuses
 /// every publish while told to (a topic outage). Clones share what was captured and the
@@ -76,5 +76,33 @@ impl PeerClient for NoPeers {
     }
     async fn ledger(&self, url: &str, _: u64, _: usize) -> Result<LedgerPage, PeerError> {
         Err(PeerError::new(format!("{url}: no peers in this test")))
+    }
+}
+
+/// No peer is reachable for catch-up, but probes are answered as the test says, per URL
+/// (unknown URLs: no answer, [`Probe::Unknown`]).
+#[derive(Clone, Default)]
+pub struct Probes(Arc<Mutex<std::collections::BTreeMap<String, Probe>>>);
+
+impl Probes {
+    /// From now on the peer at `url` answers `answer`.
+    pub fn set(&self, url: &str, answer: Probe) {
+        self.0
+            .lock()
+            .expect("probes lock")
+            .insert(url.into(), answer);
+    }
+}
+
+impl PeerClient for Probes {
+    async fn probe(&self, url: &str, _within: std::time::Duration) -> Probe {
+        let answers = self.0.lock().expect("probes lock");
+        answers.get(url).copied().unwrap_or(Probe::Unknown)
+    }
+    async fn status(&self, url: &str) -> Result<NodeStatusView, PeerError> {
+        NoPeers.status(url).await
+    }
+    async fn ledger(&self, url: &str, after: u64, limit: usize) -> Result<LedgerPage, PeerError> {
+        NoPeers.ledger(url, after, limit).await
     }
 }

@@ -582,3 +582,48 @@ async fn catching_up_on_what_we_know_writes_nothing() {
     let learnt = f.node.store.entry("buy-elsewhere").await.unwrap().unwrap();
     assert!(learnt.outcome.is_some());
 }
+
+/// Asking a peer whether it is up, over real HTTP: a stopped app's 403 and a refused
+/// connection are down; a 200 is up; no answer in time (a paused process) and an answer that
+/// proves nothing (a 503) are unknown, so the deadline decides.
+#[tokio::test]
+async fn a_stopped_app_and_a_refused_connection_are_down_and_silence_is_unknown() {
+    use axum::http::StatusCode;
+    use saldo_worker::adapters::HttpPeers;
+    use saldo_worker::{PeerClient, Probe};
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+    let answering = |status: StatusCode| {
+        axum::Router::new().route(
+            "/api/status",
+            axum::routing::get(move || async move { status }),
+        )
+    };
+    let stopped = serve(answering(StatusCode::FORBIDDEN)).await;
+    let up = serve(answering(StatusCode::OK)).await;
+    let unavailable = serve(answering(StatusCode::SERVICE_UNAVAILABLE)).await;
+    let paused = serve(axum::Router::new().route(
+        "/api/status",
+        axum::routing::get(|| async {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            "late"
+        }),
+    ))
+    .await;
+    // A port that was just free: nothing listens.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let peers = HttpPeers::new(None);
+    let within = std::time::Duration::from_millis(300);
+    assert_eq!(peers.probe(&stopped, within).await, Probe::Down);
+    assert_eq!(peers.probe(&refused, within).await, Probe::Down);
+    assert_eq!(peers.probe(&up, within).await, Probe::Up);
+    assert_eq!(peers.probe(&unavailable, within).await, Probe::Unknown);
+    assert_eq!(peers.probe(&paused, within).await, Probe::Unknown);
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{Duration, TimeZone, Utc};
 use saldo_core::ledger::ranking;
 use saldo_store::{MemDb, MemStore, Store};
-use saldo_worker::testing::{Captured, NoPeers};
+use saldo_worker::testing::{Captured, NoPeers, Probes};
 use saldo_worker::{Clock, Config, ManualClock, Node};
 use serde_json::{Value, json};
 
@@ -345,4 +345,86 @@ async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
     let published: Vec<String> = a.bus.published().iter().map(|e| e.id.clone()).collect();
     assert_eq!(published, vec![completion_event_id("t-1"); 2]);
     assert_eq!(db.applied().len(), 1, "executed once");
+}
+
+/// Fast takeover: the next in line asks the first in line whether it is up, on delivery and
+/// once a tenth of the deadline has passed. A first in line that is down (a stopped app's 403,
+/// a refused connection) is taken over at once and left out of the ranking until it is heard
+/// again; one that answers, or does not answer, keeps its whole deadline. Without the probe,
+/// b waits the whole 10 s deadline for every transaction a owns.
+#[tokio::test]
+async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline() {
+    use saldo_worker::{Delivery, Probe};
+    let db = MemDb::new();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let probes = Probes::default();
+    let mut cfg = node(&db, &clock, "b").cfg;
+    cfg.public_url = "http://b".into();
+    let b = Node::new(
+        cfg,
+        db.store("b"),
+        clock.clone(),
+        Captured::default(),
+        probes.clone(),
+    );
+    b.start().await.unwrap();
+    b.handle_delivery(&json!([heartbeat("a", &clock)]))
+        .await
+        .unwrap();
+    let owned_by_a = |from: usize| {
+        (from..)
+            .map(|i| format!("tx-{i}"))
+            .find(|t| ranking(t, ["a", "b"])[0] == "a")
+            .unwrap()
+    };
+    let command = |tx: &str| {
+        json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
+                "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}])
+    };
+    let executed = |d: Delivery| match d {
+        Delivery::Accepted { executed, .. } => executed,
+        other => panic!("{other:?}"),
+    };
+
+    // a answers: b waits for the deadline.
+    probes.set("http://a", Probe::Up);
+    let tx1 = owned_by_a(0);
+    assert_eq!(
+        executed(b.handle_delivery(&command(&tx1)).await.unwrap()),
+        0
+    );
+    clock.advance(Duration::seconds(2));
+    assert_eq!(b.sweep().await.unwrap().executed, 0, "a is up: no takeover");
+
+    // a is stopped (403): the next sweep takes over, long before the 10 s deadline.
+    probes.set("http://a", Probe::Down);
+    assert_eq!(b.sweep().await.unwrap().executed, 1, "a is down: at once");
+    assert_eq!(db.markers()[&tx1].node, "b");
+    assert!(db.markers()[&tx1].takeover, "a takeover, and marked so");
+    assert_eq!(b.counters_snapshot()["takenOver"], 1);
+
+    // Until a is heard again, b executes a's new transactions at once, inline.
+    let tx2 = owned_by_a(1000);
+    assert_eq!(
+        executed(b.handle_delivery(&command(&tx2)).await.unwrap()),
+        1
+    );
+    assert!(db.markers()[&tx2].takeover);
+
+    // a beats again: back in the ranking, and its transactions wait for it again, also when
+    // it does not answer (no answer is not down).
+    clock.advance(Duration::seconds(1));
+    b.handle_delivery(&json!([heartbeat("a", &clock)]))
+        .await
+        .unwrap();
+    probes.set("http://a", Probe::Unknown);
+    clock.advance(Duration::seconds(1));
+    let tx3 = owned_by_a(2000);
+    assert_eq!(
+        executed(b.handle_delivery(&command(&tx3)).await.unwrap()),
+        0
+    );
+    clock.advance(Duration::seconds(2));
+    assert_eq!(b.sweep().await.unwrap().executed, 0, "the deadline decides");
+    assert_eq!(db.applied().len(), 2);
 }

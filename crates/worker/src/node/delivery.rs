@@ -276,7 +276,20 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         decided: &BTreeSet<String>,
         now: DateTime<Utc>,
     ) -> usize {
-        let live = self.live_peers(now).await;
+        // (The region's peer records are read only when there is something to rank.)
+        if new.is_empty() {
+            return 0;
+        }
+        let mut live = self.live_peers(now).await;
+        // Fast takeover: the nodes ranked above us for these commands may be down (`probe`).
+        let undecided = new
+            .iter()
+            .filter(|c| !decided.contains(&c.transaction))
+            .map(|c| c.transaction.as_str());
+        if self.probe_above(undecided, &live, now, true).await {
+            live = self.live_peers(now).await;
+        }
+        let down = self.down_peers();
         let mine: Vec<&NewCommand> = new
             .into_iter()
             .filter(|c| !decided.contains(&c.transaction) && self.rank(&c.transaction, &live) == 0)
@@ -284,7 +297,12 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .collect();
         let mut done = Vec::new();
         for c in mine {
-            match self.execute_one(&c.transaction, &c.command, 0).await {
+            // Ours only because its first in line was found down: a takeover.
+            let takeover = self.owner_is_down(&c.transaction, &live, &down);
+            match self
+                .execute_one(&c.transaction, &c.command, 0, takeover)
+                .await
+            {
                 Ok(completion) => done.push(completion),
                 Err(e) => {
                     // Possibly after its commit (a timeout, a conflict recording the outcome):

@@ -38,12 +38,14 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
 
     /// Executes (or adopts) one transaction. The outcome is not recorded here:
     /// [`Node::settle`] publishes it (when the marker is ours) and then records it, for all of a
-    /// delivery's or a sweep's executions in one ledger write.
+    /// delivery's or a sweep's executions in one ledger write. `takeover`: executing for
+    /// another node (our rank is not 0, or its first in line was found down).
     pub(super) async fn execute_one(
         &self,
         tx: &str,
         command: &Command,
         rank: usize,
+        takeover: bool,
     ) -> Result<Completion, StoreError> {
         let span = tracing::info_span!(
             "execute",
@@ -62,7 +64,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             let now = self.clock.now();
             let ex = scope(
                 Origin::Execution,
-                self.store.execute(tx, &command.products, &self.cfg.region, rank > 0, now),
+                self.store.execute(tx, &command.products, &self.cfg.region, takeover, now),
             )
             .await?;
             if ex.fresh {
@@ -70,7 +72,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 if ex.outcome.status == Outcome::Rejected {
                     inc(&self.counters.rejected, 1);
                 }
-                if rank > 0 {
+                if takeover {
                     inc(&self.counters.taken_over, 1);
                 }
                 tracing::info!(status = ?ex.outcome.status, reason = ?ex.outcome.reason, "executed");

@@ -46,6 +46,19 @@ impl PeerCache {
         }
     }
 
+    /// Found down by a probe at a time in `down`, and its stored heartbeat not changed since.
+    pub(super) fn down_since_heard(
+        &self,
+        p: &PeerRecord,
+        down: &BTreeMap<String, DateTime<Utc>>,
+    ) -> bool {
+        down.get(&p.node).is_some_and(|at| {
+            self.changed_at
+                .get(&p.node)
+                .is_none_or(|(_, changed)| changed <= at)
+        })
+    }
+
     fn is_live(&self, p: &PeerRecord, now: DateTime<Utc>, liveness: Duration) -> bool {
         p.ready
             && self
@@ -71,7 +84,8 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
 
     /// Names of the peers believed live now (self excluded; [`rank_of`] adds it), from the
     /// region's records, read again once the cached copy is `peers_cache` old. If they cannot
-    /// be read the cached copy serves (the ranking is an optimisation, never the safety).
+    /// be read the cached copy serves (the ranking is an optimisation, never the safety). A
+    /// peer this instance found down (`probe`) is left out until it is heard again.
     pub(super) async fn live_peers(&self, now: DateTime<Utc>) -> Vec<String> {
         let stale = {
             let cache = self.peers.lock().expect("peers lock");
@@ -82,11 +96,13 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         if stale && let Err(e) = self.refresh_peers(now).await {
             tracing::warn!(error = %e, "reading the region's peer records failed; ranking on the cached copy");
         }
+        let down = self.down.lock().expect("down lock").clone();
         let cache = self.peers.lock().expect("peers lock");
         cache
             .records
             .values()
             .filter(|p| p.node != self.cfg.node && cache.is_live(p, now, self.cfg.liveness))
+            .filter(|p| !cache.down_since_heard(p, &down))
             .map(|p| p.node.clone())
             .collect()
     }

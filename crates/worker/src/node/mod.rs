@@ -24,6 +24,7 @@
 //! - `sweep`: the periodic takeover, outbox re-publication and catch-up;
 //! - `catch_up`: reconciling with peers' ledger feeds;
 //! - `liveness`: the region's peer records, ranking, and this node's heartbeat;
+//! - `probe`: fast takeover, asking the owners of waiting transactions whether they are up;
 //! - `reads`: the ledger feed, entries, products and status this node serves;
 //! - `counters`, `config` (with the bounds), `error`, and `ports` (clock, bus, peer client).
 
@@ -45,6 +46,7 @@ mod execution;
 mod liveness;
 mod outbox;
 mod ports;
+mod probe;
 mod reads;
 mod sweep;
 
@@ -56,7 +58,7 @@ pub use counters::Counters;
 pub use delivery::{Delivery, SUBSCRIPTION_DELETED, SUBSCRIPTION_VALIDATION};
 pub use error::NodeError;
 pub use outbox::{COMPLETION_SUBJECT, completion_event, completion_event_id};
-pub use ports::{Bus, BusError, Clock, ManualClock, PeerClient, PeerError, SystemClock};
+pub use ports::{Bus, BusError, Clock, ManualClock, PeerClient, PeerError, Probe, SystemClock};
 pub use sweep::SweepReport;
 
 use liveness::PeerCache;
@@ -83,6 +85,14 @@ pub struct Node<S, C, B, P> {
     pending_seen: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// What this node admits of events that parse (see [`intake::Admission`]).
     admission: intake::Admission,
+    /// Peers this instance found down by asking them ([`Probe::Down`]), and when (our clock):
+    /// left out of the ranking until their stored heartbeat changes after that (`probe`). A
+    /// hint for the ranking only, which is never the safety (the warehouse marker is); each
+    /// instance finds out for itself. Bounded by the peers known.
+    down: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    /// When this instance last asked each peer and it was not down (our clock): a peer is
+    /// asked at most once per a tenth of the takeover deadline. Bounded by the peers known.
+    asked: Mutex<BTreeMap<String, DateTime<Utc>>>,
 }
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
@@ -104,6 +114,8 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             peers: Mutex::new(PeerCache::default()),
             pending_seen: Mutex::new(BTreeMap::new()),
             admission: intake::Admission::default(),
+            down: Mutex::new(BTreeMap::new()),
+            asked: Mutex::new(BTreeMap::new()),
         }
     }
 

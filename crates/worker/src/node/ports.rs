@@ -95,8 +95,27 @@ macro_rules! port_error {
 port_error!(BusError);
 port_error!(PeerError);
 
-/// How a node talks to its peers directly (catch-up).
+/// What asking a peer directly whether it is up said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// It answered.
+    Up,
+    /// It cannot be executing anything: its app is stopped (Azure's front end, and the local
+    /// host, answer 403 "This web app is stopped.") or nothing listens (connection refused).
+    Down,
+    /// No answer in time, or an answer that proves nothing (a paused process, a network
+    /// fault): treated as up, so the deadline decides.
+    Unknown,
+}
+
+/// How a node talks to its peers directly (catch-up, and asking an owner whether it is up).
 pub trait PeerClient: Send + Sync + 'static {
+    /// Asks the peer at `url` whether it is up, waiting at most `within`. The default knows
+    /// nothing ([`Probe::Unknown`]): takeovers then wait for their deadlines.
+    fn probe(&self, url: &str, within: std::time::Duration) -> impl Future<Output = Probe> + Send {
+        let _ = (url, within);
+        async { Probe::Unknown }
+    }
     fn status(&self, url: &str) -> impl Future<Output = Result<NodeStatusView, PeerError>> + Send;
     fn ledger(
         &self,

@@ -83,7 +83,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// [`SWEEP_EXECUTIONS`]), their deadlines counted from when this instance first saw them.
     async fn take_over(&self) -> Result<Takeover, StoreError> {
         let now = self.clock.now();
-        let live = self.live_peers(now).await;
+        let mut live = self.live_peers(now).await;
         let mut done = Takeover {
             executed: 0,
             done: Vec::new(),
@@ -91,16 +91,44 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         };
         let pending = scope(Origin::Sweep, self.store.pending(SWEEP_SCAN)).await?;
         let seen_at = self.note_pending(&pending, now);
+        // Fast takeover: ask the nodes ranked above us for what has waited a tenth of its
+        // deadline and is not yet ours (`probe`).
+        let waiting = pending.iter().filter(|e| {
+            let seen = seen_at[&e.transaction];
+            let rank = self.rank(&e.transaction, &live);
+            e.command.is_some()
+                && rank > 0
+                && now >= seen + self.probe_after()
+                && now < sweep_turn_at(seen, rank, self.cfg.takeover)
+        });
+        let waiting: Vec<&str> = waiting.map(|e| e.transaction.as_str()).collect();
+        if self.probe_above(waiting, &live, now, false).await {
+            live = self.live_peers(now).await;
+        }
+        let down = self.down_peers();
         for e in pending {
             if done.executed >= SWEEP_EXECUTIONS {
                 break;
             }
             let Some(command) = &e.command else { continue };
             let rank = self.rank(&e.transaction, &live);
-            if now < sweep_turn_at(seen_at[&e.transaction], rank, self.cfg.takeover) {
+            let seen = seen_at[&e.transaction];
+            // Ours because its first in line was found down: no instance of ours is executing
+            // it inline (it was not ours when it came), so it is due at once.
+            let owner_down = rank == 0 && self.owner_is_down(&e.transaction, &live, &down);
+            let turn = if owner_down {
+                seen
+            } else {
+                sweep_turn_at(seen, rank, self.cfg.takeover)
+            };
+            if now < turn {
                 continue;
             }
-            match self.execute_one(&e.transaction, command, rank).await {
+            let takeover = rank > 0 || owner_down;
+            match self
+                .execute_one(&e.transaction, command, rank, takeover)
+                .await
+            {
                 Ok(completion) => {
                     done.executed += 1;
                     done.done.push(completion);
