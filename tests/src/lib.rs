@@ -153,6 +153,23 @@ impl TestStack {
         Ok(())
     }
 
+    /// SIGSTOPs (`pause` true) or SIGCONTs a component's whole process group (a region's host
+    /// and its handler instances): paused, it holds its connections and answers nothing, as a
+    /// frozen machine would.
+    pub fn pause(&mut self, name: &str, pause: bool) -> Result<()> {
+        let r = self
+            .stack
+            .component(name)
+            .with_context(|| format!("no component {name}"))?;
+        let signal = if pause {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(r.pid()), signal)?;
+        Ok(())
+    }
+
     pub async fn database(&self) -> Result<mongodb::Database> {
         let m = self.manifest().mongodb.as_ref().context("no mongodb")?;
         let client = mongodb::Client::with_uri_str(&m.uri).await?;
