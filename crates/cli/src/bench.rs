@@ -13,7 +13,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use saldo_stack::Manifest;
 use saldo_stack::manifest::HostAction;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::load::Purchase;
 use tokio::sync::Semaphore;
 
 /// Products the benchmark buys from, so that it never empties the demo catalogue.
@@ -42,6 +44,10 @@ pub struct BenchArgs {
     /// closely, a long one keeps the benchmark's own reads from becoming the load.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(20..=10_000))]
     poll_cap_ms: u64,
+    /// Draw the latency of every purchase over time (the region stop shaded) and the latency
+    /// distribution into this PNG file.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<std::path::PathBuf>,
 }
 
 struct Ctx {
@@ -84,9 +90,10 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
     let before = counters(&ctx).await?;
     let polls_before = ctx.shop.polls.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
-    let latencies = buy_many(&ctx, args.purchases, args.concurrency).await?;
+    let mut purchases = buy_many(&ctx, args.purchases, args.concurrency).await?;
     let elapsed = started.elapsed();
     let after = counters(&ctx).await?;
+    let latencies = histogram(purchases.iter())?;
 
     let n = args.purchases as f64;
     let delta = |k: &str| {
@@ -97,6 +104,7 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
             .saturating_sub(before.get(k).copied().unwrap_or(0))
     };
     println!();
+    println!("stack binaries                 {}", stack_build(&ctx.m));
     println!("purchases                      {}", args.purchases);
     let rate = n / elapsed.as_secs_f64();
     println!("purchases per second           {rate:.1}");
@@ -144,10 +152,49 @@ pub async fn bench(root: &std::path::Path, args: BenchArgs) -> Result<std::proce
         delta("duplicates") as f64 / n
     );
 
+    let mut stops = Vec::new();
     if let Some(region) = &args.stop_region {
-        takeover(&ctx, region, args.takeover_purchases).await?;
+        let (during, stop) = takeover(&ctx, region, args.takeover_purchases).await?;
+        purchases.extend(during);
+        stops.push(stop);
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "saldo bench: {} purchases at concurrency {}",
+            args.purchases, args.concurrency
+        );
+        crate::plot::bench(
+            path,
+            &title,
+            &purchases,
+            &stops,
+            args.stop_region.as_deref(),
+        )?;
+        println!();
+        println!("plot                           {}", path.display());
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Which build the running stack's binaries are: the directory of `saldo up`'s executable
+/// (`target/debug` or `target/release`), read from /proc.
+fn stack_build(m: &Manifest) -> String {
+    match std::fs::read_link(format!("/proc/{}/exe", m.pid)) {
+        Ok(exe) => exe
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| exe.display().to_string()),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// The latencies (202 to terminal, ms) of the purchases that have one.
+fn histogram<'a>(purchases: impl Iterator<Item = &'a Purchase>) -> Result<Histogram<u64>> {
+    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+    for ms in purchases.filter_map(Purchase::latency_ms) {
+        hist.record(ms.max(1))?;
+    }
+    Ok(hist)
 }
 
 /// Sets the benchmark's own products to a large stock, through the topic like any update, and waits
@@ -181,7 +228,8 @@ async fn counters(ctx: &Ctx) -> Result<BTreeMap<String, u64>> {
     Ok(sum)
 }
 
-async fn buy_many(ctx: &Arc<Ctx>, n: u32, concurrency: u32) -> Result<Histogram<u64>> {
+/// Makes `n` purchases, `concurrency` at a time; each must complete. Returns their records.
+async fn buy_many(ctx: &Arc<Ctx>, n: u32, concurrency: u32) -> Result<Vec<Purchase>> {
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -196,28 +244,29 @@ async fn buy_many(ctx: &Arc<Ctx>, n: u32, concurrency: u32) -> Result<Histogram<
         let ctx = ctx.clone();
         let bar = bar.clone();
         tasks.spawn(async move {
-            let r = buy_one(&ctx, BENCH_PRODUCTS[i as usize % BENCH_PRODUCTS.len()]).await;
+            let r = buy_one(&ctx, i as usize).await;
             bar.inc(1);
             drop(permit);
             r
         });
     }
-    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+    let mut done = Vec::with_capacity(n as usize);
     while let Some(r) = tasks.join_next().await {
-        let ms = r??;
-        hist.record(ms.max(1))?;
+        done.push(r??);
     }
     bar.finish();
-    Ok(hist)
+    done.sort_by_key(|p| p.n);
+    Ok(done)
 }
 
-/// One purchase (the shoppers' client: same key on a retry), followed to its end. Returns ms
-/// from 202 to completion.
-async fn buy_one(ctx: &Ctx, product: u64) -> Result<u64> {
+/// Purchase number `i` (the shoppers' client: same key on a retry), followed to its end; it
+/// must complete.
+async fn buy_one(ctx: &Ctx, i: usize) -> Result<Purchase> {
     let deadline = Instant::now() + ctx.timeout;
+    let product = BENCH_PRODUCTS[i % BENCH_PRODUCTS.len()];
     let p = ctx
         .shop
-        .purchase(0, vec![(product, 1)], false, deadline)
+        .purchase(i, vec![(product, 1)], false, deadline)
         .await;
     if let Some(r) = &p.refused {
         bail!("order refused: {r}");
@@ -230,58 +279,31 @@ async fn buy_one(ctx: &Ctx, product: u64) -> Result<u64> {
             p.errors
         );
     }
-    p.latency_ms().context("completed without times")
-}
-
-/// Follows a transaction until completed or rejected; returns which.
-async fn wait_done(ctx: &Ctx, tx: &str) -> Result<String> {
-    match ctx.shop.follow(tx, Instant::now() + ctx.timeout).await {
-        Some(s) if s.status != "pending" => Ok(s.status),
-        _ => bail!("transaction {tx} did not complete within {:?}", ctx.timeout),
-    }
+    p.latency_ms().context("completed without times")?;
+    Ok(p)
 }
 
 /// Stops a region, buys while it is down (the others must take its share over), starts it again
-/// and times until its ledger holds every one of those purchases.
-async fn takeover(ctx: &Arc<Ctx>, region: &str, n: u32) -> Result<()> {
+/// and times until its ledger holds every one of those purchases. Prints the latency of the
+/// purchases the stopped region owned (first in line): how long the others took to find out.
+/// Returns the purchases and the stop window (ms on the shoppers' clock).
+async fn takeover(ctx: &Arc<Ctx>, region: &str, n: u32) -> Result<(Vec<Purchase>, (u64, u64))> {
     ctx.m
         .require_node(region)?
         .control(HostAction::Stop)
         .await?;
+    let stopped_at = ctx.shop.ms();
     let started = Instant::now();
-    let mut ids = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            let resp = ctx
-                .http
-                .post(format!("{}/api/orders", ctx.shop.api))
-                .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-                .json(&json!({"lines": [{"id": BENCH_PRODUCTS[i as usize % 4], "quantity": 1}]}))
-                .send()
-                .await?;
-            let v: Value = resp.error_for_status()?.json().await?;
-            let tx = v["transaction"]
-                .as_str()
-                .context("no transaction id")?
-                .to_string();
-            wait_done(&ctx, &tx).await?;
-            anyhow::Ok(tx)
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        ids.push(r??);
-    }
+    let during = buy_many(ctx, n, n.max(1)).await;
     let elsewhere = started.elapsed();
     let restarted = Instant::now();
-    ctx.m
-        .require_node(region)?
-        .control(HostAction::Start)
-        .await?;
+    let restart = ctx.m.require_node(region)?.control(HostAction::Start).await;
+    let started_at = ctx.shop.ms();
+    let during = during?;
+    restart?;
     let node = ctx.m.node(region).expect("checked above");
     let deadline = Instant::now() + ctx.timeout;
-    for tx in &ids {
+    for tx in during.iter().filter_map(|p| p.transaction.as_deref()) {
         loop {
             let ok = ctx
                 .http
@@ -306,9 +328,31 @@ async fn takeover(ctx: &Arc<Ctx>, region: &str, n: u32) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    let names: Vec<&str> = ctx.m.nodes.iter().map(|n| n.name.as_str()).collect();
+    let owned: Vec<&Purchase> = during
+        .iter()
+        .filter(|p| {
+            p.transaction.as_deref().is_some_and(|tx| {
+                saldo_core::ledger::ranking(tx, names.iter().copied()).first() == Some(&region)
+            })
+        })
+        .collect();
+    let all = histogram(during.iter())?;
+    let own = histogram(owned.iter().copied())?;
     println!();
     println!("region stopped                 {region}");
     println!("purchases while it was down    {n}");
+    println!(
+        "  latency p50 / p99            {} ms / {} ms",
+        all.value_at_quantile(0.5),
+        all.value_at_quantile(0.99)
+    );
+    println!(
+        "  of them its own ({:>3})        p50 {} ms / p99 {} ms (first in line: completed elsewhere)",
+        owned.len(),
+        own.value_at_quantile(0.5),
+        own.value_at_quantile(0.99)
+    );
     println!(
         "all completed elsewhere after  {} ms",
         elsewhere.as_millis()
@@ -317,5 +361,5 @@ async fn takeover(ctx: &Arc<Ctx>, region: &str, n: u32) -> Result<()> {
         "region caught up after start   {} ms",
         restarted.elapsed().as_millis()
     );
-    Ok(())
+    Ok((during, (stopped_at, started_at)))
 }

@@ -1,5 +1,6 @@
-//! The chaos timeline as a PNG: each purchase's latency (202 to terminal) at the time it was
-//! accepted, with the fault windows shaded.
+//! Latency pictures as PNG: each purchase's latency (202 to terminal) at the time it was
+//! accepted, with the fault windows shaded (`saldo chaos`), and beside it the latency
+//! distribution (`saldo bench --plot`).
 //!
 //! plotters draws text through `ab_glyph` from a font file found at run time (Debian's DejaVu),
 //! so building needs no system font library; without a font the plot is drawn without text.
@@ -60,6 +61,105 @@ fn latency_s(p: &Purchase) -> Option<f64> {
 }
 
 pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]) -> Result<()> {
+    let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(drawing(path))?;
+    let caption = format!("saldo chaos, seed {seed}: latency from 202 to terminal");
+    timeline_on(&root, path, &caption, purchases, faults)?;
+    root.present().map_err(drawing(path))?;
+    Ok(())
+}
+
+/// `saldo bench --plot`: each purchase's latency at the time it was accepted, with the region
+/// stop shaded (left), and the distribution of latencies (right).
+pub fn bench(
+    path: &Path,
+    title: &str,
+    purchases: &[Purchase],
+    stops: &[(u64, u64)],
+    region: Option<&str>,
+) -> Result<()> {
+    let faults: Vec<Fault> = stops
+        .iter()
+        .map(|&(start_ms, healed_ms)| Fault {
+            kind: Kind::Region,
+            target: region.unwrap_or("a region").to_string(),
+            start_ms,
+            healed_ms,
+            recovered: true,
+            detail: String::new(),
+        })
+        .collect();
+    let root = BitMapBackend::new(path, (1600, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(drawing(path))?;
+    let (left, right) = root.split_horizontally(1050);
+    timeline_on(
+        &left,
+        path,
+        &format!("{title}: latency over time"),
+        purchases,
+        &faults,
+    )?;
+    distribution_on(&right, path, "latency distribution", purchases)?;
+    root.present().map_err(drawing(path))?;
+    Ok(())
+}
+
+/// The latencies as a histogram: 40 bins from 0 to the largest.
+fn distribution_on<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    path: &Path,
+    caption: &str,
+    purchases: &[Purchase],
+) -> Result<()> {
+    const BINS: usize = 40;
+    let text = font();
+    let e = drawing(path);
+    let lat: Vec<f64> = purchases.iter().filter_map(latency_s).collect();
+    let x_max = lat.iter().copied().fold(0.01f64, f64::max) * 1.02;
+    let width = x_max / BINS as f64;
+    let mut counts = [0u32; BINS];
+    for l in &lat {
+        counts[((l / width) as usize).min(BINS - 1)] += 1;
+    }
+    let y_max = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(20);
+    if text {
+        builder
+            .caption(caption, ("sans-serif", 24))
+            .x_label_area_size(40)
+            .y_label_area_size(60);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(&e)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("latency (s)").y_desc("purchases");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(&e)?;
+    chart
+        .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+            let a = i as f64 * width;
+            Rectangle::new(
+                [(a, 0.0), (a + width * 0.9, c as f64)],
+                BLUE.mix(0.6).filled(),
+            )
+        }))
+        .map_err(&e)?;
+    Ok(())
+}
+
+/// Each purchase's latency at the time it was accepted, over the fault windows.
+fn timeline_on<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    path: &Path,
+    caption: &str,
+    purchases: &[Purchase],
+    faults: &[Fault],
+) -> Result<()> {
     let text = font();
     let end_ms = purchases
         .iter()
@@ -74,17 +174,12 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
         .fold(1.0f64, f64::max)
         * 1.1;
 
-    let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
     let e = drawing(path);
-    root.fill(&WHITE).map_err(&e)?;
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(area);
     builder.margin(20);
     if text {
         builder
-            .caption(
-                format!("saldo chaos, seed {seed}: latency from 202 to terminal"),
-                ("sans-serif", 24),
-            )
+            .caption(caption, ("sans-serif", 24))
             .x_label_area_size(40)
             .y_label_area_size(60);
     }
@@ -101,7 +196,6 @@ pub fn timeline(path: &Path, seed: u64, purchases: &[Purchase], faults: &[Fault]
 
     draw_faults(&mut chart, faults, y_max, text, path)?;
     draw_purchases(&mut chart, purchases, y_max, text, path)?;
-    root.present().map_err(&e)?;
     Ok(())
 }
 
@@ -239,6 +333,19 @@ mod tests {
         }];
         timeline(&path, 1, &purchases, &faults).unwrap();
         let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 5_000, "a real picture, not an empty file");
+
+        let bench_path = dir.path().join("b.png");
+        bench(
+            &bench_path,
+            "bench",
+            &purchases,
+            &[(1500, 3500)],
+            Some("northeurope"),
+        )
+        .unwrap();
+        let bytes = std::fs::read(&bench_path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         assert!(bytes.len() > 5_000, "a real picture, not an empty file");
     }
