@@ -333,6 +333,62 @@ async fn racing_executors_change_stock_once() {
     assert_eq!(stores[0].product(8).await.unwrap().unwrap().saldo, 0);
 }
 
+/// One instance's concurrent executions share warehouse transactions (group commit) and
+/// each still gets its own answer: every purchase of the hot product is decided on the stock
+/// the ones before it left, exactly as many win as there is stock, the same transaction asked
+/// twice at once commits once, and the stock ends exact. One by one they conflicted on the
+/// product and backed off; now the burst costs fewer transactions than executions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instances_concurrent_executions_share_transactions_and_stay_exact() {
+    let db = spawn_secantus();
+    let s = std::sync::Arc::new(store(&db, "westeurope").await);
+    stock_up(&s, 9, 10).await;
+    let commits_before = s.db_ops_by_origin().get("dbOps.other.txnEnd").copied();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let s = s.clone();
+        // Buys 9-1 and 9-2 twice each: the second asker of each adopts.
+        let tx = if i < 4 {
+            format!("buy-{}", i % 2 + 1)
+        } else {
+            format!("buy-{i}")
+        };
+        tasks.spawn(async move {
+            let e = s
+                .execute(&tx, &[line(9, None, Some(-1))], "r", false, Utc::now())
+                .await
+                .unwrap();
+            (tx, e)
+        });
+    }
+    let mut by_tx: std::collections::BTreeMap<String, Vec<Execution>> = Default::default();
+    while let Some(r) = tasks.join_next().await {
+        let (tx, e) = r.unwrap();
+        by_tx.entry(tx).or_default().push(e);
+    }
+    assert_eq!(by_tx.len(), 14, "14 transactions");
+    let mut completed = 0;
+    for (tx, es) in &by_tx {
+        assert_eq!(
+            es.iter().filter(|e| e.fresh).count(),
+            1,
+            "{tx} committed once: {es:?}"
+        );
+        assert!(
+            es.iter().all(|e| e.outcome == es[0].outcome),
+            "{tx}: one outcome"
+        );
+        completed += (es[0].outcome.status == Outcome::Completed) as usize;
+    }
+    assert_eq!(completed, 10, "exactly as many win as there was stock");
+    assert_eq!(s.product(9).await.unwrap().unwrap().saldo, 0);
+    let commits = s.db_ops_by_origin()["dbOps.other.txnEnd"] - commits_before.unwrap_or(0);
+    assert!(
+        commits < 14,
+        "{commits} transactions for 14 executions: no group commit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_unavailable() {
     let mut db = spawn_secantus();

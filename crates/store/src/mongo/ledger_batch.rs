@@ -3,8 +3,8 @@
 //! Every write that numbers ledger entries is one transaction that bumps the ledger's counter
 //! (see [`MongoStore`]'s `ledger`), so two of them at once conflict (WriteConflict 112) and one
 //! backs off. Under load an instance would spend its time retrying against itself. Instead,
-//! each instance writes its ledger through one queue: whoever finds no transaction running
-//! takes everything queued (up to [`MAX_BATCH_ITEMS`] entries) and writes it in ONE
+//! each instance writes its ledger through one queue (`group`): whoever finds no transaction
+//! running takes everything queued (up to [`MAX_BATCH_ITEMS`] entries) and writes it in ONE
 //! transaction of three round trips, whatever the number of entries:
 //!
 //! 1. take as many numbers from the counter as there are statements (unused ones are gaps,
@@ -17,9 +17,7 @@
 //! An outcome for an entry already decided makes its upsert collide on `_id` (11000): the
 //! attempt is abandoned and the batch written again "carefully", reading the entries first
 //! (one query) and comparing the known outcomes (same or conflicting) in memory. Commit order
-//! still equals sequence order, so the feed still cannot skip. A caller whose future is dropped
-//! while it leads abandons the batch; the others get `Unavailable` and retry (their writes,
-//! if they committed, are then duplicates, which is harmless).
+//! still equals sequence order, so the feed still cannot skip.
 //!
 //! Cosmos DB's limits: one unsharded collection (the ledger), a few seconds (three round trips),
 //! and the request size: at most [`MAX_BATCH_ITEMS`] statements of well under 1 KB each.
@@ -31,15 +29,14 @@ use chrono::{DateTime, Utc};
 use mongodb::ClientSession;
 use mongodb::bson::{self, Bson, Document, doc};
 use saldo_core::views::LedgerState;
-use tokio::sync::oneshot;
 
 use super::MongoStore;
 use super::documents::{ms, parse_ledger};
 use super::retry::DUPLICATE_KEY;
 use super::transaction::Attempt;
+use crate::Result;
 use crate::model::*;
 use crate::origin::Kind;
-use crate::{Result, StoreError};
 
 /// Most entries one ledger transaction writes. A request larger than this (a delivery of up to
 /// 5,000 commands) is written in chunks of this size, one after another.
@@ -73,30 +70,11 @@ pub(super) enum Done {
     Recorded(Recorded),
 }
 
-struct Request {
-    items: Vec<Item>,
-    reply: oneshot::Sender<Result<Vec<Done>>>,
-}
+/// The group commit of one instance's ledger writes.
+pub(super) type LedgerGroup = super::group::Group<Item, Done>;
 
-/// The queue of one instance's ledger writes, and the right to write it.
-#[derive(Default)]
-pub(super) struct GroupCommit {
-    queue: std::sync::Mutex<Vec<Request>>,
-    leader: tokio::sync::Mutex<()>,
-}
-
-impl GroupCommit {
-    /// Takes queued requests in arrival order, at least one, up to [`MAX_BATCH_ITEMS`] entries.
-    fn take(&self) -> Vec<Request> {
-        let mut q = self.queue.lock().expect("ledger queue lock");
-        let mut n = 0;
-        let mut k = 0;
-        while k < q.len() && (k == 0 || n + q[k].items.len() <= MAX_BATCH_ITEMS) {
-            n += q[k].items.len();
-            k += 1;
-        }
-        q.drain(..k).collect()
-    }
+pub(super) fn ledger_group() -> LedgerGroup {
+    super::group::Group::new(MAX_BATCH_ITEMS)
 }
 
 /// The state of one transaction's entry as a careful attempt sees it (read, then updated by the
@@ -112,49 +90,13 @@ impl MongoStore {
     pub(super) async fn write_ledger(&self, what: &str, items: Vec<Item>) -> Result<Vec<Done>> {
         let mut out = Vec::with_capacity(items.len());
         for chunk in items.chunks(MAX_BATCH_ITEMS) {
-            let done = self.bounded(what, self.submit(chunk.to_vec())).await?;
+            let write = |items: Vec<Item>| async move { self.write_batch(&items).await };
+            let done = self
+                .bounded(what, self.group.submit(chunk.to_vec(), write))
+                .await?;
             out.extend(done);
         }
         Ok(out)
-    }
-
-    async fn submit(&self, items: Vec<Item>) -> Result<Vec<Done>> {
-        let (reply, mut rx) = oneshot::channel();
-        self.group
-            .queue
-            .lock()
-            .expect("ledger queue lock")
-            .push(Request { items, reply });
-        // Lead until our own request is written (a leader before us may have written it).
-        let _leader = self.group.leader.lock().await;
-        loop {
-            match rx.try_recv() {
-                Ok(r) => return r,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(StoreError::Unavailable(
-                        "ledger write: the batch it was in was abandoned".into(),
-                    ));
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            let batch = self.group.take();
-            if batch.is_empty() {
-                // Cannot happen: our request is queued and no one else writes while we lead.
-                return Err(StoreError::Failed("ledger write: request lost".into()));
-            }
-            let items: Vec<Item> = batch.iter().flat_map(|r| r.items.clone()).collect();
-            let result = self.write_batch(&items).await;
-            let mut at = 0;
-            for r in batch {
-                let n = r.items.len();
-                let part = match &result {
-                    Ok(done) => Ok(done[at..at + n].to_vec()),
-                    Err(e) => Err(e.clone()),
-                };
-                at += n;
-                let _ = r.reply.send(part);
-            }
-        }
     }
 
     /// One transaction for the whole batch (see the module comment).

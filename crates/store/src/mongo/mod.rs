@@ -2,8 +2,9 @@
 //!
 //! Cosmos DB limits and how this module respects them:
 //! - Multi-document transactions only inside ONE unsharded collection (5 s limit): the warehouse
-//!   keeps products and applied-markers in the single `warehouse` collection, and an execution
-//!   is one short transaction in it (read, decide, write, commit; no waiting inside).
+//!   keeps products and applied-markers in the single `warehouse` collection, and a batch of
+//!   executions is one short transaction in it (read, decide, write, commit; no waiting inside;
+//!   at most [`MAX_EXECUTIONS_PER_TRANSACTION`] executions).
 //! - Unique indexes only on empty collections: the only uniqueness Saldo relies on is `_id`
 //!   (the transaction id in a ledger, `tx:<id>` for markers), which every collection has from
 //!   birth. The other indexes are plain and are created by [`Store::init`](crate::Store::init) at start-up, before
@@ -32,13 +33,15 @@
 //! and SecantusDB manages a few hundred writes a second, so the ledger's writes are group-committed:
 //! every command and outcome an instance has to write while another of its ledger transactions
 //! runs waits for it and then goes into the next one, three round trips however many entries
-//! (`ledger_batch`). An execution is 3 + (lines) round trips.
+//! (`ledger_batch`). Executions are group-committed too (`execute`): one warehouse transaction
+//! of 3 + (products touched) round trips for all of an instance's executions waiting at once.
 //!
 //! One module per job: `documents` (the BSON documents and their mapping to the model),
 //! `retry` (classifying driver errors, bounded retries with back-off), `transaction` (the
-//! multi-document transaction loop, numbering from the counter), `ledger_batch` (the group
-//! commit of the ledger's writes), `execute` (one
-//! execution against the warehouse), and `store` (the `Store` operations).
+//! multi-document transaction loop, numbering from the counter), `group` (group commit:
+//! an instance's concurrent writes of one kind share a transaction), `ledger_batch` (the
+//! ledger's writes), `execute` (executions against the warehouse), and `store` (the `Store`
+//! operations).
 
 use std::time::Duration;
 
@@ -51,11 +54,13 @@ use crate::{Result, StoreError, valid_node_name};
 
 mod documents;
 mod execute;
+mod group;
 mod ledger_batch;
 mod retry;
 mod store;
 mod transaction;
 
+pub use execute::MAX_EXECUTIONS_PER_TRANSACTION;
 pub use retry::{MAX_ATTEMPTS, MAX_TRANSACTION_ATTEMPTS, TRANSACTION_LIFETIME};
 
 use retry::classify;
@@ -86,7 +91,10 @@ pub struct MongoStore {
     /// Instead whoever finds no transaction running writes everything queued in one
     /// (`ledger_batch`). Other instances of the region still race with us; the counter's
     /// conflict orders them, as above.
-    group: ledger_batch::GroupCommit,
+    group: ledger_batch::LedgerGroup,
+    /// This process's executions against the warehouse, group-committed the same way: they
+    /// all write the few products everybody buys (`execute`).
+    executions: execute::ExecGroup,
     peers: Collection<Document>,
     warehouse: Collection<Document>,
     /// Bound on one operation, its retries included.
@@ -138,7 +146,8 @@ impl MongoStore {
             client,
             node: node.to_string(),
             timeout: DEFAULT_TIMEOUT,
-            group: ledger_batch::GroupCommit::default(),
+            group: ledger_batch::ledger_group(),
+            executions: execute::exec_group(),
             ops: OpCounters::default(),
         })
     }

@@ -12,6 +12,7 @@ use saldo_core::views::ProductView;
 use super::documents::{
     MarkerDoc, PeerDoc, ProductDoc, marker_key, ms, parse_ledger, product_key, to_i64,
 };
+use super::execute::Exec;
 use super::ledger_batch::{Done, Item};
 use super::retry::{DUPLICATE_KEY, classify, code};
 use super::transaction::Attempt;
@@ -432,18 +433,12 @@ impl Store for MongoStore {
         takeover: bool,
         now: DateTime<Utc>,
     ) -> Result<Execution> {
-        // A product changed under us, the same marker committed first (11000), or the server
-        // saw the conflict (112 / TransientTransactionError): `transact` starts over, which
-        // adopts the winner's marker or re-decides on the new stock.
-        self.transact("execute", move |mut session| async move {
-            let r = self
-                .execute_once(&mut session, transaction, lines, region, takeover, now)
-                .await
-                .map(|done| match done {
-                    Some(done) => Attempt::Done(done),
-                    None => Attempt::Again,
-                });
-            (session, r)
+        self.execute_grouped(Exec {
+            transaction: transaction.to_string(),
+            lines: lines.to_vec(),
+            region: region.to_string(),
+            takeover,
+            now,
         })
         .await
     }
