@@ -34,6 +34,26 @@ pub struct Wal {
 /// Lines waiting for the writer. Bounded: a slow disk slows publishers down instead of
 /// growing memory.
 const QUEUE: usize = 8192;
+/// Most lines one write and fsync take.
+const MAX_BATCH: usize = 1024;
+/// Group commit with a commit delay (as PostgreSQL's `commit_delay`): when the last batch
+/// showed concurrent publishers, the writer waits up to this long, or until
+/// [`COMMIT_GROUP`] lines are waiting, before it fsyncs. On a disk whose fsync is fast, taking
+/// only what is queued at that instant gave batches of one or two (0.58 fsyncs per event with
+/// 16 publishers); a millisecond is little beside a publish's round trip. A
+/// lone publisher never waits.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+const COMMIT_GROUP: usize = 12;
+
+/// Takes what is queued, up to [`MAX_BATCH`] lines in the batch.
+fn drain(rx: &mut mpsc::Receiver<Append>, batch: &mut Vec<Append>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(a) => batch.push(a),
+            Err(_) => break,
+        }
+    }
+}
 
 impl Wal {
     /// Starts the writer on `path` (already compacted by the caller). The log is compacted
@@ -49,14 +69,20 @@ impl Wal {
             let mut file = file;
             let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
             let mut threshold = compact_bytes.max(size * 2);
+            // Whether the last batch had company: then publishers are concurrent, and a
+            // moment's wait lets more of them share the next fsync.
+            let mut concurrent = false;
             while let Some(first) = rx.blocking_recv() {
                 let mut batch = vec![first];
-                while batch.len() < 1024 {
-                    match rx.try_recv() {
-                        Ok(a) => batch.push(a),
-                        Err(_) => break,
+                drain(&mut rx, &mut batch);
+                if concurrent && batch.len() < COMMIT_GROUP {
+                    let until = std::time::Instant::now() + COMMIT_DELAY;
+                    while batch.len() < COMMIT_GROUP && std::time::Instant::now() < until {
+                        std::thread::sleep(COMMIT_DELAY / 5);
+                        drain(&mut rx, &mut batch);
                     }
                 }
+                concurrent = batch.iter().filter(|a| a.synced.is_some()).count() > 1;
                 let mut result: io::Result<()> = Ok(());
                 let mut buf = Vec::with_capacity(batch.iter().map(|a| a.line.len()).sum());
                 for a in &batch {
