@@ -23,6 +23,7 @@ impl Bus for Publisher {
 pub struct HttpPeers {
     http: reqwest::Client,
     key: Option<String>,
+    timeout: Duration,
 }
 
 impl HttpPeers {
@@ -33,11 +34,24 @@ impl HttpPeers {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .expect("static reqwest configuration is valid");
-        HttpPeers { http, key }
+        HttpPeers {
+            http,
+            key,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Bounds each request to a peer (catch-up's status and ledger pages). The worker sets it
+    /// to the takeover deadline: a paused peer (SIGSTOP, a frozen machine) accepts the
+    /// connection and answers nothing, and waiting out the default 10 s held the sweep, and
+    /// with it every takeover waiting for the next sweep.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, PeerError> {
-        let mut req = self.http.get(&url);
+        let mut req = self.http.get(&url).timeout(self.timeout);
         if let Some(k) = &self.key {
             req = req.header("x-functions-key", k);
         }

@@ -92,7 +92,9 @@ async fn build_node(settings: &Settings) -> anyhow::Result<Arc<WorkerNode>> {
     .map_err(|e| anyhow::anyhow!("{e}"))?
     .with_timeout(settings.db_timeout);
     let bus = saldo_publish::Publisher::from_env()?;
-    let peers = HttpPeers::new(settings.fleet_key.clone());
+    // A peer's request is bounded by the takeover deadline (see `HttpPeers::with_timeout`).
+    let peers = HttpPeers::new(settings.fleet_key.clone())
+        .with_timeout(settings.config.takeover.to_std().unwrap_or_default());
     if settings.admission.fleet.is_none() {
         tracing::warn!(
             "SALDO_FLEET is not set: heartbeats and completions from any node are admitted"

@@ -17,8 +17,9 @@ use super::{Bus, CATCH_UP_PAGE, CATCH_UP_PAGES, Clock, MAX_PEERS, Node, NodeErro
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// Reconciles with every known peer: pages through its ledger feed from the last cursor and
     /// merges commands and outcomes into ours. Returns the number of repairs (entries our
-    /// ledger learnt). A peer that cannot be reached, or does not finish within a takeover
-    /// deadline, is skipped (logged); a failure of our own database fails the round.
+    /// ledger learnt). A peer that cannot be reached is skipped (logged); a failure of our own
+    /// database fails the round. (A paused peer that holds its connections cannot hold the
+    /// round for long: the peer client bounds each request by the takeover deadline.)
     pub async fn catch_up(&self) -> Result<usize, NodeError> {
         let mut urls: BTreeSet<String> = self.cfg.peers.iter().cloned().collect();
         urls.extend(
@@ -31,20 +32,8 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         );
         urls.remove(&self.cfg.public_url);
         let mut repairs = 0;
-        // A paused peer (SIGSTOP, a frozen machine) holds the connection and answers nothing:
-        // unbounded, its catch-up held this sweep for the HTTP client's whole timeout, and so
-        // every takeover waiting for the next sweep. One takeover deadline per peer at most; the
-        // cursor is saved page by page, so the next round goes on from there.
-        let bound = self.cfg.takeover.to_std().unwrap_or_default();
         for url in urls.into_iter().filter(|u| !u.is_empty()).take(MAX_PEERS) {
-            let round =
-                tokio::time::timeout(bound, scope(Origin::CatchUp, self.catch_up_from(&url)));
-            let Ok(result) = round.await else {
-                inc(&self.counters.catch_up_timeouts, 1);
-                tracing::info!(peer = %url, ?bound, "catch-up from a peer took a takeover deadline; next round");
-                continue;
-            };
-            match result {
+            match scope(Origin::CatchUp, self.catch_up_from(&url)).await {
                 Ok(n) => repairs += n,
                 Err(NodeError::Store(StoreError::Contended(e))) => {
                     // Our ledger was busy through the retries: this peer's turn comes again.

@@ -30,7 +30,6 @@ counters! {
     adopted => "adopted",
     peers_recorded => "peersRecorded",
     catch_up_repairs => "catchUpRepairs",
-    catch_up_timeouts => "catchUpTimeouts",
     publish_retries => "publishRetries",
     conflicts => "conflicts",
     invalid => "invalid",
