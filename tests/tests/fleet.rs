@@ -114,6 +114,37 @@ async fn duplicates_and_reordering_change_nothing() {
     );
 }
 
+/// The first and the second in line for `tx` among the stack's regions.
+fn owner_and_next(s: &TestStack, tx: &str) -> (String, String) {
+    let regions = s.regions();
+    let ranking = saldo_core::ledger::ranking(tx, regions.iter().map(String::as_str));
+    (ranking[0].to_string(), ranking[1].to_string())
+}
+
+/// Publishes `tx`, a purchase of 3 oranges, straight to the topic.
+async fn buy_three_oranges(s: &TestStack, tx: &str) -> anyhow::Result<()> {
+    s.publish(&json!([command(
+        tx,
+        json!([{"id": ORANGE, "ean": 1111, "name": "Orange", "change": -3}])
+    )]))
+    .await
+}
+
+/// Checks that `next` completed `tx` as a takeover, and returns how long it waited between
+/// recording the command and applying it, on its own clock (one clock, so no comparison between
+/// machines).
+async fn taken_over_by(s: &TestStack, tx: &str, outcome: &Value, next: &str) -> i64 {
+    assert_eq!(outcome["status"], "completed");
+    assert_eq!(outcome["executedBy"], next, "the next in line executes");
+    assert_eq!(outcome["takeover"], true, "{outcome}");
+    let entry = s
+        .ledger(next, tx)
+        .await
+        .unwrap()
+        .expect("the executor recorded it");
+    millis_between(&entry["recordedAt"], &entry["executedAt"])
+}
+
 /// The owner's app is stopped (403) while the others still believe it is alive (its last
 /// heartbeat is fresh): the next in line asks it, finds it stopped, and executes at once, as a
 /// takeover, instead of waiting out the takeover deadline.
@@ -121,35 +152,14 @@ async fn duplicates_and_reordering_change_nothing() {
 async fn the_owner_stopped_before_executing_is_taken_over_at_once() {
     let s = stack().await;
     let tx = "owner-stopped-1";
-    let regions = s.regions();
-    let ranking = saldo_core::ledger::ranking(tx, regions.iter().map(String::as_str));
-    let (owner, next) = (ranking[0].to_string(), ranking[1].to_string());
+    let (owner, next) = owner_and_next(&s, tx);
     s.region(&owner, "stop").await.unwrap();
-    s.publish(&json!([command(
-        tx,
-        json!([{"id": ORANGE, "ean": 1111, "name": "Orange", "change": -3}])
-    )]))
-    .await
-    .unwrap();
+    buy_three_oranges(&s, tx).await.unwrap();
     let outcome = s.outcome(tx).await.unwrap();
-    assert_eq!(outcome["status"], "completed");
-    assert_eq!(
-        outcome["executedBy"],
-        next.as_str(),
-        "the next in line executes"
-    );
-    assert_eq!(outcome["takeover"], true, "{outcome}");
-    // Well before the deadline: measured on the executor's own clock, from when it recorded the
-    // command to when it applied it (one clock, so no comparison between machines).
-    let entry = s
-        .ledger(&next, tx)
-        .await
-        .unwrap()
-        .expect("the executor recorded it");
-    let waited = millis_between(&entry["recordedAt"], &entry["executedAt"]);
+    let waited = taken_over_by(&s, tx, &outcome, &next).await;
     assert!(
         waited < TAKEOVER_MS,
-        "the next in line did not wait out the deadline ({waited} ms < {TAKEOVER_MS} ms): {entry}"
+        "the next in line did not wait out the deadline ({waited} ms < {TAKEOVER_MS} ms)"
     );
     assert_eq!(s.stock(ORANGE).await.unwrap(), 22);
     // When the owner returns it learns the outcome instead of executing again.
@@ -162,43 +172,23 @@ async fn the_owner_stopped_before_executing_is_taken_over_at_once() {
 /// others still believe it is alive. No answer is not "down": the next in line keeps the
 /// takeover deadline, then takes over at its turn in the ranking (rank 1), not because the
 /// owner was dropped from the ranking (then it would execute as rank 0, no takeover). Nor does
-/// the paused owner hold up the sweeps that take over: their catch-up from it is bounded (it
-/// used to wait out the HTTP client's 10 s, and the third in line got there first).
+/// the paused owner hold up the sweeps that take over: each request to it is bounded by the
+/// deadline (it used to wait out the HTTP client's 10 s, and the third in line got there first).
 #[tokio::test]
 async fn the_owner_paused_before_executing_is_replaced_within_the_deadline() {
     let mut s = stack().await;
     let tx = "owner-paused-1";
-    let regions = s.regions();
-    let ranking = saldo_core::ledger::ranking(tx, regions.iter().map(String::as_str));
-    let (owner, next) = (ranking[0].to_string(), ranking[1].to_string());
+    let (owner, next) = owner_and_next(&s, tx);
     let host = format!("worker-{owner}");
     s.pause(&host, true).unwrap();
-    let published = s
-        .publish(&json!([command(
-            tx,
-            json!([{"id": ORANGE, "ean": 1111, "name": "Orange", "change": -3}])
-        )]))
-        .await;
+    let published = buy_three_oranges(&s, tx).await;
     let outcome = s.outcome(tx).await;
     s.pause(&host, false).unwrap();
     published.unwrap();
-    let outcome = outcome.unwrap();
-    assert_eq!(outcome["status"], "completed");
-    assert_eq!(
-        outcome["executedBy"],
-        next.as_str(),
-        "the next in line executes"
-    );
-    assert_eq!(outcome["takeover"], true, "{outcome}");
-    let entry = s
-        .ledger(&next, tx)
-        .await
-        .unwrap()
-        .expect("the executor recorded it");
-    let waited = millis_between(&entry["recordedAt"], &entry["executedAt"]);
+    let waited = taken_over_by(&s, tx, &outcome.unwrap(), &next).await;
     assert!(
         waited >= TAKEOVER_MS,
-        "rank 1 waited its turn ({waited} ms >= {TAKEOVER_MS} ms): {entry}"
+        "rank 1 waited its turn ({waited} ms >= {TAKEOVER_MS} ms)"
     );
     everyone_agrees(&s, tx).await;
     assert_eq!(s.stock(ORANGE).await.unwrap(), 22);

@@ -104,6 +104,44 @@ pub fn bench(
     Ok(())
 }
 
+/// A chart's caption and its two axes (name, and the largest value: each starts at 0).
+struct Axes<'a> {
+    caption: &'a str,
+    x: (&'a str, f64),
+    y: (&'a str, f64),
+}
+
+impl Axes<'_> {
+    /// The chart on `area` with its mesh drawn (captions and labels only when there is a font).
+    fn draw<'b, DB: DrawingBackend>(
+        &self,
+        area: &'b DrawingArea<DB, plotters::coord::Shift>,
+        text: bool,
+        path: &Path,
+    ) -> Result<Chart<'b, DB>> {
+        let e = drawing(path);
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(20);
+        if text {
+            builder
+                .caption(self.caption, ("sans-serif", 24))
+                .x_label_area_size(40)
+                .y_label_area_size(60);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(0f64..self.x.1, 0f64..self.y.1)
+            .map_err(&e)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc(self.x.0).y_desc(self.y.0);
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(&e)?;
+        Ok(chart)
+    }
+}
+
 /// The latencies as a histogram: 40 bins from 0 to the largest.
 fn distribution_on<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -122,24 +160,12 @@ fn distribution_on<DB: DrawingBackend>(
         counts[((l / width) as usize).min(BINS - 1)] += 1;
     }
     let y_max = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
-    let mut builder = ChartBuilder::on(area);
-    builder.margin(20);
-    if text {
-        builder
-            .caption(caption, ("sans-serif", 24))
-            .x_label_area_size(40)
-            .y_label_area_size(60);
-    }
-    let mut chart = builder
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-        .map_err(&e)?;
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc("latency (s)").y_desc("purchases");
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw().map_err(&e)?;
+    let axes = Axes {
+        caption,
+        x: ("latency (s)", x_max),
+        y: ("purchases", y_max),
+    };
+    let mut chart = axes.draw(area, text, path)?;
     chart
         .draw_series(counts.iter().enumerate().map(|(i, &c)| {
             let a = i as f64 * width;
@@ -174,25 +200,12 @@ fn timeline_on<DB: DrawingBackend>(
         .fold(1.0f64, f64::max)
         * 1.1;
 
-    let e = drawing(path);
-    let mut builder = ChartBuilder::on(area);
-    builder.margin(20);
-    if text {
-        builder
-            .caption(caption, ("sans-serif", 24))
-            .x_label_area_size(40)
-            .y_label_area_size(60);
-    }
-    let mut chart = builder
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-        .map_err(&e)?;
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc("seconds since start").y_desc("latency (s)");
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw().map_err(&e)?;
+    let axes = Axes {
+        caption,
+        x: ("seconds since start", x_max),
+        y: ("latency (s)", y_max),
+    };
+    let mut chart = axes.draw(area, text, path)?;
 
     draw_faults(&mut chart, faults, y_max, text, path)?;
     draw_purchases(&mut chart, purchases, y_max, text, path)?;
