@@ -70,6 +70,28 @@ pub(super) enum Done {
     Recorded(Recorded),
 }
 
+impl Done {
+    /// A command's answer; an outcome's here would be a bug of the batch.
+    pub(super) fn inserted(self) -> Result<Inserted> {
+        match self {
+            Done::Inserted(i) => Ok(i),
+            Done::Recorded(r) => Err(crate::StoreError::Failed(
+                format!("insert commands: a command was answered as an outcome ({r:?})").into(),
+            )),
+        }
+    }
+
+    /// An outcome's answer; a command's here would be a bug of the batch.
+    pub(super) fn recorded(self) -> Result<Recorded> {
+        match self {
+            Done::Recorded(r) => Ok(r),
+            Done::Inserted(i) => Err(crate::StoreError::Failed(
+                format!("record outcome: an outcome was answered as a command ({i:?})").into(),
+            )),
+        }
+    }
+}
+
 /// The group commit of one instance's ledger writes.
 pub(super) type LedgerGroup = super::group::Group<Item, Done>;
 

@@ -160,12 +160,7 @@ impl Store for MongoStore {
         self.write_ledger("insert commands", items)
             .await?
             .into_iter()
-            .map(|d| match d {
-                Done::Inserted(i) => Ok(i),
-                Done::Recorded(r) => Err(StoreError::Failed(
-                    format!("insert commands: a command was answered as an outcome ({r:?})").into(),
-                )),
-            })
+            .map(Done::inserted)
             .collect()
     }
 
@@ -202,12 +197,7 @@ impl Store for MongoStore {
         self.write_ledger("record outcome", items)
             .await?
             .into_iter()
-            .map(|d| match d {
-                Done::Recorded(r) => Ok(r),
-                Done::Inserted(i) => Err(StoreError::Failed(
-                    format!("record outcome: an outcome was answered as a command ({i:?})").into(),
-                )),
-            })
+            .map(Done::recorded)
             .collect()
     }
 
