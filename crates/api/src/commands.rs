@@ -20,14 +20,14 @@ use crate::error::{ApiError, invalid};
 /// A shopper's order: `POST /api/orders`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"lines": [{"id": 1, "quantity": 2}, {"id": 2, "quantity": 1}]}))]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct OrderRequest {
     #[schema(schema_with = crate::contract::order_lines)]
     pub lines: Vec<OrderLine>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct OrderLine {
     #[schema(schema_with = crate::contract::product_id)]
     #[serde(deserialize_with = "whole::unsigned")]
@@ -40,12 +40,15 @@ pub struct OrderLine {
 /// The warehouse's new quantity for one product: `PUT /api/products/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"saldo": 40}))]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SetSaldoRequest {
     #[schema(schema_with = crate::contract::saldo)]
     #[serde(deserialize_with = "whole::signed")]
     pub saldo: i64,
 }
+
+// Request bodies are JSON objects, as the OpenAPI document says; `[40]` is not `{"saldo": 40}`.
+saldo_core::objects_only!(OrderRequest, OrderLine, SetSaldoRequest);
 
 /// Whole numbers as JSON Schema counts them: `3`, `3.0` and `3e0` are the same integer (JSON has
 /// one number type, and a JavaScript client may well send `3.0`); `3.5` is not one. Only numbers
@@ -418,6 +421,15 @@ mod tests {
         ] {
             assert!(read(json).is_err(), "{json}");
         }
+        for json in [
+            r#"[[{"id":1,"quantity":2}]]"#,
+            r#"{"lines":[[1,2]]}"#,
+            r#"[[[1,2]]]"#,
+        ] {
+            assert!(read(json).is_err(), "{json}");
+        }
+        assert!(serde_json::from_str::<SetSaldoRequest>("[1.0]").is_err());
+        assert!(serde_json::from_str::<SetSaldoRequest>("[1]").is_err());
         assert_eq!(
             serde_json::from_str::<SetSaldoRequest>(r#"{"saldo": 4.0}"#)
                 .unwrap()

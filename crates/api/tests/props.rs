@@ -230,6 +230,12 @@ fn order_body() -> impl Strategy<Value = Vec<u8>> {
             }
             serde_json::to_vec(&o).unwrap()
         }),
+        // A clean order with its objects written as positional arrays (`[[[1, 2]]]`).
+        1 => (prop::collection::btree_map(1u64..=3, 1i64..=5, 1..=3), any::<bool>()).prop_map(|(m, outer)| {
+            let lines: Vec<Value> = m.into_iter().map(|(id, q)| json!([id, q])).collect();
+            let body = if outer { json!([lines]) } else { json!({"lines": lines}) };
+            serde_json::to_vec(&body).unwrap()
+        }),
         1 => any_json().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         1 => prop::collection::vec(any::<u8>(), 0..32),
     ]
@@ -409,6 +415,8 @@ fn any_stock_update_is_accepted_exactly_or_refused_with_nothing_written() {
         1 => Just(json!({"saldo": MAX_QUANTITY + 1})),
         1 => Just(json!({"saldo": -1})),
         1 => Just(json!({"saldo": 3.0})),
+        // The same update as a positional array, which serde would read as the struct.
+        1 => (0i64..100).prop_map(|s| json!([s])),
         1 => any_json(),
     ]
     .prop_map(|v| serde_json::to_vec(&v).unwrap());

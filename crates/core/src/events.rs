@@ -33,7 +33,7 @@ pub const MAX_PRODUCT_NUMBER: u64 = 1 << 53;
 /// One event in the Event Grid schema. `data` stays generic so the envelope can be parsed before
 /// the payload is understood.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub struct EventGridEvent<T = Value> {
     pub id: String,
     pub event_type: String,
@@ -51,6 +51,7 @@ pub struct EventGridEvent<T = Value> {
 /// One product line of a `recordUpdated` command: either a new absolute quantity (`saldo`, the
 /// plan's UPDATE) or a signed change (a purchase is a negative change).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct ProductLine {
     pub id: u64,
     pub ean: u64,
@@ -81,6 +82,7 @@ impl ProductLine {
 
 /// Payload of `recordUpdated`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct RecordUpdated {
     /// Optional; when present it must equal the event id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +103,7 @@ pub enum Outcome {
 
 /// A product's quantity after a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Quantity {
     pub id: u64,
     pub saldo: i64,
@@ -109,6 +112,7 @@ pub struct Quantity {
 /// Payload of `transactionCompleted`: the plan's fields (`transaction`, `status`, `timestamp`)
 /// plus who executed it and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct TransactionCompleted {
     pub transaction: String,
     pub status: Outcome,
@@ -131,7 +135,7 @@ pub struct TransactionCompleted {
 
 /// Payload of `nodeHeartbeat`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub struct Heartbeat {
     pub node: String,
     pub region: String,
@@ -149,6 +153,28 @@ pub struct Heartbeat {
     /// Counters by name (received, duplicates, executed, ...).
     #[serde(default)]
     pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+// Everything above arrives from the wire: a JSON object each, never a positional array (see
+// `json`).
+crate::objects_only!(
+    ProductLine,
+    RecordUpdated,
+    Quantity,
+    TransactionCompleted,
+    Heartbeat
+);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for EventGridEvent<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EventGridEvent::<T>::deserialize(crate::json::MapOnly(d))
+    }
+}
+
+impl<T: Serialize> Serialize for EventGridEvent<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        EventGridEvent::<T>::serialize(self, s)
+    }
 }
 
 /// Why an event can never be processed. Every variant maps to HTTP 400: Event Grid must not retry.
@@ -371,6 +397,9 @@ mod tests {
                 "event id",
             ),
             (json!({"products": "nope"}), "data"),
+            // The same command with its objects written as positional arrays.
+            (json!([null, [[1, 1, "A", 5]]]), "invalid type"),
+            (json!({"products": [[1, 1, "A", 5]]}), "invalid type"),
             (
                 json!({"products": [{"id": 18_014_398_509_481_984u64, "ean": 1, "name": "A", "change": -1}]}),
                 "id",
@@ -401,5 +430,19 @@ mod tests {
         let mut raw = plan_example();
         raw.as_object_mut().unwrap().remove("subject");
         assert!(matches!(parse_event(&raw), Err(InvalidEvent::Malformed(_))));
+        let raw = plan_example();
+        let fields: Vec<Value> = [
+            "id",
+            "eventType",
+            "subject",
+            "eventTime",
+            "data",
+            "dataVersion",
+        ]
+        .iter()
+        .map(|f| raw[f].clone())
+        .collect();
+        let err = parse_event(&Value::Array(fields)).unwrap_err().to_string();
+        assert!(err.contains("invalid type"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 //! binary, in the API and in the deterministic simulation of the fleet.
 
 pub mod events;
+pub mod json;
 pub mod ledger;
 pub mod stock;
 pub mod views;
