@@ -429,6 +429,40 @@ impl TestStack {
         .await
     }
 
+    /// Waits until every instance of every other node believes `region` live (its heartbeats
+    /// heard again), whatever `region` itself sees.
+    pub async fn wait_until_heard(&self, region: &str) -> Result<()> {
+        wait_for(
+            Duration::from_secs(60),
+            &format!("every instance of every other node to hear {region}"),
+            || async {
+                for node in self.manifest().nodes.iter().filter(|n| n.region != region) {
+                    for url in saldo_stack::stack::instance_urls(node).await {
+                        let v = self.instance_status(&url).await.ok()??;
+                        let heard = v["peers"]
+                            .as_array()?
+                            .iter()
+                            .any(|p| p["region"] == region && p["live"] == true);
+                        if !heard {
+                            return None;
+                        }
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
+    }
+
+    /// How much longer the topic holds back deliveries to `region`'s worker (0: not on
+    /// probation).
+    pub async fn probation_ms(&self, region: &str) -> Result<u64> {
+        let m = self.topic_metrics().await?;
+        m["subscriptions"][format!("worker-{region}")]["probationMs"]
+            .as_u64()
+            .with_context(|| format!("no probationMs for worker-{region} in {m}"))
+    }
+
     pub fn regions(&self) -> Vec<String> {
         self.manifest()
             .nodes

@@ -167,6 +167,62 @@ async fn the_owner_stopped_before_executing_is_taken_over_at_once() {
     assert_eq!(s.stock(ORANGE).await.unwrap(), 22);
 }
 
+/// The owner is started again after a stop, but Event Grid still holds back its deliveries
+/// (an endpoint that answered 403 is on probation for 5 minutes; 75 s here, at a quarter of
+/// Azure's delays): the others hear its heartbeats and rank it first again, while it hears of
+/// nothing. The next in line asks it whether its ledger holds the purchase, learns that it does
+/// not, and executes it as a takeover well before the deadline. Without the question it waited
+/// out the whole 10 s deadline (the owner's catch-up, the other way to learn of it, is made
+/// rare here).
+#[tokio::test]
+async fn an_owner_started_again_but_still_on_probation_is_taken_over_before_the_deadline() {
+    const DEADLINE_MS: i64 = 10_000;
+    let mut opts = saldo_tests::Options {
+        time_scale: 4.0,
+        ..Default::default()
+    };
+    opts.worker_settings
+        .insert("SALDO_TAKEOVER_MS".into(), DEADLINE_MS.to_string());
+    opts.worker_settings
+        .insert("SALDO_CATCHUP_EVERY".into(), "600".into());
+    let s = TestStack::start(opts).await.unwrap();
+    s.wait_for_catalogue().await.unwrap();
+    s.wait_for_fleet().await.unwrap();
+    let tx = "owner-on-probation-1";
+    let (owner, next) = owner_and_next(&s, tx);
+    s.region(&owner, "stop").await.unwrap();
+    // The others' heartbeats, every second, fail to reach it until it is on probation.
+    wait_for(Duration::from_secs(30), "the owner's probation", || async {
+        s.probation_ms(&owner).await.ok().filter(|ms| *ms > 30_000)
+    })
+    .await
+    .unwrap();
+    s.region(&owner, "start").await.unwrap();
+    s.wait_until_heard(&owner).await.unwrap();
+    // Past the owner's first sweep, which catches up (and would find the purchase if it ran
+    // after it was published).
+    s.wait_for_sweeps(2).await.unwrap();
+    buy_three_oranges(&s, tx).await.unwrap();
+    let outcome = s.outcome(tx).await.unwrap();
+    assert_eq!(outcome["takeover"], true, "a takeover: {outcome}");
+    let waited = taken_over_by(&s, tx, &outcome, &next).await;
+    assert!(
+        waited < DEADLINE_MS / 2,
+        "the next in line did not wait out the deadline ({waited} ms < {} ms)",
+        DEADLINE_MS / 2
+    );
+    assert!(
+        s.probation_ms(&owner).await.unwrap() > 0,
+        "the owner's deliveries were held back throughout"
+    );
+    assert_eq!(
+        s.ledger(&owner, tx).await.unwrap(),
+        None,
+        "the owner never heard of it"
+    );
+    assert_eq!(s.stock(ORANGE).await.unwrap(), 22);
+}
+
 /// The owner's host is paused (SIGSTOP: it holds its connections and answers nothing) while the
 /// others still believe it is alive. No answer is not "down": the others keep the takeover
 /// deadline: the purchase is executed elsewhere after at least the deadline. Nor does the paused owner hold up the

@@ -375,6 +375,8 @@ impl SubState {
         v["name"] = json!(self.name);
         v["inMemory"] = json!(self.resident.load(SeqCst));
         v["spilled"] = json!(self.spilled.load(SeqCst));
+        // How long deliveries are still held back (0: not on probation).
+        v["probationMs"] = json!((self.probation_until.load(SeqCst) - now_ms()).max(0));
         v
     }
 }

@@ -10,7 +10,7 @@ use rand::Rng;
 use saldo_core::events::EventGridEvent;
 use saldo_core::views::{LedgerPage, NodeStatusView};
 use saldo_store::{Fault, MemStore};
-use saldo_worker::{Bus, BusError, Clock, ManualClock, Node, PeerClient, PeerError};
+use saldo_worker::{Bus, BusError, Clock, ManualClock, Node, PeerClient, PeerError, Probe};
 use serde_json::Value;
 
 use crate::faults::Faults;
@@ -113,6 +113,22 @@ fn answered<T>(e: &Endpoint, url: &str, r: T) -> Result<T, PeerError> {
 }
 
 impl PeerClient for SimPeers {
+    /// Whether the instance reached holds `transaction`: the takeover of a transaction whose
+    /// first in line never heard of it (its delivery lost or late) is simulated too. No answer
+    /// (a fault, a crash mid-answer, nothing up) proves nothing.
+    async fn probe_for(&self, url: &str, transaction: &str, _within: std::time::Duration) -> Probe {
+        let Ok(e) = self.reach(url) else {
+            return Probe::Unknown;
+        };
+        match e.node.ledger_entry(transaction).await {
+            Ok(found) => match answered(&e, url, found) {
+                Ok(Some(_)) => Probe::Up,
+                Ok(None) => Probe::Lacks,
+                Err(_) => Probe::Unknown,
+            },
+            Err(_) => Probe::Unknown,
+        }
+    }
     async fn status(&self, url: &str) -> Result<NodeStatusView, PeerError> {
         let e = self.reach(url)?;
         let s = e.node.status().await;

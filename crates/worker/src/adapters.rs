@@ -91,6 +91,34 @@ impl PeerClient for HttpPeers {
         }
     }
 
+    /// `GET /api/ledger/{transaction}` with the fleet's key: 200 is [`Probe::Up`], 404 (the
+    /// worker's "not in the ledger"; the route itself always exists) [`Probe::Lacks`], 403
+    /// and a refused connection [`Probe::Down`] as for [`PeerClient::probe`], anything else
+    /// [`Probe::Unknown`].
+    async fn probe_for(&self, url: &str, transaction: &str, within: Duration) -> Probe {
+        // A transaction id may hold any printable character: one escaped path segment.
+        let Ok(mut at) = reqwest::Url::parse(url) else {
+            return Probe::Unknown;
+        };
+        let Ok(mut path) = at.path_segments_mut() else {
+            return Probe::Unknown;
+        };
+        path.pop_if_empty().extend(["api", "ledger", transaction]);
+        drop(path);
+        let mut req = self.http.get(at).timeout(within);
+        if let Some(k) = &self.key {
+            req = req.header("x-functions-key", k);
+        }
+        match req.send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::FORBIDDEN => Probe::Down,
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Probe::Lacks,
+            Ok(r) if r.status().is_success() => Probe::Up,
+            Ok(_) => Probe::Unknown,
+            Err(e) if e.is_connect() && !e.is_timeout() => Probe::Down,
+            Err(_) => Probe::Unknown,
+        }
+    }
+
     async fn status(&self, url: &str) -> Result<NodeStatusView, PeerError> {
         self.get(format!("{}/api/status", url.trim_end_matches('/')))
             .await

@@ -81,8 +81,16 @@ impl PeerClient for NoPeers {
 
 /// No peer is reachable for catch-up, but probes are answered as the test says, per URL
 /// (unknown URLs: no answer, [`Probe::Unknown`]).
+/// Asked about one transaction, a peer answers what [`Probes::set_for`] said for it, else what
+/// [`Probes::set`] said for the peer.
 #[derive(Clone, Default)]
-pub struct Probes(Arc<Mutex<std::collections::BTreeMap<String, Probe>>>);
+pub struct Probes(Arc<Mutex<ProbeAnswers>>);
+
+#[derive(Default)]
+struct ProbeAnswers {
+    by_url: std::collections::BTreeMap<String, Probe>,
+    by_transaction: std::collections::BTreeMap<(String, String), Probe>,
+}
 
 impl Probes {
     /// From now on the peer at `url` answers `answer`.
@@ -90,14 +98,37 @@ impl Probes {
         self.0
             .lock()
             .expect("probes lock")
+            .by_url
             .insert(url.into(), answer);
+    }
+
+    /// From now on the peer at `url`, asked about `transaction`, answers `answer`.
+    pub fn set_for(&self, url: &str, transaction: &str, answer: Probe) {
+        self.0
+            .lock()
+            .expect("probes lock")
+            .by_transaction
+            .insert((url.into(), transaction.into()), answer);
     }
 }
 
 impl PeerClient for Probes {
     async fn probe(&self, url: &str, _within: std::time::Duration) -> Probe {
         let answers = self.0.lock().expect("probes lock");
-        answers.get(url).copied().unwrap_or(Probe::Unknown)
+        answers.by_url.get(url).copied().unwrap_or(Probe::Unknown)
+    }
+    async fn probe_for(&self, url: &str, transaction: &str, within: std::time::Duration) -> Probe {
+        let known = {
+            let answers = self.0.lock().expect("probes lock");
+            answers
+                .by_transaction
+                .get(&(url.to_string(), transaction.to_string()))
+                .copied()
+        };
+        match known {
+            Some(answer) => answer,
+            None => self.probe(url, within).await,
+        }
     }
     async fn status(&self, url: &str) -> Result<NodeStatusView, PeerError> {
         NoPeers.status(url).await

@@ -628,6 +628,49 @@ async fn a_stopped_app_and_a_refused_connection_are_down_and_silence_is_unknown(
     assert_eq!(peers.probe(&paused, within).await, Probe::Unknown);
 }
 
+/// Asked about one transaction, a real worker over HTTP says whether its ledger holds it:
+/// 200 is up (it may be executing it), its 404 is lacks (it cannot be), also for an id that
+/// needs escaping in a path; a stopped app and a refused connection stay down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_asked_about_a_transaction_says_whether_its_ledger_holds_it() {
+    use saldo_worker::adapters::HttpPeers;
+    use saldo_worker::{PeerClient, Probe};
+    let f = fixture().await;
+    let odd = "held/?#%20 1";
+    let (status, _) = f
+        .post(&json!([command(
+            odd,
+            json!([{"id": 1, "ean": 11, "name": "Orange", "saldo": 5}]),
+        )]))
+        .await;
+    assert_eq!(status, 200);
+    let peers = HttpPeers::new(None);
+    let within = std::time::Duration::from_secs(5);
+    assert_eq!(peers.probe_for(&f.base, odd, within).await, Probe::Up);
+    assert_eq!(
+        peers.probe_for(&f.base, "held", within).await,
+        Probe::Lacks,
+        "a prefix of the id is another transaction"
+    );
+    assert_eq!(
+        peers.probe_for(&f.base, "never-sent", within).await,
+        Probe::Lacks
+    );
+    let stopped = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::FORBIDDEN });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    };
+    assert_eq!(peers.probe_for(&stopped, odd, within).await, Probe::Down);
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    assert_eq!(peers.probe_for(&refused, odd, within).await, Probe::Down);
+}
+
 /// An inline execution settles in one ledger write, over the wire: the completion is published,
 /// then the outcome is recorded already marked published (counter, bulk write, commit: 3 round
 /// trips under `ownOutcome`). Recording it unpublished and marking it published after the

@@ -428,3 +428,57 @@ async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline
     assert_eq!(b.sweep().await.unwrap().executed, 0, "the deadline decides");
     assert_eq!(db.applied().len(), 2);
 }
+
+/// An owner that is up but deaf: Event Grid holds back the deliveries of an endpoint on
+/// probation (5 minutes after a stopped app's 403), so a region started again hears of its
+/// purchases only through catch-up. The sweep asks the first in line of what it is next in
+/// line for, and has waited a tenth of the deadline, whether its ledger holds it: one that
+/// does keeps its whole deadline, one that does not is taken over at once. Without the
+/// question b waits the whole 10 s deadline for both.
+#[tokio::test]
+async fn an_owner_that_never_heard_of_a_transaction_is_taken_over_and_one_that_holds_it_is_not() {
+    use saldo_worker::Probe;
+    let db = MemDb::new();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let probes = Probes::default();
+    let mut cfg = node(&db, &clock, "b").cfg;
+    cfg.public_url = "http://b".into();
+    let b = Node::new(
+        cfg,
+        db.store("b"),
+        clock.clone(),
+        Captured::default(),
+        probes.clone(),
+    );
+    b.start().await.unwrap();
+    b.handle_delivery(&json!([heartbeat("a", &clock)]))
+        .await
+        .unwrap();
+    probes.set("http://a", Probe::Up);
+    let owned_by_a: Vec<String> = (0..)
+        .map(|i| format!("tx-{i}"))
+        .filter(|t| ranking(t, ["a", "b"])[0] == "a")
+        .take(2)
+        .collect();
+    let (held, unheard) = (&owned_by_a[0], &owned_by_a[1]);
+    probes.set_for("http://a", held, Probe::Up);
+    probes.set_for("http://a", unheard, Probe::Lacks);
+    for tx in [held, unheard] {
+        let command = json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
+                              "data": {"products": [{"id": 1, "ean": 1, "name": "P", "change": -1}]}}]);
+        b.handle_delivery(&command).await.unwrap();
+    }
+    assert_eq!(b.sweep().await.unwrap().executed, 0, "neither has waited");
+    clock.advance(Duration::milliseconds(1_100));
+    assert_eq!(b.sweep().await.unwrap().executed, 1);
+    let markers = db.markers();
+    assert_eq!(markers[unheard.as_str()].node, "b");
+    assert!(
+        markers[unheard.as_str()].takeover,
+        "a takeover, and marked so"
+    );
+    assert!(!markers.contains_key(held.as_str()), "a holds it: it waits");
+    clock.advance(Duration::seconds(5));
+    assert_eq!(b.sweep().await.unwrap().executed, 0, "the deadline decides");
+    assert_eq!(db.applied().len(), 1);
+}

@@ -16,6 +16,9 @@ pub const OUTBOX_BATCH: usize = 200;
 pub const CATCH_UP_PAGE: usize = 200;
 pub const CATCH_UP_PAGES: usize = 50;
 pub const MAX_PEERS: usize = 32;
+/// Bound on the questions one sweep asks first-in-lines about single transactions (`probe`):
+/// asked at once, each bounded by a tenth of the takeover deadline.
+pub const MAX_LACK_PROBES: usize = 16;
 
 /// A node's fixed configuration.
 #[derive(Debug, Clone)]

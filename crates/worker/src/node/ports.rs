@@ -106,6 +106,11 @@ pub enum Probe {
     /// No answer in time, or an answer that proves nothing (a paused process, a network
     /// fault): treated as up, so the deadline decides.
     Unknown,
+    /// Asked about one transaction ([`PeerClient::probe_for`]): it answered, and its ledger
+    /// does not hold the transaction. It is not executing it (a node executes only what its
+    /// ledger holds) and may not hear of it for minutes: Event Grid holds back the deliveries
+    /// of an endpoint on probation, for 5 minutes after it answered 403 while stopped.
+    Lacks,
 }
 
 /// How a node talks to its peers directly (catch-up, and asking an owner whether it is up).
@@ -115,6 +120,18 @@ pub trait PeerClient: Send + Sync + 'static {
     fn probe(&self, url: &str, within: std::time::Duration) -> impl Future<Output = Probe> + Send {
         let _ = (url, within);
         async { Probe::Unknown }
+    }
+    /// Asks the peer at `url` whether its ledger holds `transaction` ([`Probe::Up`] when it
+    /// does, [`Probe::Lacks`] when it answers that it does not), waiting at most `within`. The
+    /// default asks only whether it is up.
+    fn probe_for(
+        &self,
+        url: &str,
+        transaction: &str,
+        within: std::time::Duration,
+    ) -> impl Future<Output = Probe> + Send {
+        let _ = transaction;
+        self.probe(url, within)
     }
     fn status(&self, url: &str) -> impl Future<Output = Result<NodeStatusView, PeerError>> + Send;
     fn ledger(

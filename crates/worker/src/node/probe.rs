@@ -7,6 +7,14 @@
 //! Anything else (an answer, a timeout, a paused process) keeps the deadline. The ranking is
 //! never the safety: if a peer was wrongly found down, the warehouse marker makes the second
 //! attempt adopt the first's outcome.
+//!
+//! An owner can also be up and deaf: Event Grid holds back an endpoint's deliveries while it
+//! is on probation, for 5 minutes after it answered 403 (a stopped app), so a region that was
+//! stopped and started again hears of its purchases only through catch-up for that long.
+//! The sweep therefore asks the first in line of what it is next in line for, and has waited,
+//! whether its ledger holds the transaction at all; one that answers that it does not
+//! ([`Probe::Lacks`]) is not executing it, and the transaction is taken over at once. (Should
+//! its delivery arrive just then, the marker again makes one of the two attempts adopt.)
 
 use std::collections::BTreeSet;
 
@@ -15,7 +23,7 @@ use saldo_core::ledger::ranking;
 
 use saldo_store::Store;
 
-use super::{Bus, Clock, MAX_PEERS, Node, PeerClient, Probe};
+use super::{Bus, Clock, MAX_LACK_PROBES, MAX_PEERS, Node, PeerClient, Probe};
 
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// How long a pending transaction waits before the next in line asks the nodes ranked
@@ -112,5 +120,62 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             }
         }
         found
+    }
+
+    /// Of `waiting` (transactions that have waited [`Node::probe_after`]), those we are next
+    /// in line for whose first in line answers that its ledger does not hold them (see the
+    /// module comment): at most [`MAX_LACK_PROBES`] questions, asked at once. A first in line
+    /// found down on the way leaves the ranking as [`Node::probe_above`] would leave it (and
+    /// the second value says whether any was).
+    pub(super) async fn lacking<'a>(
+        &self,
+        waiting: impl IntoIterator<Item = &'a str>,
+        live: &[String],
+        now: DateTime<Utc>,
+    ) -> (BTreeSet<String>, bool) {
+        let asks: Vec<(String, String, String)> = {
+            let cache = self.peers.lock().expect("peers lock");
+            waiting
+                .into_iter()
+                .filter_map(|tx| {
+                    let nodes = live
+                        .iter()
+                        .map(String::as_str)
+                        .chain([self.cfg.node.as_str()]);
+                    let order = ranking(tx, nodes);
+                    if order.get(1) != Some(&self.cfg.node.as_str()) {
+                        return None;
+                    }
+                    let owner = order[0].to_string();
+                    let url = cache.records.get(&owner)?.url.clone();
+                    (!url.is_empty()).then(|| (tx.to_string(), owner, url))
+                })
+                .take(MAX_LACK_PROBES)
+                .collect()
+        };
+        let within = self.probe_after().to_std().unwrap_or_default();
+        let answers = futures::future::join_all(
+            asks.iter()
+                .map(|(tx, _, url)| self.peer_client.probe_for(url, tx, within)),
+        )
+        .await;
+        let mut lacking = BTreeSet::new();
+        let mut found_down = false;
+        for ((tx, owner, url), answer) in asks.into_iter().zip(answers) {
+            tracing::debug!(transaction = %tx, peer = %owner, %url, ?answer, "asked the first in line whether it holds a transaction");
+            match answer {
+                Probe::Lacks => {
+                    tracing::info!(transaction = %tx, peer = %owner, "the first in line has not heard of a transaction that waited; taking it over now");
+                    lacking.insert(tx);
+                }
+                Probe::Down => {
+                    tracing::info!(peer = %owner, %url, "a node ranked above us is down (stopped or refusing connections); taking over its transactions now");
+                    self.down.lock().expect("down lock").insert(owner, now);
+                    found_down = true;
+                }
+                Probe::Up | Probe::Unknown => {}
+            }
+        }
+        (lacking, found_down)
     }
 }

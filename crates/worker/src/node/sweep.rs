@@ -102,7 +102,15 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 && now < sweep_turn_at(seen, rank, self.cfg.takeover)
         });
         let waiting: Vec<&str> = waiting.map(|e| e.transaction.as_str()).collect();
-        if self.probe_above(waiting, &live, now, false).await {
+        if self
+            .probe_above(waiting.iter().copied(), &live, now, false)
+            .await
+        {
+            live = self.live_peers(now).await;
+        }
+        // An owner that is up may still never have heard of it (held back by probation).
+        let (lacking, found_down) = self.lacking(waiting, &live, now).await;
+        if found_down {
             live = self.live_peers(now).await;
         }
         let down = self.down_peers();
@@ -116,7 +124,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             // Ours because its first in line was found down: no instance of ours is executing
             // it inline (it was not ours when it came), so it is due at once.
             let owner_down = rank == 0 && self.owner_is_down(&e.transaction, &live, &down);
-            let turn = if owner_down {
+            // Next in line, and its first in line answered that it does not hold it.
+            let owner_lacks = rank == 1 && lacking.contains(&e.transaction);
+            let turn = if owner_down || owner_lacks {
                 seen
             } else {
                 sweep_turn_at(seen, rank, self.cfg.takeover)
