@@ -121,8 +121,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .into_iter()
             .filter(|c| !known.contains_key(&c.transaction))
             .collect();
+        let mut inserted = Vec::new();
         if !commands.is_empty() {
-            let inserted = self.store.insert_commands(&commands).await?;
+            inserted = self.store.insert_commands(&commands).await?;
             repairs += inserted.iter().filter(|r| **r == Inserted::New).count();
         }
         let mut items = Vec::new();
@@ -171,6 +172,17 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 }
             }
         }
+        // Whoever inserts a command executes what it owns of it: a delivery that comes after
+        // us finds a duplicate and leaves it alone, so the ones we own would otherwise wait
+        // for a sweep's turn (half a takeover deadline). Catch-up beats a late delivery under
+        // load, and is the only way in for a region whose deliveries are held back.
+        let new: Vec<&NewCommand> = commands
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, r)| **r == Inserted::New)
+            .map(|(c, _)| c)
+            .collect();
+        self.execute_inline(new, &BTreeSet::new(), now).await;
         Ok(repairs)
     }
 }

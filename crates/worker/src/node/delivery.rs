@@ -268,9 +268,10 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     }
 
     /// Executes what this node owns at rank 0 among the new, undecided commands (at most
-    /// [`MAX_INLINE_EXECUTIONS`]) and publishes the completions. The delivery is acknowledged
-    /// already: a failure here is not its failure (the sweep retries). Returns how many ran.
-    async fn execute_inline(
+    /// [`MAX_INLINE_EXECUTIONS`]) and publishes the completions. The delivery (or catch-up
+    /// page) that inserted them is done already: a failure here is not its failure (the sweep
+    /// retries). Returns how many ran.
+    pub(super) async fn execute_inline(
         &self,
         new: Vec<&NewCommand>,
         decided: &BTreeSet<String>,
