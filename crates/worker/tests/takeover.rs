@@ -347,14 +347,14 @@ async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
     assert_eq!(db.applied().len(), 1, "executed once");
 }
 
-/// Fast takeover: the next in line asks the first in line whether it is up, on delivery and
-/// once a tenth of the deadline has passed. A first in line that is down (a stopped app's 403,
-/// a refused connection) is taken over at once and left out of the ranking until it is heard
-/// again; one that answers, or does not answer, keeps its whole deadline. Without the probe,
-/// b waits the whole 10 s deadline for every transaction a owns.
-#[tokio::test]
-async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline() {
-    use saldo_worker::{Delivery, Probe};
+/// Node b, started, whose questions to peers the test answers (`Probes`), having heard a's
+/// heartbeat: a is live and ranked as usual.
+async fn b_asking_a() -> (
+    MemDb,
+    ManualClock,
+    Probes,
+    Node<MemStore, ManualClock, Captured, Probes>,
+) {
     let db = MemDb::new();
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
     let probes = Probes::default();
@@ -371,6 +371,18 @@ async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline
     b.handle_delivery(&json!([heartbeat("a", &clock)]))
         .await
         .unwrap();
+    (db, clock, probes, b)
+}
+
+/// Fast takeover: the next in line asks the first in line whether it is up, on delivery and
+/// once a tenth of the deadline has passed. A first in line that is down (a stopped app's 403,
+/// a refused connection) is taken over at once and left out of the ranking until it is heard
+/// again; one that answers, or does not answer, keeps its whole deadline. Without the probe,
+/// b waits the whole 10 s deadline for every transaction a owns.
+#[tokio::test]
+async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline() {
+    use saldo_worker::{Delivery, Probe};
+    let (db, clock, probes, b) = b_asking_a().await;
     let owned_by_a = |from: usize| {
         (from..)
             .map(|i| format!("tx-{i}"))
@@ -438,22 +450,7 @@ async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline
 #[tokio::test]
 async fn an_owner_that_never_heard_of_a_transaction_is_taken_over_and_one_that_holds_it_is_not() {
     use saldo_worker::Probe;
-    let db = MemDb::new();
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
-    let probes = Probes::default();
-    let mut cfg = node(&db, &clock, "b").cfg;
-    cfg.public_url = "http://b".into();
-    let b = Node::new(
-        cfg,
-        db.store("b"),
-        clock.clone(),
-        Captured::default(),
-        probes.clone(),
-    );
-    b.start().await.unwrap();
-    b.handle_delivery(&json!([heartbeat("a", &clock)]))
-        .await
-        .unwrap();
+    let (db, clock, probes, b) = b_asking_a().await;
     probes.set("http://a", Probe::Up);
     let owned_by_a: Vec<String> = (0..)
         .map(|i| format!("tx-{i}"))
