@@ -38,6 +38,21 @@ fn heartbeat(name: &str, clock: &ManualClock) -> Value {
                     "startedAt": clock.now(), "timestamp": clock.now()}})
 }
 
+/// The first transaction id from `tx-{from}` on that node `a` is first in line for, of {a, b}.
+fn owned_by_a(from: usize) -> String {
+    (from..)
+        .map(|i| format!("tx-{i}"))
+        .find(|t| ranking(t, ["a", "b"])[0] == "a")
+        .unwrap()
+}
+
+/// A delivery of one warehouse command: product 1 set to 3 units.
+fn set_stock(tx: &str, clock: &ManualClock) -> Value {
+    use saldo_worker::Clock;
+    json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
+            "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}])
+}
+
 #[tokio::test]
 async fn the_next_in_line_takes_over_after_the_deadline_and_skips_dead_nodes() {
     let db = MemDb::new();
@@ -54,12 +69,8 @@ async fn the_next_in_line_takes_over_after_the_deadline_and_skips_dead_nodes() {
         .await
         .unwrap();
     // A transaction that a owns (rank 0 of {a, b}); only b receives it (a "crashed").
-    let tx = (0..)
-        .map(|i| format!("tx-{i}"))
-        .find(|t| ranking(t, ["a", "b"])[0] == "a")
-        .unwrap();
-    let cmd = json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
-                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    let tx = owned_by_a(0);
+    let cmd = set_stock(&tx, &clock);
     b.handle_delivery(&cmd).await.unwrap();
     assert!(db.markers().is_empty(), "b is second in line: it waits");
     clock.advance(Duration::seconds(9));
@@ -80,10 +91,7 @@ async fn the_next_in_line_takes_over_after_the_deadline_and_skips_dead_nodes() {
 
     // Once a is known dead (no heartbeat within liveness), b owns a's transactions at once.
     clock.advance(Duration::seconds(20));
-    let tx2 = (100..)
-        .map(|i| format!("tx-{i}"))
-        .find(|t| ranking(t, ["a", "b"])[0] == "a")
-        .unwrap();
+    let tx2 = owned_by_a(100);
     let mut cmd2 = cmd.clone();
     cmd2[0]["id"] = json!(tx2);
     let d = b.handle_delivery(&cmd2).await.unwrap();
@@ -112,8 +120,7 @@ async fn a_completion_whose_publish_failed_is_republished_by_the_sweep() {
     let a = node(&db, &clock, "a");
     a.start().await.unwrap();
     a.bus.fail_publishing(true);
-    let cmd = json!([{"id": "tx-outbox", "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
-                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    let cmd = set_stock("tx-outbox", &clock);
     let d = a.handle_delivery(&cmd).await.unwrap();
     assert!(
         matches!(d, saldo_worker::Delivery::Accepted { executed: 1, .. }),
@@ -247,12 +254,8 @@ async fn every_instance_of_a_region_sees_the_liveness_its_records_say() {
     );
 
     // A transaction a owns, recorded by the HTTP instance: the sweeping instance waits.
-    let tx = (0..)
-        .map(|i| format!("tx-{i}"))
-        .find(|t| ranking(t, ["a", "b"])[0] == "a")
-        .unwrap();
-    let cmd = json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
-                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    let tx = owned_by_a(0);
+    let cmd = set_stock(&tx, &clock);
     let d = http.handle_delivery(&cmd).await.unwrap();
     assert!(
         matches!(d, saldo_worker::Delivery::Accepted { executed: 0, .. }),
@@ -315,8 +318,7 @@ async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
             Fault::None
         }
     })));
-    let cmd = json!([{"id": "t-1", "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
-                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    let cmd = set_stock("t-1", &clock);
     a.handle_delivery(&cmd).await.unwrap();
     assert_eq!(db.markers()["t-1"].node, "a", "executed");
     let own = db.store("a");
@@ -383,16 +385,6 @@ async fn b_asking_a() -> (
 async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline() {
     use saldo_worker::{Delivery, Probe};
     let (db, clock, probes, b) = b_asking_a().await;
-    let owned_by_a = |from: usize| {
-        (from..)
-            .map(|i| format!("tx-{i}"))
-            .find(|t| ranking(t, ["a", "b"])[0] == "a")
-            .unwrap()
-    };
-    let command = |tx: &str| {
-        json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
-                "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}])
-    };
     let executed = |d: Delivery| match d {
         Delivery::Accepted { executed, .. } => executed,
         other => panic!("{other:?}"),
@@ -402,7 +394,7 @@ async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline
     probes.set("http://a", Probe::Up);
     let tx1 = owned_by_a(0);
     assert_eq!(
-        executed(b.handle_delivery(&command(&tx1)).await.unwrap()),
+        executed(b.handle_delivery(&set_stock(&tx1, &clock)).await.unwrap()),
         0
     );
     clock.advance(Duration::seconds(2));
@@ -418,7 +410,7 @@ async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline
     // Until a is heard again, b executes a's new transactions at once, inline.
     let tx2 = owned_by_a(1000);
     assert_eq!(
-        executed(b.handle_delivery(&command(&tx2)).await.unwrap()),
+        executed(b.handle_delivery(&set_stock(&tx2, &clock)).await.unwrap()),
         1
     );
     assert!(db.markers()[&tx2].takeover);
@@ -433,7 +425,7 @@ async fn a_stopped_owner_is_taken_over_at_once_and_a_live_one_keeps_its_deadline
     clock.advance(Duration::seconds(1));
     let tx3 = owned_by_a(2000);
     assert_eq!(
-        executed(b.handle_delivery(&command(&tx3)).await.unwrap()),
+        executed(b.handle_delivery(&set_stock(&tx3, &clock)).await.unwrap()),
         0
     );
     clock.advance(Duration::seconds(2));
@@ -529,12 +521,8 @@ async fn a_command_its_owner_hears_of_by_catching_up_is_executed_at_once() {
     b.handle_delivery(&json!([heartbeat("a", &clock)]))
         .await
         .unwrap();
-    let tx = (0..)
-        .map(|i| format!("tx-{i}"))
-        .find(|t| ranking(t, ["a", "b"])[0] == "a")
-        .unwrap();
-    let cmd = json!([{"id": tx, "eventType": "recordUpdated", "subject": "s", "eventTime": clock.now(), "dataVersion": "1.0",
-                      "data": {"products": [{"id": 1, "ean": 1, "name": "P", "saldo": 3}]}}]);
+    let tx = owned_by_a(0);
+    let cmd = set_stock(&tx, &clock);
     b.handle_delivery(&cmd).await.unwrap();
     assert!(db.markers().is_empty(), "b is second in line: it waits");
 
