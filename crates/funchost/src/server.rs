@@ -388,15 +388,20 @@ async fn forward(host: &Host, port: u16, req: Request, invocation_id: uuid::Uuid
     }
 }
 
-/// A failed call to the handler: it is down (connection refused → 503, it is being restarted) or
-/// the function failed or timed out (500, as the Functions host answers a failed invocation).
+/// A failed call to the handler. A handler that is up always answers, even a failing function
+/// answers 500; so a call that got no answer at all (the connection refused, reset or closed
+/// before a response) found the handler down or going down, and the supervisor is restarting
+/// it: 503 with `Retry-After`, as for a request that arrives while it restarts. That includes a
+/// request sent on a kept-alive connection of a handler that has just exited, before the
+/// supervisor noticed the exit. Only a timeout is the function's own failure: 500, as the
+/// Functions host answers a failed invocation.
 fn handler_error(e: reqwest::Error) -> Response {
-    if e.is_connect() {
-        tracing::warn!(error = %e, "handler unreachable");
-        unavailable()
-    } else {
-        tracing::error!(error = %e, "handler call failed");
+    if e.is_timeout() {
+        tracing::error!(error = %e, "handler call timed out");
         status(StatusCode::INTERNAL_SERVER_ERROR)
+    } else {
+        tracing::warn!(error = %e, "handler gave no answer: it is down or going down");
+        unavailable()
     }
 }
 
