@@ -72,6 +72,28 @@ pub struct LedgerEntryView {
     pub traceparent: Option<String>,
 }
 
+/// A transaction's outcome as the shared warehouse's applied-marker holds it (`GET
+/// /api/outcomes/{id}` on a worker). The marker commits together with the stock change, so it
+/// is the outcome from the moment it exists, before any ledger has recorded it; no marker means
+/// nobody has executed the transaction (yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeView {
+    pub transaction: String,
+    pub status: Outcome,
+    pub executed_by: String,
+    pub executed_region: String,
+    /// When the executor applied it, on the executor's clock.
+    pub executed_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub quantities: Vec<Quantity>,
+    /// True when the executor was not the first-ranked node (it took over).
+    #[serde(default)]
+    pub takeover: bool,
+}
+
 /// A page of the catch-up feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

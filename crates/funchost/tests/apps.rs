@@ -43,6 +43,7 @@ fn worker_app() {
             "eventgrid",
             "heartbeat",
             "ledger",
+            "outcomes",
             "products",
             "status",
             "sweep"
@@ -60,6 +61,8 @@ fn worker_app() {
     assert_eq!(route(&app, "GET", "/api/products/abc"), f("products"));
     assert_eq!(route(&app, "GET", "/api/ledger"), f("ledger"));
     assert_eq!(route(&app, "GET", "/api/ledger/tx-1"), f("ledger"));
+    assert_eq!(route(&app, "GET", "/api/outcomes/tx-1"), f("outcomes"));
+    assert_eq!(route(&app, "GET", "/api/outcomes"), None);
     assert_eq!(
         route(&app, "GET", "/api/status"),
         Some(("status".into(), AuthLevel::Anonymous))

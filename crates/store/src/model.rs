@@ -45,6 +45,20 @@ pub struct OutcomeRecord {
 }
 
 impl OutcomeRecord {
+    /// What a node serves about the marker of `transaction` (`GET /api/outcomes/{id}`).
+    pub fn view(&self, transaction: &str) -> saldo_core::views::OutcomeView {
+        saldo_core::views::OutcomeView {
+            transaction: transaction.to_string(),
+            status: self.status,
+            executed_by: self.node.clone(),
+            executed_region: self.region.clone(),
+            executed_at: self.at,
+            reason: self.reason.clone(),
+            quantities: self.quantities.clone(),
+            takeover: self.takeover,
+        }
+    }
+
     /// Two records of one transaction agree when status and executor agree. (Quantities and
     /// times follow from the single marker; the executor is what could differ if the
     /// exactly-once machinery were broken.)

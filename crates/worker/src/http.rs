@@ -84,6 +84,7 @@ pub fn app<S: Store, C: Clock, B: Bus, P: PeerClient>(node: Arc<Node<S, C, B, P>
         .route("/api/products/{id}", get(product::<S, C, B, P>))
         .route("/api/ledger", get(ledger::<S, C, B, P>))
         .route("/api/ledger/{id}", get(ledger_entry::<S, C, B, P>))
+        .route("/api/outcomes/{id}", get(outcome::<S, C, B, P>))
         .route("/api/status", get(status::<S, C, B, P>))
         .route("/heartbeat", post(heartbeat::<S, C, B, P>))
         .route("/sweep", post(sweep::<S, C, B, P>))
@@ -249,6 +250,22 @@ async fn ledger_entry<S: Store, C: Clock, B: Bus, P: PeerClient>(
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!("transaction {id:?} is not in {}'s ledger", node.cfg.node),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+/// The warehouse's outcome of a transaction (its applied-marker), 404 while nobody has
+/// executed it: one read, whichever node executed it (the API's cheap status poll).
+async fn outcome<S: Store, C: Clock, B: Bus, P: PeerClient>(
+    State(node): St<S, C, B, P>,
+    Path(id): Path<String>,
+) -> Response {
+    match node.outcome(&id).await {
+        Ok(Some(o)) => Json(o).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("transaction {id:?} has no outcome in the warehouse"),
         ),
         Err(e) => store_error(e),
     }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use saldo_core::views::{LedgerEntryView, LedgerPage, ProductView};
+use saldo_core::events::Outcome;
+use saldo_core::views::{LedgerEntryView, LedgerPage, OutcomeView, ProductView};
 use saldo_store::test_util::{Secantus, spawn_secantus};
 use saldo_store::{MongoStore, Store};
 use saldo_worker::testing::{Captured, NoPeers};
@@ -371,6 +372,20 @@ async fn commands_execute_once_and_redelivery_is_recognised() {
         Some("out of stock: Orange (id 1) has 3, needs 9")
     );
     assert_eq!(f.get("/api/ledger/nope").await.0, 404);
+    // The warehouse's marker says the same, without the ledger.
+    let (status, marker) = f.get("/api/outcomes/buy-2").await;
+    assert_eq!(status, 200, "{marker}");
+    let marker: OutcomeView = serde_json::from_value(marker).unwrap();
+    assert_eq!(
+        (
+            marker.status,
+            marker.reason.as_deref(),
+            marker.transaction.as_str()
+        ),
+        (Outcome::Rejected, entry.reason.as_deref(), "buy-2")
+    );
+    assert_eq!(Some(&marker.executed_by), entry.executed_by.as_ref());
+    assert_eq!(f.get("/api/outcomes/nope").await.0, 404);
 
     // Completions were published, with deterministic ids, and the outbox is empty.
     let published = f.bus.published();

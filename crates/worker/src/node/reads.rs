@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use saldo_core::views::{LedgerEntryView, LedgerPage, NodeStatusView, PeerView, ProductView};
+use saldo_core::views::{
+    LedgerEntryView, LedgerPage, NodeStatusView, OutcomeView, PeerView, ProductView,
+};
 use saldo_store::origin::{Origin, scope};
 use saldo_store::{LedgerEntry, Store, StoreError};
 
@@ -43,6 +45,13 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         Ok(scope(Origin::Read, self.store.entry(tx))
             .await?
             .map(|e: LedgerEntry| e.view(&self.cfg.node)))
+    }
+
+    /// The warehouse's applied-marker of `tx`: its outcome, whoever executed it.
+    pub async fn outcome(&self, tx: &str) -> Result<Option<OutcomeView>, StoreError> {
+        Ok(scope(Origin::Read, self.store.marker(tx))
+            .await?
+            .map(|o| o.view(tx)))
     }
 
     pub async fn products(&self) -> Result<Vec<ProductView>, StoreError> {
