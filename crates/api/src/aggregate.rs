@@ -2,8 +2,8 @@
 //! every node's ledger entry, and the fleet's health from every node's status.
 
 use chrono::{DateTime, Utc};
-use saldo_core::events::{ProductLine, Quantity};
-use saldo_core::views::{LedgerEntryView, LedgerState, NodeStatusView, PeerView};
+use saldo_core::events::{Outcome, ProductLine, Quantity};
+use saldo_core::views::{LedgerEntryView, LedgerState, NodeStatusView, OutcomeView, PeerView};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -198,6 +198,37 @@ pub fn transaction(
     })
 }
 
+/// The view of a transaction from the warehouse's applied-marker alone (`?nodes=false`): its
+/// outcome once anyone executed it, pending while the API's record says it was accepted and
+/// nobody has; `None` when neither knows it (404). `nodes` is empty: nobody was asked.
+pub fn from_marker(
+    id: &str,
+    marker: Option<&OutcomeView>,
+    accepted: Option<&Accepted>,
+) -> Option<TransactionView> {
+    if marker.is_none() && accepted.is_none() {
+        return None;
+    }
+    Some(TransactionView {
+        transaction: id.to_string(),
+        status: match marker.map(|m| m.status) {
+            Some(Outcome::Completed) => Status::Completed,
+            Some(Outcome::Rejected) => Status::Rejected,
+            None => Status::Pending,
+        },
+        reason: marker.and_then(|m| m.reason.clone()),
+        executed_by: marker.map(|m| m.executed_by.clone()),
+        executed_region: marker.map(|m| m.executed_region.clone()),
+        executed_at: marker.map(|m| m.executed_at),
+        takeover: marker.is_some_and(|m| m.takeover),
+        quantities: marker.map(|m| m.quantities.clone()).unwrap_or_default(),
+        lines: accepted.map(|a| a.lines.clone()).unwrap_or_default(),
+        accepted_at: accepted.map(|a| a.at),
+        published: accepted.map(|a| a.published),
+        nodes: Vec::new(),
+    })
+}
+
 /// `GET /api/nodes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -346,6 +377,46 @@ mod tests {
         let t = transaction("t", &answers, Some(&acc)).unwrap();
         assert_eq!((t.status, t.accepted_at), (Status::Pending, Some(acc.at)));
         assert_eq!(t.published, Some(false));
+    }
+
+    #[test]
+    fn the_marker_alone_is_the_outcome_and_no_marker_is_pending_if_accepted() {
+        let acc = Accepted {
+            published: true,
+            at: Utc::now(),
+            lines: vec![ProductLine {
+                id: 1,
+                ean: 1111,
+                name: "Orange".into(),
+                saldo: None,
+                change: Some(-2),
+            }],
+        };
+        assert!(from_marker("t", None, None).is_none(), "nobody knows it");
+        let t = from_marker("t", None, Some(&acc)).unwrap();
+        assert_eq!(
+            (t.status, t.executed_by.as_deref()),
+            (Status::Pending, None)
+        );
+        assert_eq!((t.lines.len(), t.published), (1, Some(true)));
+        let marker = OutcomeView {
+            transaction: "t".into(),
+            status: Outcome::Rejected,
+            executed_by: "b".into(),
+            executed_region: "northeurope".into(),
+            executed_at: Utc::now(),
+            reason: Some("out of stock".into()),
+            quantities: vec![],
+            takeover: true,
+        };
+        for accepted in [None, Some(&acc)] {
+            let t = from_marker("t", Some(&marker), accepted).unwrap();
+            assert_eq!(t.status, Status::Rejected);
+            assert_eq!(t.reason.as_deref(), Some("out of stock"));
+            assert_eq!((t.executed_by.as_deref(), t.takeover), (Some("b"), true));
+            assert_eq!(t.executed_at, Some(marker.executed_at));
+            assert!(t.nodes.is_empty(), "nobody was asked");
+        }
     }
 
     #[test]

@@ -196,6 +196,23 @@ pub fn parse_recent_limit(raw: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
+/// `?nodes=` of `GET /api/transactions/{id}`: `true` (also when absent) or `false`, at most once.
+pub fn parse_nodes_flag(query: &[(String, String)]) -> Result<bool, ApiError> {
+    let mut given = query.iter().filter(|(k, _)| k == "nodes").map(|(_, v)| v);
+    let raw = given.next();
+    if given.next().is_some() {
+        return Err(invalid("nodes", "give it once"));
+    }
+    match raw.map(String::as_str) {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(invalid(
+            "nodes",
+            format!("{other:?} is neither true nor false"),
+        )),
+    }
+}
+
 /// What a transaction id in a path may hold, as the OpenAPI document states it: no control
 /// characters (Rust's `char::is_control`, Unicode category Cc), 1 to [`MAX_ID_LEN`] characters.
 pub const TRANSACTION_ID_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
@@ -455,6 +472,30 @@ mod tests {
         ] {
             let e = parse_recent_limit(Some(bad)).unwrap_err();
             assert!(e.to_string().contains("limit"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_nodes_flag_is_true_or_false_once() {
+        let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(parse_nodes_flag(&q(&[])).unwrap());
+        assert!(parse_nodes_flag(&q(&[("limit", "3")])).unwrap());
+        assert!(parse_nodes_flag(&q(&[("nodes", "true")])).unwrap());
+        assert!(!parse_nodes_flag(&q(&[("nodes", "false")])).unwrap());
+        for bad in [
+            q(&[("nodes", "")]),
+            q(&[("nodes", "no")]),
+            q(&[("nodes", "FALSE")]),
+            q(&[("nodes", "0")]),
+            q(&[("nodes", "false"), ("nodes", "false")]),
+        ] {
+            let e = parse_nodes_flag(&bad).unwrap_err();
+            assert!(e.to_string().contains("nodes"), "{bad:?}: {e}");
         }
     }
 

@@ -98,10 +98,14 @@ impl IntoParams for ProductIdPath {
     }
 }
 
-/// `{id}` of `/api/transactions/{id}`.
+/// `{id}` and `?nodes=` of `/api/transactions/{id}`.
 pub struct TransactionIdPath;
 impl IntoParams for TransactionIdPath {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let nodes = ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::Boolean))
+            .default(Some(true.into()))
+            .description(Some("Include each node's view."));
         vec![
             param(
                 "id",
@@ -110,6 +114,16 @@ impl IntoParams for TransactionIdPath {
                 "Transaction id (from the 202 answer); no control characters",
             )
             .schema(Some(string(1, MAX_ID_LEN, TRANSACTION_ID_PATTERN).build()))
+            .build(),
+            param(
+                "nodes",
+                ParameterIn::Query,
+                false,
+                "`true` (the default): every node is asked for its view. `false`: the status \
+                 comes from the warehouse's applied-marker through one node (one read instead \
+                 of one per node, as polls want it), and `nodes` is empty",
+            )
+            .schema(Some(nodes.build()))
             .build(),
         ]
     }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, body::Bytes};
 use chrono::Utc;
 use saldo_core::events::{EventGridEvent, ProductLine, RecordUpdated};
-use saldo_core::views::{LedgerEntryView, LedgerPage, NodeStatusView, ProductView};
+use saldo_core::views::{LedgerEntryView, LedgerPage, NodeStatusView, OutcomeView, ProductView};
 use saldo_publish::PublishError;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -441,17 +441,23 @@ async fn list_transactions(
 #[utoipa::path(get, path = "/api/transactions/{id}", tag = "fleet",
     params(TransactionIdPath),
     responses(
-        (status = 200, description = "pending, completed or rejected, with each node's view", body = TransactionView),
-        (status = 400, description = "Not a transaction id (empty, too long, control characters)", body = ErrorBody),
+        (status = 200, description = "pending, completed or rejected, with each node's view unless `nodes=false`", body = TransactionView),
+        (status = 400, description = "Not a transaction id (empty, too long, control characters), or `nodes` not `true` or `false` or given twice", body = ErrorBody),
         (status = 404, description = "Neither this API nor any node knows it", body = ErrorBody),
         (status = 503, description = "Nobody could be asked", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds")))))]
 async fn get_transaction(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
+    let Query(pairs) = query.map_err(|e| invalid("query", e.body_text()))?;
+    let with_nodes = commands::parse_nodes_flag(&pairs)?;
     if commands::check_transaction_id(&id)? == TransactionIdCheck::CannotExist {
         return Err(ApiError::TransactionNotFound(id));
+    }
+    if !with_nodes {
+        return transaction_from_marker(&s, id).await;
     }
     let path = format!("/api/ledger/{}", urlencoding::encode(&id));
     let (answers, record) = tokio::join!(
@@ -497,6 +503,51 @@ async fn get_transaction(
                 .collect::<Vec<_>>()
                 .join("; "),
         )),
+        None => Err(ApiError::TransactionNotFound(id)),
+    }
+}
+
+/// `GET /api/transactions/{id}?nodes=false`: the warehouse's marker through one node (with
+/// failover) and the API's own record, two reads whatever the fleet's size.
+async fn transaction_from_marker(s: &AppState, id: String) -> Result<Response, ApiError> {
+    let path = format!("/api/outcomes/{}", urlencoding::encode(&id));
+    let (marker, record) = tokio::join!(s.fleet.read::<OutcomeView>(&path, true), s.store.get(&id));
+    let marker = match marker {
+        Ok((_, Answer::Found(m))) if m.transaction == id => Some(m),
+        Ok((url, Answer::Found(m))) => {
+            return Err(ApiError::NoNodeAvailable(format!(
+                "{url}: answered for transaction {:?}",
+                m.transaction
+            )));
+        }
+        Ok((_, Answer::NotFound)) => None,
+        // Without the marker nobody can tell pending from done.
+        Err(failures) => {
+            return Err(ApiError::NoNodeAvailable(
+                failures
+                    .iter()
+                    .map(|(u, e)| format!("{u}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
+        }
+    };
+    let accepted = match record {
+        Ok(Some(r)) => Some(Accepted {
+            at: r.accepted_at().unwrap_or_else(Utc::now),
+            lines: r.event()?.data.products,
+            published: r.published,
+        }),
+        Ok(None) => None,
+        // The marker is the outcome; the record only adds when and what was accepted.
+        Err(e) if marker.is_some() => {
+            tracing::warn!("answering without the idempotency record: {e}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    match aggregate::from_marker(&id, marker.as_ref(), accepted.as_ref()) {
+        Some(view) => Ok(Json(view).into_response()),
         None => Err(ApiError::TransactionNotFound(id)),
     }
 }

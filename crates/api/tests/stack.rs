@@ -161,6 +161,29 @@ async fn buy_through_a_real_worker() {
     assert_eq!(done["quantities"], json!([{"id": 1, "saldo": 3}]));
     assert_eq!(done["nodes"][0]["state"], "completed");
     assert_eq!(get("/api/products/1".into()).await.1["saldo"], 3);
+    // The poll's view, from the warehouse's marker through one node, says the same.
+    let (status, cheap) = get(format!("/api/transactions/{tx}?nodes=false")).await;
+    assert_eq!(status.as_u16(), 200, "{cheap}");
+    for field in [
+        "status",
+        "executedBy",
+        "executedRegion",
+        "executedAt",
+        "takeover",
+        "quantities",
+        "lines",
+        "acceptedAt",
+        "published",
+    ] {
+        assert_eq!(cheap[field], done[field], "{field}: {cheap} vs {done}");
+    }
+    assert_eq!(cheap["nodes"], json!([]), "nobody was asked: {cheap}");
+    for bad in ["maybe", "", "FALSE"] {
+        let (status, e) = get(format!("/api/transactions/{tx}?nodes={bad}")).await;
+        assert_eq!(status.as_u16(), 400, "nodes={bad}: {e}");
+    }
+    let (status, e) = get("/api/transactions/never-accepted-1?nodes=false".into()).await;
+    assert_eq!(status.as_u16(), 404, "{e}");
 
     let (_, body) = read(buy("stack-2", 4).await.unwrap()).await;
     let tx = body["transaction"].as_str().unwrap().to_string();
@@ -171,6 +194,12 @@ async fn buy_through_a_real_worker() {
     .await;
     assert_eq!(done["status"], "rejected", "{done}");
     assert!(done["reason"].is_string(), "{done}");
+    let (_, cheap) = get(format!("/api/transactions/{tx}?nodes=false")).await;
+    assert_eq!(
+        (&cheap["status"], &cheap["reason"], &cheap["executedBy"]),
+        (&done["status"], &done["reason"], &done["executedBy"]),
+        "{cheap}"
+    );
     assert_eq!(get("/api/products/1".into()).await.1["saldo"], 3);
 
     let (status, fleet) = get("/api/nodes".into()).await;

@@ -155,13 +155,15 @@ impl Shop {
         }
     }
 
-    /// One status read; `None` when the API did not answer usefully.
+    /// One status read; `None` when the API did not answer usefully. `?nodes=false`: the
+    /// status from the warehouse's marker through one node, not every node's ledger (the
+    /// per-node views are for people, and each costs a read).
     pub async fn status(&self, tx: &str) -> Option<TxStatus> {
         self.polls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = self
             .http
-            .get(format!("{}/api/transactions/{tx}", self.api))
+            .get(format!("{}/api/transactions/{tx}?nodes=false", self.api))
             .send()
             .await
             .ok()?;
@@ -176,8 +178,8 @@ impl Shop {
     /// Polls until the transaction is terminal or `deadline` passes; the last status seen.
     pub async fn follow(&self, tx: &str, deadline: Instant) -> Option<TxStatus> {
         let mut last = None;
-        // Every poll costs each node a ledger read: start quick, then back off, so that the
-        // shoppers' own polling does not become the load.
+        // Every poll costs two reads (the API's record, the marker): start quick, then back
+        // off, so that the shoppers' own polling does not become the load.
         let mut wait = self.poll_first.min(self.poll_cap);
         loop {
             if let Some(s) = self.status(tx).await {
