@@ -478,22 +478,9 @@ async fn get_transaction(
             (url, r)
         })
         .collect();
-    let accepted = match record {
-        Ok(Some(r)) => Some(Accepted {
-            at: r.accepted_at().unwrap_or_else(Utc::now),
-            lines: r.event()?.data.products,
-            published: r.published,
-        }),
-        Ok(None) => None,
-        Err(e) => {
-            // The nodes' answers are enough when one of them knows the transaction.
-            if !answers.iter().any(|(_, r)| matches!(r, Ok(Some(_)))) {
-                return Err(e);
-            }
-            tracing::warn!("answering without the idempotency record: {e}");
-            None
-        }
-    };
+    // The nodes' answers are enough when one of them knows the transaction.
+    let known = answers.iter().any(|(_, r)| matches!(r, Ok(Some(_))));
+    let accepted = accepted(record, known)?;
     match aggregate::transaction(&id, &answers, accepted.as_ref()) {
         Some(view) => Ok(Json(view).into_response()),
         None if answers.iter().all(|(_, r)| r.is_err()) => Err(ApiError::NoNodeAvailable(
@@ -532,23 +519,32 @@ async fn transaction_from_marker(s: &AppState, id: String) -> Result<Response, A
             ));
         }
     };
-    let accepted = match record {
-        Ok(Some(r)) => Some(Accepted {
-            at: r.accepted_at().unwrap_or_else(Utc::now),
-            lines: r.event()?.data.products,
-            published: r.published,
-        }),
-        Ok(None) => None,
-        // The marker is the outcome; the record only adds when and what was accepted.
-        Err(e) if marker.is_some() => {
-            tracing::warn!("answering without the idempotency record: {e}");
-            None
-        }
-        Err(e) => return Err(e),
-    };
+    // The marker is the outcome; the record only adds when and what was accepted.
+    let accepted = accepted(record, marker.is_some())?;
     match aggregate::from_marker(&id, marker.as_ref(), accepted.as_ref()) {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(ApiError::TransactionNotFound(id)),
+    }
+}
+
+/// What the API's idempotency record adds to a transaction's view. A record that could not be
+/// read fails the request unless the transaction is `known_elsewhere` (a node or the marker).
+fn accepted(
+    record: Result<Option<Record>, ApiError>,
+    known_elsewhere: bool,
+) -> Result<Option<Accepted>, ApiError> {
+    match record {
+        Ok(Some(r)) => Ok(Some(Accepted {
+            at: r.accepted_at().unwrap_or_else(Utc::now),
+            lines: r.event()?.data.products,
+            published: r.published,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) if known_elsewhere => {
+            tracing::warn!("answering without the idempotency record: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
