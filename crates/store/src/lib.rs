@@ -102,6 +102,32 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
+    /// Inserts `cmds` and then records `outcomes`, as [`Store::insert_commands`] and
+    /// [`Store::record_outcomes`] would one after the other, in ONE ledger write where the store
+    /// can (the MongoDB store: one transaction, one bump of the counter). An owner that executed
+    /// a command before recording it passes both the command and its outcome: the entry is then
+    /// written once, decided. The default makes the two calls.
+    fn write_entries(
+        &self,
+        cmds: &[NewCommand],
+        outcomes: &[OutcomeToRecord],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(Vec<Inserted>, Vec<Recorded>)>> + Send {
+        async move {
+            let inserted = if cmds.is_empty() {
+                Vec::new()
+            } else {
+                self.insert_commands(cmds).await?
+            };
+            let recorded = if outcomes.is_empty() {
+                Vec::new()
+            } else {
+                self.record_outcomes(outcomes, now).await?
+            };
+            Ok((inserted, recorded))
+        }
+    }
+
     /// Clears the outbox flag of these transactions (their completion has been published).
     fn mark_published(&self, transactions: &[String]) -> impl Future<Output = Result<()>> + Send;
 

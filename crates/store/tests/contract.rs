@@ -168,6 +168,7 @@ contract!(
     limits_order_and_times_as_kept,
     racing_executors_apply_once_and_lose_no_update,
     outcomes_recorded_together_find_what_one_by_one_would,
+    commands_and_their_outcomes_written_together_find_what_one_by_one_would,
 );
 
 /// Reads the whole feed `limit` entries at a time, as a peer's catch-up does (cursor = the last
@@ -849,5 +850,112 @@ async fn outcomes_recorded_together_find_what_one_by_one_would<W: World>(w: &W) 
         .await
         .unwrap();
     assert_eq!(again, vec![Recorded::Same, Recorded::Same]);
+    assert_eq!(c.page(0, 100).await.unwrap(), before);
+}
+
+/// An owner that executed before recording writes each command with its outcome in one call
+/// (`write_entries`): a new one is inserted decided, with its command, and served by the feed
+/// once, numbered after what was there; a pending one is a duplicate whose outcome is new; a
+/// decided one is a duplicate with the same outcome, or a conflict (kept); commands without an
+/// outcome stay pending, and an outcome without its command is recorded as `record_outcomes`
+/// would. Every case in one call, and again on a second instance.
+async fn commands_and_their_outcomes_written_together_find_what_one_by_one_would<W: World>(w: &W) {
+    let (a, b, c) = w.writers("francecentral").await;
+    let now = Utc::now();
+    a.insert_commands(&[cmd("p1"), cmd("k1"), cmd("k2")])
+        .await
+        .unwrap();
+    a.record_outcome("k1", &outcome("x"), true, now)
+        .await
+        .unwrap();
+    a.record_outcome("k2", &outcome("x"), true, now)
+        .await
+        .unwrap();
+    let top = read_feed(&*c, 100).await.iter().map(|e| e.0).max().unwrap();
+    let item = |tx: &str, node: &str, published: bool| OutcomeToRecord {
+        transaction: tx.into(),
+        outcome: outcome(node),
+        published,
+    };
+    let (inserted, recorded) = b
+        .write_entries(
+            &[
+                cmd("n1"),
+                cmd("p1"),
+                cmd("plain"),
+                cmd("k1"),
+                cmd("k2"),
+                cmd("n2"),
+            ],
+            &[
+                item("n2", "b", true),
+                item("o1", "x", true),
+                item("n1", "b", false),
+                item("p1", "b", true),
+                item("k1", "x", true),
+                item("k2", "y", true),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    use Inserted::{Duplicate, New};
+    assert_eq!(
+        inserted,
+        vec![New, Duplicate, New, Duplicate, Duplicate, New]
+    );
+    assert!(
+        matches!(
+            recorded.as_slice(),
+            [
+                Recorded::New,
+                Recorded::New,
+                Recorded::New,
+                Recorded::New,
+                Recorded::Same,
+                Recorded::Conflict(known),
+            ] if known.node == "x"
+        ),
+        "{recorded:?}"
+    );
+    for (tx, node, has_command) in [
+        ("n1", "b", true),
+        ("n2", "b", true),
+        ("p1", "b", true),
+        ("o1", "x", false),
+    ] {
+        let e = c.entry(tx).await.unwrap().unwrap();
+        assert_eq!(e.outcome.as_ref().unwrap().node, node, "{tx}");
+        assert_eq!(e.command.is_some(), has_command, "{tx}: {e:?}");
+        assert!(e.seq > top, "{tx} numbered after what was there");
+    }
+    assert!(
+        !c.entry("n1").await.unwrap().unwrap().published,
+        "n1 is owed"
+    );
+    assert!(c.entry("n2").await.unwrap().unwrap().published);
+    assert!(c.entry("plain").await.unwrap().unwrap().outcome.is_none());
+    assert_eq!(
+        c.entry("k2").await.unwrap().unwrap().outcome.unwrap().node,
+        "x"
+    );
+    let served = read_feed(&*c, 2).await;
+    for tx in ["n1", "n2", "plain", "o1"] {
+        assert_eq!(
+            served.iter().filter(|e| e.1 == tx).count(),
+            1,
+            "{tx} served once: {served:?}"
+        );
+    }
+    // Nothing new: nothing written, nothing renumbered.
+    let before = c.page(0, 100).await.unwrap();
+    let (inserted, recorded) = a
+        .write_entries(&[cmd("n1")], &[item("n1", "b", false)], now)
+        .await
+        .unwrap();
+    assert_eq!(
+        (inserted, recorded),
+        (vec![Duplicate], vec![Recorded::Same])
+    );
     assert_eq!(c.page(0, 100).await.unwrap(), before);
 }

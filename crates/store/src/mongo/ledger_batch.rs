@@ -191,25 +191,46 @@ impl MongoStore {
                     .collect(),
             ));
         }
-        let first = self.allocate(session, kept.len()).await?;
-        let statements = kept
+        // A command followed by its own outcome (an owner that executed before recording) is
+        // ONE statement: the entry is written once, decided.
+        let mut at: Vec<usize> = Vec::with_capacity(kept.len());
+        let mut pairs: Vec<(&Item, Option<&Item>)> = Vec::new();
+        let mut i = 0;
+        while i < kept.len() {
+            let next = kept.get(i + 1).copied();
+            let merged = matches!((kept[i], next), (Item::Command(c), Some(o @ Item::Outcome { .. })) if o.transaction() == c.transaction);
+            at.push(pairs.len());
+            if merged {
+                at.push(pairs.len());
+                pairs.push((kept[i], next));
+                i += 2;
+            } else {
+                pairs.push((kept[i], None));
+                i += 1;
+            }
+        }
+        let first = self.allocate(session, pairs.len()).await?;
+        let statements = pairs
             .iter()
             .enumerate()
-            .map(|(i, item)| statement(item, first + i as i64))
+            .map(|(i, (item, outcome))| match outcome {
+                None => statement(item, first + i as i64),
+                Some(outcome) => decided_statement(item, outcome, first + i as i64),
+            })
             .collect::<mongodb::error::Result<Vec<Document>>>()?;
         self.count(Kind::Write);
-        self.count_docs(kept.len());
+        self.count_docs(statements.len());
         let answer = self
             .client
             .database(&self.ledger.namespace().db)
             .run_command(doc! {
                 "update": self.ledger.name(),
-                "updates": statements,
+                "updates": &statements,
                 "ordered": true,
             })
             .session(&mut *session)
             .await?;
-        let upserted = match check_answer(&answer, kept.len())? {
+        let upserted = match check_answer(&answer, statements.len())? {
             Answer::Written(u) => u,
             Answer::Duplicate => {
                 careful.store(true, Ordering::Relaxed);
@@ -225,7 +246,9 @@ impl MongoStore {
                 .map(|p| match p {
                     Err(done) => done,
                     Ok(i) => match kept[i] {
-                        Item::Command(_) if upserted.contains(&i) => Done::Inserted(Inserted::New),
+                        Item::Command(_) if upserted.contains(&at[i]) => {
+                            Done::Inserted(Inserted::New)
+                        }
                         Item::Command(_) => Done::Inserted(Inserted::Duplicate),
                         // Matched a pending entry, or inserted an outcome-only one.
                         Item::Outcome { .. } => Done::Recorded(Recorded::New),
@@ -306,6 +329,31 @@ fn statement(item: &Item, seq: i64) -> mongodb::error::Result<Document> {
             "upsert": true,
         },
     })
+}
+
+/// The one upsert statement that writes a command and its outcome (`command`, then `outcome`
+/// of the same transaction) as entry number `seq`: it decides a pending entry (the command was
+/// there: a duplicate), or inserts the entry decided. An entry decided already makes it collide
+/// on `_id` (11000), as an outcome's statement does.
+fn decided_statement(command: &Item, outcome: &Item, seq: i64) -> mongodb::error::Result<Document> {
+    let (Item::Command(c), Item::Outcome { .. }) = (command, outcome) else {
+        return Err(mongodb::error::Error::custom(
+            "ledger batch: a decided entry is a command and then its outcome",
+        ));
+    };
+    let mut s = statement(outcome, seq)?;
+    let at = ms(c.received_at);
+    s.get_document_mut("u")
+        .map_err(mongodb::error::Error::custom)?
+        .insert(
+            "$setOnInsert",
+            doc! {
+                "command": bson::to_bson(&c.command)?,
+                "received_at_ms": at,
+                "recorded_at_ms": at,
+            },
+        );
+    Ok(s)
 }
 
 /// What the bulk write's answer says.

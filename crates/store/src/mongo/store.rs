@@ -201,6 +201,66 @@ impl Store for MongoStore {
             .collect()
     }
 
+    async fn write_entries(
+        &self,
+        cmds: &[NewCommand],
+        outcomes: &[OutcomeToRecord],
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Inserted>, Vec<Recorded>)> {
+        // Each command's own outcome right after it, so that the batch writes the two as one
+        // statement (`ledger_batch`); the other outcomes after all the commands.
+        let outcome_item = |o: &OutcomeToRecord| Item::Outcome {
+            transaction: o.transaction.clone(),
+            outcome: o.outcome.clone(),
+            published: o.published,
+            now,
+        };
+        let mut items = Vec::with_capacity(cmds.len() + outcomes.len());
+        // Per item: a command's index, or an outcome's.
+        let mut whose = Vec::with_capacity(items.capacity());
+        let mut unpaired: std::collections::BTreeMap<&str, usize> = outcomes
+            .iter()
+            .enumerate()
+            .map(|(j, o)| (o.transaction.as_str(), j))
+            .collect();
+        let mut paired = vec![false; outcomes.len()];
+        for (i, c) in cmds.iter().enumerate() {
+            items.push(Item::Command(c.clone()));
+            whose.push(Ok(i));
+            if let Some(j) = unpaired.remove(c.transaction.as_str()) {
+                paired[j] = true;
+                items.push(outcome_item(&outcomes[j]));
+                whose.push(Err(j));
+            }
+        }
+        for (j, o) in outcomes.iter().enumerate().filter(|(j, _)| !paired[*j]) {
+            items.push(outcome_item(o));
+            whose.push(Err(j));
+        }
+        if items.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let done = self.write_ledger("write entries", items).await?;
+        let mut inserted = vec![None; cmds.len()];
+        let mut recorded = vec![None; outcomes.len()];
+        for (d, w) in done.into_iter().zip(whose) {
+            match w {
+                Ok(i) => inserted[i] = Some(d.inserted()?),
+                Err(j) => recorded[j] = Some(d.recorded()?),
+            }
+        }
+        Ok((
+            inserted
+                .into_iter()
+                .map(|r| r.expect("one answer per command"))
+                .collect(),
+            recorded
+                .into_iter()
+                .map(|r| r.expect("one answer per outcome"))
+                .collect(),
+        ))
+    }
+
     async fn mark_published(&self, transactions: &[String]) -> Result<()> {
         if transactions.is_empty() {
             return Ok(());

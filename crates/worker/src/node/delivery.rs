@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::counters::inc;
 use super::liveness::peer_from_heartbeat;
+use super::outbox::Completion;
 use super::{
     Bus, Clock, MAX_EVENTS_PER_DELIVERY, MAX_INLINE_EXECUTIONS, Node, NodeError, PeerClient,
     SWEEP_SCAN,
@@ -97,16 +98,13 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         let now = self.clock.now();
         let taken = Taken::split(parsed, now);
-        // 1. Commands: one batch insert; durable before we acknowledge.
-        let inserted = scope(Origin::Command, self.store.insert_commands(&taken.commands)).await?;
-        let new = self.count_commands(&taken.commands, &inserted, now);
-        // 2. Peers' outcomes.
-        let (outcomes, decided) = scope(
-            Origin::PeerOutcome,
-            self.record_completions(&taken.completions, now),
-        )
-        .await?;
-        // 3. Heartbeats: liveness on *our* clock.
+        // Outcomes in this delivery: nothing to execute for those.
+        let decided: BTreeSet<String> = taken
+            .completions
+            .iter()
+            .map(|c| c.transaction.clone())
+            .collect();
+        // 1. Heartbeats: liveness on *our* clock, which the ranking below reads.
         for h in &taken.heartbeats {
             scope(
                 Origin::Heartbeat,
@@ -114,8 +112,65 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             )
             .await?;
         }
-        // 4. Acknowledged from here on.
-        let executed = self.execute_inline(new, &decided, now).await;
+        // 2. What this node owns, executed before it is recorded (`execute_owned`).
+        let (fresh, adopted) = self.execute_owned(&taken.commands, &decided, now).await;
+        // 3. The commands and the outcomes just executed: ONE ledger write, durable before we
+        //    acknowledge. Our completions are published first, as `settle` does.
+        let (published, failure) = self.publish_owed(&fresh).await;
+        if let Some(e) = failure {
+            // Recorded unpublished below: the outbox publishes them.
+            tracing::warn!(error = %e, "publishing completions failed; the outbox will retry");
+        }
+        let items: Vec<OutcomeToRecord> = fresh
+            .iter()
+            .map(|c| OutcomeToRecord {
+                transaction: c.transaction.clone(),
+                outcome: c.outcome.clone(),
+                published: published.contains(&c.transaction),
+            })
+            .collect();
+        let (inserted, recorded) = match scope(
+            Origin::Command,
+            self.store.write_entries(&taken.commands, &items, now),
+        )
+        .await
+        {
+            Ok(written) => written,
+            Err(e) => {
+                // Executed (and maybe told the fleet), not recorded: the redelivery adopts.
+                inc(&self.counters.published_unrecorded, published.len());
+                return Err(e.into());
+            }
+        };
+        for (item, r) in items.iter().zip(&recorded) {
+            if let Recorded::Conflict(known) = r {
+                self.conflicting(&item.transaction, known, &item.outcome);
+            }
+        }
+        let executed_now: BTreeSet<&str> = fresh.iter().map(|c| c.transaction.as_str()).collect();
+        self.count_commands(&taken.commands, &inserted, &executed_now, now);
+        // 4. Peers' outcomes.
+        let (outcomes, _) = scope(
+            Origin::PeerOutcome,
+            self.record_completions(&taken.completions, now),
+        )
+        .await?;
+        // 5. Acknowledged from here on. An outcome we adopted (a redelivery after our crash, a
+        //    racing takeover that won) is settled as before if the command was new to us.
+        let late: Vec<Completion> = adopted
+            .into_iter()
+            .filter(|c| {
+                taken
+                    .commands
+                    .iter()
+                    .zip(&inserted)
+                    .any(|(n, r)| n.transaction == c.transaction && *r == Inserted::New)
+            })
+            .collect();
+        let executed = fresh.len() + late.len();
+        if let Err(e) = self.settle(late).await {
+            tracing::warn!(error = %e, "publishing or recording completions failed; the sweep will retry");
+        }
         Ok(Delivery::Accepted {
             new_commands: inserted.iter().filter(|r| **r == Inserted::New).count(),
             duplicates: inserted
@@ -162,14 +217,15 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         Ok(())
     }
 
-    /// Counts the inserted commands and notes the new ones as pending since `now`; returns the
-    /// new ones.
-    fn count_commands<'a>(
+    /// Counts the inserted commands and notes the new ones not `executed` (decided in the same
+    /// write) as pending since `now`.
+    fn count_commands(
         &self,
-        commands: &'a [NewCommand],
+        commands: &[NewCommand],
         inserted: &[Inserted],
+        executed: &BTreeSet<&str>,
         now: DateTime<Utc>,
-    ) -> Vec<&'a NewCommand> {
+    ) {
         let new: Vec<&NewCommand> = commands
             .iter()
             .zip(inserted)
@@ -179,7 +235,10 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         inc(&self.counters.received, new.len());
         {
             let mut seen = self.pending_seen.lock().expect("pending lock");
-            for c in new.iter().take(SWEEP_SCAN.saturating_sub(seen.len())) {
+            let undecided = new
+                .iter()
+                .filter(|c| !executed.contains(c.transaction.as_str()));
+            for c in undecided.take(SWEEP_SCAN.saturating_sub(seen.len())) {
                 seen.insert(c.transaction.clone(), now);
             }
         }
@@ -202,7 +261,6 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             );
             span.in_scope(|| tracing::info!("command recorded"));
         }
-        new
     }
 
     /// Records peers' outcomes, all of the delivery's in one store call (one ledger transaction
@@ -267,44 +325,96 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         Ok((outcomes, decided))
     }
 
-    /// Executes what this node owns at rank 0 among the new, undecided commands (at most
-    /// [`MAX_INLINE_EXECUTIONS`]) and publishes the completions. The delivery (or catch-up
-    /// page) that inserted them is done already: a failure here is not its failure (the sweep
-    /// retries). Returns how many ran.
+    /// Which of `commands` this node executes now: the undecided ones (not in `decided`) it
+    /// owns at rank 0 among the live nodes, after asking the nodes ranked above it whether they
+    /// are up (`probe`), at most [`MAX_INLINE_EXECUTIONS`]; each with whether it is a takeover
+    /// (ours only because its first in line was found down).
+    async fn owned<'a>(
+        &self,
+        commands: &[&'a NewCommand],
+        decided: &BTreeSet<String>,
+        now: DateTime<Utc>,
+    ) -> Vec<(&'a NewCommand, bool)> {
+        let undecided: Vec<&NewCommand> = commands
+            .iter()
+            .copied()
+            .filter(|c| !decided.contains(&c.transaction))
+            .collect();
+        // (The region's peer records are read only when there is something to rank.)
+        if undecided.is_empty() {
+            return Vec::new();
+        }
+        let mut live = self.live_peers(now).await;
+        // Fast takeover: the nodes ranked above us for these commands may be down (`probe`).
+        let ids = undecided.iter().map(|c| c.transaction.as_str());
+        if self.probe_above(ids, &live, now, true).await {
+            live = self.live_peers(now).await;
+        }
+        let down = self.down_peers();
+        undecided
+            .into_iter()
+            .filter(|c| self.rank(&c.transaction, &live) == 0)
+            .take(MAX_INLINE_EXECUTIONS)
+            .map(|c| (c, self.owner_is_down(&c.transaction, &live, &down)))
+            .collect()
+    }
+
+    /// Executes what this node owns of a delivery's commands BEFORE recording them; the
+    /// delivery then records each command with its outcome in one ledger write. Returns the
+    /// executions that decided now (their markers are ours) and the outcomes adopted from a
+    /// marker already there. A failure is logged and counted: the command is recorded pending
+    /// and the sweep executes it.
+    ///
+    /// Recording first cost the executor two ledger writes per purchase (the command, then
+    /// the outcome), the first on the path from 202 to completed. Executing first is safe:
+    /// - the marker is the safety (invariant 2): whatever executes a second time adopts;
+    /// - the delivery is acknowledged only after the ledger write, so if this process dies
+    ///   between the marker's commit and that write, Event Grid delivers again, and the
+    ///   redelivery adopts the marker, records it and publishes it (same event id);
+    /// - a next in line that asks us about the transaction meanwhile (`Probe::Lacks`) may take
+    ///   it over at once: one of the two attempts then adopts, as when our delivery arrives
+    ///   just after it asked.
+    async fn execute_owned(
+        &self,
+        commands: &[NewCommand],
+        decided: &BTreeSet<String>,
+        now: DateTime<Utc>,
+    ) -> (Vec<Completion>, Vec<Completion>) {
+        let all: Vec<&NewCommand> = commands.iter().collect();
+        let mut fresh = Vec::new();
+        let mut adopted = Vec::new();
+        for (c, takeover) in self.owned(&all, decided, now).await {
+            match self
+                .execute_one(&c.transaction, &c.command, 0, takeover)
+                .await
+            {
+                Ok(done) if done.fresh => fresh.push(done.completion),
+                Ok(done) => adopted.push(done.completion),
+                Err(e) => {
+                    inc(&self.counters.inline_failed, 1);
+                    tracing::warn!(transaction = %c.transaction, error = %e, "inline execution failed; the sweep will retry")
+                }
+            }
+        }
+        (fresh, adopted)
+    }
+
+    /// Executes what this node owns at rank 0 among commands just inserted (a catch-up page's;
+    /// see [`Node::owned`]) and publishes the completions. The page that inserted them is done
+    /// already: a failure here is not its failure (the sweep retries). Returns how many ran.
     pub(super) async fn execute_inline(
         &self,
         new: Vec<&NewCommand>,
         decided: &BTreeSet<String>,
         now: DateTime<Utc>,
     ) -> usize {
-        // (The region's peer records are read only when there is something to rank.)
-        if new.is_empty() {
-            return 0;
-        }
-        let mut live = self.live_peers(now).await;
-        // Fast takeover: the nodes ranked above us for these commands may be down (`probe`).
-        let undecided = new
-            .iter()
-            .filter(|c| !decided.contains(&c.transaction))
-            .map(|c| c.transaction.as_str());
-        if self.probe_above(undecided, &live, now, true).await {
-            live = self.live_peers(now).await;
-        }
-        let down = self.down_peers();
-        let mine: Vec<&NewCommand> = new
-            .into_iter()
-            .filter(|c| !decided.contains(&c.transaction) && self.rank(&c.transaction, &live) == 0)
-            .take(MAX_INLINE_EXECUTIONS)
-            .collect();
         let mut done = Vec::new();
-        for c in mine {
-            // Ours only because its first in line was found down: a takeover.
-            let takeover = self.owner_is_down(&c.transaction, &live, &down);
+        for (c, takeover) in self.owned(&new, decided, now).await {
             match self
                 .execute_one(&c.transaction, &c.command, 0, takeover)
                 .await
             {
-                Ok(completion) => done.push(completion),
+                Ok(ran) => done.push(ran.completion),
                 Err(e) => {
                     // Possibly after its commit (a timeout, a conflict recording the outcome):
                     // the sweep then adopts our own marker.

@@ -11,6 +11,14 @@ use super::counters::inc;
 use super::outbox::Completion;
 use super::{Bus, Clock, Node, PeerClient};
 
+/// What executing a transaction came to.
+pub(super) struct Ran {
+    pub(super) completion: Completion,
+    /// Decided now (the marker is ours from this execution); false: adopted from a marker
+    /// already there.
+    pub(super) fresh: bool,
+}
+
 impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// Records several outcomes in one store call (see [`Store::record_outcomes`]); each
     /// conflict is for the caller to report (with [`Node::conflicting`]), in its own span.
@@ -46,7 +54,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         command: &Command,
         rank: usize,
         takeover: bool,
-    ) -> Result<Completion, StoreError> {
+    ) -> Result<Ran, StoreError> {
         let span = tracing::info_span!(
             "execute",
             otel.kind = "consumer",
@@ -80,11 +88,14 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 inc(&self.counters.adopted, 1);
             }
             let traceparent = saldo_telemetry::current_traceparent().or_else(|| command.traceparent.clone());
-            Ok(Completion {
-                transaction: tx.to_string(),
-                outcome: ex.outcome,
-                traceparent,
-                tracestate: command.tracestate.clone(),
+            Ok(Ran {
+                completion: Completion {
+                    transaction: tx.to_string(),
+                    outcome: ex.outcome,
+                    traceparent,
+                    tracestate: command.tracestate.clone(),
+                },
+                fresh: ex.fresh,
             })
         }
         .instrument(span.clone())

@@ -105,24 +105,8 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         if done.is_empty() {
             return Ok(());
         }
+        let (published, failure) = self.publish_owed(&done).await;
         let now = self.clock.now();
-        let ours: Vec<&Completion> = done
-            .iter()
-            .filter(|c| c.outcome.node == self.cfg.node)
-            .collect();
-        let mut published = BTreeSet::new();
-        let mut failure = None;
-        for chunk in ours.chunks(OUTBOX_BATCH) {
-            let events = chunk.iter().map(|c| self.event(c, now)).collect();
-            match self.bus.publish(events).await {
-                Ok(()) => published.extend(chunk.iter().map(|c| c.transaction.clone())),
-                Err(e) => {
-                    // The rest are recorded unpublished: the outbox publishes them.
-                    failure = Some(NodeError::Publish(e));
-                    break;
-                }
-            }
-        }
         let items: Vec<OutcomeToRecord> = done
             .into_iter()
             .map(|c| OutcomeToRecord {
@@ -145,6 +129,29 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             }
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Publishes, in batches, the completions of `done` this node owes (the markers that are
+    /// its own). Returns the transactions the topic took, and the failure that stopped the
+    /// rest (which are then recorded unpublished, for the outbox).
+    pub(super) async fn publish_owed(
+        &self,
+        done: &[Completion],
+    ) -> (BTreeSet<String>, Option<NodeError>) {
+        let now = self.clock.now();
+        let ours: Vec<&Completion> = done
+            .iter()
+            .filter(|c| c.outcome.node == self.cfg.node)
+            .collect();
+        let mut published = BTreeSet::new();
+        for chunk in ours.chunks(OUTBOX_BATCH) {
+            let events = chunk.iter().map(|c| self.event(c, now)).collect();
+            match self.bus.publish(events).await {
+                Ok(()) => published.extend(chunk.iter().map(|c| c.transaction.clone())),
+                Err(e) => return (published, Some(NodeError::Publish(e))),
+            }
+        }
+        (published, None)
     }
 
     /// The `transactionCompleted` event of a completion we owe.

@@ -139,9 +139,9 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 .execute_one(&e.transaction, command, rank, takeover)
                 .await
             {
-                Ok(completion) => {
+                Ok(ran) => {
                     done.executed += 1;
-                    done.done.push(completion);
+                    done.done.push(ran.completion);
                 }
                 Err(err @ StoreError::Contended(_)) => {
                     // Contention is not an outage: this transaction's documents are hot (its
