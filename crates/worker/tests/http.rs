@@ -686,12 +686,14 @@ async fn an_owner_asked_about_a_transaction_says_whether_its_ledger_holds_it() {
     assert_eq!(peers.probe_for(&refused, odd, within).await, Probe::Down);
 }
 
-/// An inline execution settles in one ledger write, over the wire: the completion is published,
-/// then the outcome is recorded already marked published (counter, bulk write, commit: 3 round
-/// trips under `ownOutcome`). Recording it unpublished and marking it published after the
-/// publish cost a fourth round trip per purchase.
+/// The owner's purchase costs ONE ledger write, over the wire: it executes first, publishes
+/// the completion, then writes the command decided and already marked published, as ONE
+/// statement (counter, bulk write, commit: 3 round trips under `command`, the counter and one
+/// entry written; none under `ownOutcome`). Recording the command first and the outcome after
+/// cost 6 round trips and two writes of the entry; recording the outcome unpublished and marking
+/// it published after the publish a seventh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_executed_purchase_is_settled_in_one_ledger_write() {
+async fn an_executed_purchase_is_recorded_in_one_ledger_write() {
     let f = fixture().await;
     let (status, _) = f
         .post(&json!([command(
@@ -702,15 +704,26 @@ async fn an_executed_purchase_is_settled_in_one_ledger_write() {
     assert_eq!(status, 200);
     assert_eq!(f.bus.published().len(), 1, "the completion is published");
     let entry = f.node.store.entry("settle-1").await.unwrap().unwrap();
-    assert!(entry.outcome.is_some() && entry.published, "{entry:?}");
+    assert!(
+        entry.command.is_some() && entry.outcome.is_some() && entry.published,
+        "{entry:?}"
+    );
     let ops = f.node.store.db_ops_by_origin();
-    let own: u64 = ops
-        .iter()
-        .filter(|(k, _)| k.starts_with("dbOps.ownOutcome."))
-        .map(|(_, v)| v)
-        .sum();
+    let sum = |prefix: &str| -> u64 {
+        ops.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(sum("dbOps.command."), 3, "one ledger transaction: {ops:?}");
     assert_eq!(
-        own, 3,
-        "one ledger transaction for the own outcome: {ops:?}"
+        sum("dbDocs.command"),
+        2,
+        "the counter and one entry: {ops:?}"
+    );
+    assert_eq!(
+        sum("dbOps.ownOutcome."),
+        0,
+        "no second ledger write: {ops:?}"
     );
 }

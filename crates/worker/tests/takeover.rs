@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use saldo_core::ledger::ranking;
-use saldo_store::{MemDb, MemStore, Store};
+use saldo_store::{MemDb, MemStore, Store, StoreError};
 use saldo_worker::testing::{Captured, NoPeers, Probes};
-use saldo_worker::{Clock, Config, ManualClock, Node};
+use saldo_worker::{Clock, Config, ManualClock, Node, NodeError};
 use serde_json::{Value, json};
 
 type TestNode = Node<MemStore, ManualClock, Captured, NoPeers>;
@@ -301,7 +301,8 @@ async fn every_instance_of_a_region_sees_the_liveness_its_records_say() {
 /// The executor's own record of an outcome can fail after the warehouse commit (its ledger
 /// contended past the retries, the database gone for a moment). The completion is published all
 /// the same, so that the peers record the outcome and the purchase shows as done without waiting
-/// for a sweep or a redelivery; the sweep then adopts the marker into the executor's own ledger
+/// for a redelivery; the delivery is not acknowledged (the command and its outcome are one
+/// ledger write), and Event Grid's redelivery adopts the marker into the executor's own ledger
 /// and publishes again under the same event id, which the peers recognise.
 #[tokio::test]
 async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
@@ -319,11 +320,18 @@ async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
         }
     })));
     let cmd = set_stock("t-1", &clock);
-    a.handle_delivery(&cmd).await.unwrap();
+    let refused = a.handle_delivery(&cmd).await;
+    assert!(
+        matches!(refused, Err(NodeError::Store(StoreError::Contended(_)))),
+        "not acknowledged (503): {refused:?}"
+    );
     assert_eq!(db.markers()["t-1"].node, "a", "executed");
     let own = db.store("a");
     assert!(
-        own.entry("t-1").await.unwrap().unwrap().outcome.is_none(),
+        own.entry("t-1")
+            .await
+            .unwrap()
+            .is_none_or(|e| e.outcome.is_none()),
         "the outcome record failed"
     );
     let published: Vec<String> = a.bus.published().iter().map(|e| e.id.clone()).collect();
@@ -334,14 +342,12 @@ async fn a_completion_is_published_even_when_its_executor_cannot_record_it() {
     );
 
     db.set_fault_hook(None);
-    // The sweep retries a rank-0 transaction half a takeover after it first saw it pending.
-    clock.advance(Duration::seconds(5));
-    a.sweep().await.unwrap();
+    a.handle_delivery(&cmd).await.unwrap();
     let entry = own.entry("t-1").await.unwrap().unwrap();
     assert_eq!(
         entry.outcome.unwrap().node,
         "a",
-        "the sweep recorded the marker's outcome"
+        "the redelivery recorded the marker's outcome"
     );
     assert!(entry.published);
     let published: Vec<String> = a.bus.published().iter().map(|e| e.id.clone()).collect();

@@ -114,8 +114,10 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         // 2. What this node owns, executed before it is recorded (`execute_owned`).
         let (fresh, adopted) = self.execute_owned(&taken.commands, &decided, now).await;
-        // 3. The commands and the outcomes just executed: ONE ledger write, durable before we
-        //    acknowledge. Our completions are published first, as `settle` does.
+        // 3. The commands and the outcomes of what we executed: ONE ledger write, durable
+        //    before we acknowledge. Completions decided now are published first, as `settle`
+        //    does; one adopted from our own marker (a redelivery after we died before this
+        //    write) is owed until the write says our ledger did not know it.
         let (published, failure) = self.publish_owed(&fresh).await;
         if let Some(e) = failure {
             // Recorded unpublished below: the outbox publishes them.
@@ -123,10 +125,12 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         }
         let items: Vec<OutcomeToRecord> = fresh
             .iter()
-            .map(|c| OutcomeToRecord {
+            .map(|c| (c, published.contains(&c.transaction)))
+            .chain(adopted.iter().map(|c| (c, c.outcome.node != self.cfg.node)))
+            .map(|(c, published)| OutcomeToRecord {
                 transaction: c.transaction.clone(),
                 outcome: c.outcome.clone(),
-                published: published.contains(&c.transaction),
+                published,
             })
             .collect();
         let (inserted, recorded) = match scope(
@@ -147,29 +151,31 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
                 self.conflicting(&item.transaction, known, &item.outcome);
             }
         }
-        let executed_now: BTreeSet<&str> = fresh.iter().map(|c| c.transaction.as_str()).collect();
-        self.count_commands(&taken.commands, &inserted, &executed_now, now);
+        let ran: BTreeSet<&str> = fresh
+            .iter()
+            .chain(&adopted)
+            .map(|c| c.transaction.as_str())
+            .collect();
+        self.count_commands(&taken.commands, &inserted, &ran, now);
         // 4. Peers' outcomes.
         let (outcomes, _) = scope(
             Origin::PeerOutcome,
             self.record_completions(&taken.completions, now),
         )
         .await?;
-        // 5. Acknowledged from here on. An outcome we adopted (a redelivery after our crash, a
-        //    racing takeover that won) is settled as before if the command was new to us.
-        let late: Vec<Completion> = adopted
+        // 5. Acknowledged from here on. Our own adopted outcomes that our ledger learnt now
+        //    are owed: published and marked (else the outbox publishes them).
+        let owed: Vec<Completion> = adopted
             .into_iter()
-            .filter(|c| {
-                taken
-                    .commands
-                    .iter()
-                    .zip(&inserted)
-                    .any(|(n, r)| n.transaction == c.transaction && *r == Inserted::New)
-            })
+            .zip(&recorded[fresh.len()..])
+            .filter(|(c, r)| **r == Recorded::New && c.outcome.node == self.cfg.node)
+            .map(|(c, _)| c)
             .collect();
-        let executed = fresh.len() + late.len();
-        if let Err(e) = self.settle(late).await {
-            tracing::warn!(error = %e, "publishing or recording completions failed; the sweep will retry");
+        // Decided here now: executed, or adopted into our ledger (a redelivery of what we
+        // recorded already is neither).
+        let executed = fresh.len() + owed.len();
+        if let Err(e) = self.publish_completions(owed).await {
+            tracing::warn!(error = %e, "publishing adopted completions failed; the outbox will retry");
         }
         Ok(Delivery::Accepted {
             new_commands: inserted.iter().filter(|r| **r == Inserted::New).count(),
