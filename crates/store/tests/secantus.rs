@@ -670,6 +670,61 @@ async fn round_trips_are_counted_by_origin_and_kind() {
     );
 }
 
+/// An execution is one read, ONE bulk write and a commit, however many products it touches:
+/// a purchase of two products, and a restock that creates one, each cost 3 round trips (it was
+/// one write per product plus one for the markers: 5 and 4). What they wrote is exact, and a
+/// second execution adopts the marker (a read and an abort).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_is_one_bulk_write_whatever_it_touches() {
+    let db = spawn_secantus();
+    let s = store(&db, "westeurope").await;
+    stock_up(&s, 1, 5).await;
+    stock_up(&s, 2, 5).await;
+    let ops = |s: &MongoStore| s.db_ops();
+    let before = ops(&s);
+    let buy = [line(1, None, Some(-2)), line(2, None, Some(-1))];
+    let e = s
+        .execute("two", &buy, "westeurope", false, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(e.outcome.status, Outcome::Completed, "{e:?}");
+    assert_eq!(ops(&s) - before, 3, "read, bulk write, commit");
+    let before = ops(&s);
+    let e = s
+        .execute(
+            "new",
+            &[line(7, Some(4), None)],
+            "westeurope",
+            false,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.outcome.status, Outcome::Completed, "{e:?}");
+    assert_eq!(ops(&s) - before, 3, "read, bulk write (an upsert), commit");
+    let products = s.products().await.unwrap();
+    assert_eq!(
+        products.iter().map(|p| (p.id, p.saldo)).collect::<Vec<_>>(),
+        [(1, 3), (2, 4), (7, 4)]
+    );
+    assert_eq!(
+        s.marker("two").await.unwrap().unwrap().status,
+        Outcome::Completed
+    );
+    let before = ops(&s);
+    let again = s
+        .execute("two", &buy, "westeurope", false, Utc::now())
+        .await
+        .unwrap();
+    assert!(!again.fresh);
+    assert_eq!(ops(&s) - before, 2, "read, abort");
+    assert_eq!(
+        s.product(1).await.unwrap().unwrap().saldo,
+        3,
+        "applied once"
+    );
+}
+
 /// The peers' outcomes of one delivery are one ledger transaction: one bump of the counter for
 /// all of them, one bulk write, one commit (3 round trips, against 3 each one by one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

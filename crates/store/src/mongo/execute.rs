@@ -1,13 +1,14 @@
 //! Executions against the warehouse, group-committed: all of one instance's executions waiting
 //! at once go into ONE transaction (`group`). Read the markers and the products of every one
 //! of them (one query), then in arrival order adopt a known outcome or decide on the stock as
-//! the earlier executions of the batch left it, write each product touched once, optimistically
-//! (only if its stock is still what was read), insert the new markers, commit.
+//! the earlier executions of the batch left it, then ONE bulk write: each product touched once,
+//! optimistically (only if its stock is still what was read), and the new markers; commit.
 //!
 //! Everybody buys the same few products, so executions one by one conflicted with each other on
 //! them (WriteConflict, or a stock changed under us) and backed off, up to a second a time: under
-//! load most of an execution's time was back-off. A batch costs 3 + (products touched) round
-//! trips however many executions it carries. Cosmos DB's limits: one collection (`warehouse`),
+//! load most of an execution's time was back-off. A batch costs 3 round trips (read, bulk write,
+//! commit) however many executions and products it carries; it was 3 + (products touched) with
+//! one write per product. Cosmos DB's limits: one collection (`warehouse`),
 //! a short transaction (no waiting inside), at most [`MAX_EXECUTIONS_PER_TRANSACTION`]
 //! executions of a few lines each.
 
@@ -23,6 +24,8 @@ use saldo_core::views::ProductView;
 use super::MongoStore;
 use super::documents::{MarkerDoc, ProductDoc, marker_key, product_key};
 use super::group::Group;
+use super::ledger_batch::bson_usize;
+use super::retry::DUPLICATE_KEY;
 use super::transaction::Attempt;
 use crate::decide;
 use crate::model::*;
@@ -127,31 +130,51 @@ impl MongoStore {
             session.abort_transaction().await?;
             return Ok(Attempt::Done(done));
         }
-        let mut inserts = Vec::new();
+        // ONE bulk write for the whole batch: each product touched, only if its stock is still
+        // what was read (optimistic: catches a concurrent executor even where the server's
+        // snapshot isolation would not); each new product and marker as an upsert that must
+        // insert. Anything else (a stock changed, a marker or product there first) is a lost
+        // race: abort, and `transact` re-reads and adopts or re-decides.
+        let mut statements = Vec::new();
+        let mut must_insert = BTreeSet::new();
         for id in touched {
             let p = &stock[&id];
             match read.products.get(&id) {
-                None => inserts.push(bson::to_document(
-                    &ProductDoc::from_view(p).map_err(mongodb::error::Error::custom)?,
-                )?),
-                Some(old) => {
-                    if !self.write_stock(session, p, old).await? {
-                        return Ok(Attempt::Again);
-                    }
+                None => {
+                    let doc = bson::to_document(
+                        &ProductDoc::from_view(p).map_err(mongodb::error::Error::custom)?,
+                    )?;
+                    must_insert.insert(statements.len());
+                    statements.push(insert_statement(doc)?);
                 }
+                Some(old) => statements.push(doc! {
+                    "q": {"_id": product_key(p.id), "saldo": old.saldo},
+                    "u": {"$set": {"saldo": p.saldo}},
+                }),
             }
         }
         for m in &new_markers {
-            inserts.push(bson::to_document(m)?);
+            must_insert.insert(statements.len());
+            statements.push(insert_statement(bson::to_document(m)?)?);
         }
-        // A duplicate key here (11000) means a concurrent executor committed a marker (or a
-        // product) first: the transaction aborts and `transact` re-reads and adopts.
         self.count(Kind::Write);
-        self.count_docs(inserts.len());
-        self.warehouse
-            .insert_many(inserts)
+        self.count_docs(statements.len());
+        let answer = self
+            .client
+            .database(&self.warehouse.namespace().db)
+            .run_command(doc! {
+                "update": self.warehouse.name(),
+                "updates": &statements,
+                "ordered": true,
+            })
             .session(&mut *session)
             .await?;
+        if !all_written(&answer, statements.len(), &must_insert)? {
+            self.count(Kind::TxnEnd);
+            // (The server may have aborted it already.)
+            let _ = session.abort_transaction().await;
+            return Ok(Attempt::Again);
+        }
         self.commit(session).await?;
         Ok(Attempt::Done(done))
     }
@@ -191,31 +214,43 @@ impl MongoStore {
         drop(cursor);
         Ok(read)
     }
+}
 
-    /// Writes a product's decided stock if it is still what was read (optimistic: catches a
-    /// concurrent executor even where the server's snapshot isolation would not). False: it
-    /// changed under us, and the transaction is aborted.
-    async fn write_stock(
-        &self,
-        session: &mut ClientSession,
-        p: &ProductView,
-        old: &ProductView,
-    ) -> mongodb::error::Result<bool> {
-        self.count(Kind::Write);
-        self.count_docs(1);
-        let r = self
-            .warehouse
-            .update_one(
-                doc! {"_id": product_key(p.id), "saldo": old.saldo},
-                doc! {"$set": {"saldo": p.saldo}},
-            )
-            .session(&mut *session)
-            .await?;
-        if r.matched_count != 1 {
-            self.count(Kind::TxnEnd);
-            session.abort_transaction().await?;
+/// An upsert that inserts `doc` (with its `_id`) and changes nothing if a document with that
+/// `_id` is there.
+fn insert_statement(mut doc: bson::Document) -> mongodb::error::Result<bson::Document> {
+    let id = doc
+        .remove("_id")
+        .ok_or_else(|| mongodb::error::Error::custom("execute: a document without _id"))?;
+    Ok(doc! {"q": {"_id": id}, "u": {"$setOnInsert": doc}, "upsert": true})
+}
+
+/// Whether the bulk write did all it must: every statement matched or inserted, and every one
+/// in `must_insert` inserted. False is a lost race (so is a duplicate key, 11000, should the
+/// server report one); any other write error is an error.
+fn all_written(
+    answer: &bson::Document,
+    statements: usize,
+    must_insert: &BTreeSet<usize>,
+) -> mongodb::error::Result<bool> {
+    if let Ok(errors) = answer.get_array("writeErrors")
+        && let Some(Bson::Document(e)) = errors.first()
+    {
+        if e.get_i32("code") == Ok(DUPLICATE_KEY) {
             return Ok(false);
         }
-        Ok(true)
+        return Err(mongodb::error::Error::custom(format!(
+            "execute: write error {e}"
+        )));
     }
+    let upserted: BTreeSet<usize> = answer
+        .get_array("upserted")
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_document()?.get("index").and_then(bson_usize))
+                .collect()
+        })
+        .unwrap_or_default();
+    let n = answer.get("n").and_then(bson_usize).unwrap_or(0);
+    Ok(n == statements && must_insert.is_subset(&upserted))
 }

@@ -14,6 +14,9 @@
 //!    outcome matches only a pending entry (`$set`) or inserts an outcome-only entry;
 //! 3. commit.
 //!
+//! A command followed in the batch by its own outcome (an owner that executed it before
+//! recording it, `Store::write_entries`) is one statement: the entry is written once, decided.
+//!
 //! An outcome for an entry already decided makes its upsert collide on `_id` (11000): the
 //! attempt is abandoned and the batch written again "carefully", reading the entries first
 //! (one query) and comparing the known outcomes (same or conflicting) in memory. Commit order
@@ -392,7 +395,7 @@ fn check_answer(answer: &Document, statements: usize) -> mongodb::error::Result<
     Ok(Answer::Written(upserted))
 }
 
-fn bson_usize(b: &Bson) -> Option<usize> {
+pub(super) fn bson_usize(b: &Bson) -> Option<usize> {
     match b {
         Bson::Int32(v) => usize::try_from(*v).ok(),
         Bson::Int64(v) => usize::try_from(*v).ok(),
