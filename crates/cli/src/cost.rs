@@ -29,7 +29,7 @@ pub const RU_TXN_END: f64 = 0.0;
 
 /// The origins in the order the table lists them, with what each row means.
 pub const ORIGINS: [(&str, &str); 9] = [
-    ("command", "command insert"),
+    ("command", "commands (+ own outcome)"),
     ("execution", "execution"),
     ("ownOutcome", "own outcome + outbox"),
     ("peerOutcome", "peers' outcomes"),
@@ -212,7 +212,7 @@ mod tests {
         let sweep = rows.iter().find(|r| r.origin == "sweep").unwrap();
         assert!((sweep.ru - 2.0 * RU_QUERY_ASSUMED).abs() < 1e-9);
         let t = table(&rows);
-        assert!(t.contains("command insert"), "{t}");
+        assert!(t.contains("commands (+ own outcome)"), "{t}");
         assert!(t.contains("reads (API, polls)"), "{t}");
         assert!(
             !t.contains("catch-up"),

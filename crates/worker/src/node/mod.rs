@@ -2,7 +2,8 @@
 //!
 //! Invariants this module maintains (with the store's):
 //! 1. A delivery is acknowledged only after every command in it is durably in this node's
-//!    ledger (`insert_commands` returns after a majority, journaled write).
+//!    ledger (`write_entries` returns after a majority, journaled write). What this node owns
+//!    of it is executed first and written with its outcome in that same write (`delivery`).
 //! 2. A redelivered command is recognised by its transaction id (the ledger's `_id`) and never
 //!    inserted twice; execution itself is idempotent through the warehouse marker.
 //! 3. A node executes a transaction only when no outcome is known to its ledger and its rank
