@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use saldo_core::events::{Heartbeat, SaldoEvent, TransactionCompleted};
 use saldo_store::origin::{Origin, scope};
-use saldo_store::{Command, Inserted, NewCommand, OutcomeRecord, OutcomeToRecord, Recorded, Store};
+use saldo_store::{
+    Command, Inserted, NewCommand, OutcomeRecord, OutcomeToRecord, Recorded, Store, StoreError,
+};
 use serde_json::Value;
 
 use super::counters::inc;
@@ -113,7 +115,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             .await?;
         }
         // 2. What this node owns, executed before it is recorded (`execute_owned`).
-        let (fresh, adopted) = self.execute_owned(&taken.commands, &decided, now).await;
+        let (fresh, adopted) = self.execute_owned(&taken.commands, &decided, now).await?;
         // 3. The commands and the outcomes of what we executed: ONE ledger write, durable
         //    before we acknowledge. Completions decided now are published first, as `settle`
         //    does; one adopted from our own marker (a redelivery after we died before this
@@ -369,7 +371,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
     /// delivery then records each command with its outcome in one ledger write. Returns the
     /// executions that decided now (their markers are ours) and the outcomes adopted from a
     /// marker already there. A failure is logged and counted: the command is recorded pending
-    /// and the sweep executes it.
+    /// and the sweep executes it; an unavailable database fails the delivery at once (503).
     ///
     /// Recording first cost the executor two ledger writes per purchase (the command, then
     /// the outcome), the first on the path from 202 to completed. Executing first is safe:
@@ -385,7 +387,7 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
         commands: &[NewCommand],
         decided: &BTreeSet<String>,
         now: DateTime<Utc>,
-    ) -> (Vec<Completion>, Vec<Completion>) {
+    ) -> Result<(Vec<Completion>, Vec<Completion>), NodeError> {
         let all: Vec<&NewCommand> = commands.iter().collect();
         let mut fresh = Vec::new();
         let mut adopted = Vec::new();
@@ -396,13 +398,19 @@ impl<S: Store, C: Clock, B: Bus, P: PeerClient> Node<S, C, B, P> {
             {
                 Ok(done) if done.fresh => fresh.push(done.completion),
                 Ok(done) => adopted.push(done.completion),
+                Err(e @ StoreError::Unavailable(_)) => {
+                    // The ledger write would wait out the same outage: 503 now, and Event
+                    // Grid delivers again (what executed meanwhile is then adopted).
+                    inc(&self.counters.inline_failed, 1);
+                    return Err(NodeError::Store(e));
+                }
                 Err(e) => {
                     inc(&self.counters.inline_failed, 1);
                     tracing::warn!(transaction = %c.transaction, error = %e, "inline execution failed; the sweep will retry")
                 }
             }
         }
-        (fresh, adopted)
+        Ok((fresh, adopted))
     }
 
     /// Executes what this node owns at rank 0 among commands just inserted (a catch-up page's;
